@@ -1,0 +1,1 @@
+"""Manifests, dataset adapters and (later) torch Datasets."""
