@@ -20,14 +20,12 @@ def cq500_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def pydicom_data_dir() -> Path:
+    """Folder of the `pydicom-data` package (real test files such as 693_UNCR.dcm)."""
     try:
-        from pydicom_data import __file__ as f  # type: ignore[import-not-found]
-    except ImportError:
-        pytest.skip("pydicom-data is not installed")
-    d = Path(f).parent / "data"
-    if not (d / "693_UNCR.dcm").is_file():
-        cand = list(Path(f).parent.rglob("693_UNCR.dcm"))
-        if not cand:
-            pytest.skip("693_UNCR.dcm not found in pydicom-data")
-        d = cand[0].parent
-    return d
+        from pydicom.data import get_testdata_file
+        f = get_testdata_file("693_UNCR.dcm")
+    except Exception as e:  # noqa: BLE001 - any failure here means "not available"
+        pytest.skip(f"pydicom-data not available ({e})")
+    if not f:
+        pytest.skip("693_UNCR.dcm not found; install pydicom-data")
+    return Path(f).parent
