@@ -1,0 +1,130 @@
+"""`ichdet` command line: thin commands over the library.
+
+Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ichdet import __version__
+from ichdet.errors import InputError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"ichdet: warning: {message}", file=sys.stderr)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ichdet.inspect import describe_input, format_description
+
+    report = describe_input(args.path, series_uid=args.series)
+    print(json.dumps(report, indent=2) if args.json else format_description(report))
+    return EXIT_OK
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from ichdet.synth import make_cohort
+
+    manifest = make_cohort(args.out, n_scans=args.scans, seed=args.seed, positive_fraction=args.positive_fraction,
+                           fmt=args.format, slice_thickness=args.slice_thickness, difficulty=args.difficulty,
+                           size=args.size, n_slices=args.slices)
+    print(f"wrote {args.scans} synthetic scans; manifest: {manifest}")
+    return EXIT_OK
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from ichdet.datasets.adapters import ADAPTERS
+
+    fn = ADAPTERS[args.dataset]
+    options = {k: v for k, v in vars(args).items() if k not in ("dataset", "src", "out", "func", "command", "debug", "verbose")}
+    manifest = fn(Path(args.src), Path(args.out), **options)
+    print(f"manifest: {manifest}")
+    return EXIT_OK
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="write a manifest for a public data set or an image folder",
+                       description="Turn RSNA 2019, CQ500, PhysioNet CT-ICH or a labelled image folder into a manifest CSV.")
+    ds = p.add_subparsers(dest="dataset", required=True, metavar="{rsna,cq500,ctich,folder}")
+    from ichdet.datasets import adapters
+
+    for name in getattr(adapters, "ADAPTERS", {}):
+        q = ds.add_parser(name, help=f"{name} adapter", description=(getattr(adapters, "DESCRIPTIONS", {}) or {}).get(name))
+        q.add_argument("src", help="the data set's root folder")
+        q.add_argument("--out", required=True, help="manifest CSV to write")
+        getattr(adapters, name).add_arguments(q)
+    p.set_defaults(func=cmd_prepare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ichdet", description="Intracranial haemorrhage detection in head CT.")
+    parser.add_argument("--version", action="version", version=f"ichdet {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="show what the readers see in a scan, a folder or a zip",
+                       description="Series found and picked, shape, spacing, orientation, gantry tilt, HU range, gaps, warnings.")
+    p.add_argument("path", help="DICOM folder, zip, DICOM file, NIfTI file or image")
+    p.add_argument("--series", help="SeriesInstanceUID to read (default: the largest axial CT series)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("synth", help="generate a synthetic head-CT cohort with labelled bleeds",
+                       description="Anatomical head phantoms in HU with bleeds of five subtypes and bleed-like mimics; "
+                                   "writes DICOM and/or NIfTI, voxel masks, a manifest and per-slice labels.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--scans", type=int, default=20, help="number of scans (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--positive-fraction", type=float, default=0.5, help="fraction of scans with a bleed (default 0.5)")
+    p.add_argument("--format", choices=["dicom", "nifti", "both"], default="dicom")
+    p.add_argument("--slice-thickness", type=float, default=5.0, help="mm (default 5)")
+    p.add_argument("--difficulty", type=float, default=0.5, help="0 easy .. 1 hard (default 0.5)")
+    p.add_argument("--size", type=int, default=512, help="in-plane pixels (default 512)")
+    p.add_argument("--slices", type=int, default=None, help="slices per scan (default: head height / thickness)")
+    p.set_defaults(func=cmd_synth)
+
+    _add_prepare(sub)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse, run, and map errors to exit codes; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="ichdet: %(message)s")
+    warnings.showwarning = _show_warning
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except InputError as e:
+        print(f"ichdet: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("ichdet: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("ichdet: error: out of memory reading the input", file=sys.stderr)
+        return EXIT_INPUT
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line unless --debug
+        if args.debug or os.environ.get("ICHDET_DEBUG"):
+            raise
+        print(f"ichdet: internal error: {e.__class__.__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

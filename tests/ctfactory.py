@@ -1,0 +1,37 @@
+"""Small CT volumes and DICOM series made inside tests (no files shipped)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ichdet.io import Volume, write_dicom_series
+from ichdet.io.volume import affine_from_geometry
+
+
+def head_like_volume(z: int = 6, size: int = 32, spacing=(5.0, 0.7, 0.7), tilt_deg: float = 0.0,
+                     origin=(-11.0, -11.0, -40.0)) -> Volume:
+    """A tiny 'head': air outside, a bone ring, brain inside, one bright blob; each slice distinct.
+
+    hu[k] has a slice-index marker (k * 10 HU) added inside the brain so order is checkable.
+    """
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2) / (size / 2)
+    hu = np.full((z, size, size), -1000.0, dtype=np.float32)
+    for k in range(z):
+        sl = hu[k]
+        sl[r < 0.9] = 1000.0  # skull
+        sl[r < 0.75] = 30.0 + 10.0 * k  # brain + marker
+    hu[z // 2, size // 2 - 2:size // 2 + 2, size // 2 - 2:size // 2 + 2] = 70.0  # a small bleed
+    t = np.radians(tilt_deg)
+    row_dir = np.array([0.0, np.cos(t), -np.sin(t)])
+    normal = np.cross([1.0, 0, 0], row_dir)
+    step = np.array([0.0, 0.0, spacing[0] / np.cos(t)]) if tilt_deg else normal * spacing[0]
+    affine = affine_from_geometry(np.array(origin), np.array([1.0, 0, 0]), row_dir, step, spacing[1], spacing[2])
+    dz = float(step @ normal)
+    return Volume(hu=hu, spacing=(dz, spacing[1], spacing[2]), affine=affine, patient_id="P001")
+
+
+def write_series(folder: Path, volume: Volume | None = None, **kw) -> list[Path]:
+    volume = volume or head_like_volume()
+    return write_dicom_series(volume, folder, **kw)
