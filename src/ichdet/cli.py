@@ -26,7 +26,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def cmd_info(args: argparse.Namespace) -> int:
     from ichdet.inspect import describe_input, format_description
 
-    report = describe_input(args.path, series_uid=args.series)
+    with warnings.catch_warnings():  # the report lists the warnings itself
+        warnings.simplefilter("ignore")
+        report = describe_input(args.path, series_uid=args.series)
     print(json.dumps(report, indent=2) if args.json else format_description(report))
     return EXIT_OK
 

@@ -1,0 +1,163 @@
+"""Bad input through the CLI: exit code 2 and exactly one line on stderr naming the file and the problem."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGLSLossless, JPEGLossless
+
+from ichdet.cli import run
+
+from ctfactory import head_like_volume, write_series
+
+
+def _fails(capsys, argv, *needles):
+    code = run(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1, err
+    line = err[0]
+    assert line.startswith("ichdet: error: ") and "Traceback" not in line
+    for n in needles:
+        assert n in line, line
+    return line
+
+
+def _series(tmp_path: Path, z: int = 3) -> list[Path]:
+    return write_series(tmp_path / "s", head_like_volume(z=z))
+
+
+def test_missing_path(capsys, tmp_path):
+    _fails(capsys, ["info", str(tmp_path / "nope")], f"{tmp_path / 'nope'}: no such file or folder")
+
+
+def test_empty_folder(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    _fails(capsys, ["info", str(tmp_path / "empty")], "empty: folder is empty")
+
+
+def test_folder_without_dicom(capsys, tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("hello")
+    (tmp_path / "d" / "x.bin").write_bytes(b"\x00" * 300)
+    _fails(capsys, ["info", str(tmp_path / "d")], "d: no DICOM images found (2 file(s) looked at)")
+
+
+def test_non_ct_modality(capsys, tmp_path):
+    for f in _series(tmp_path):
+        ds = pydicom.dcmread(f)
+        ds.Modality = "MR"
+        ds.save_as(f)
+    _fails(capsys, ["info", str(tmp_path / "s")], "no CT series found (Modality MR)")
+
+
+def test_truncated_file(capsys, tmp_path):
+    files = _series(tmp_path)
+    raw = files[1].read_bytes()
+    files[1].write_bytes(raw[: len(raw) - 700])
+    line = _fails(capsys, ["info", str(tmp_path / "s")], "IM00002.dcm")
+    assert "truncated" in line
+
+
+def test_header_dimensions_larger_than_pixel_data(capsys, tmp_path):
+    files = _series(tmp_path, z=1)
+    ds = pydicom.dcmread(files[0])
+    ds.Rows, ds.Columns = 512, 512
+    ds.save_as(files[0])
+    _fails(capsys, ["info", str(files[0])], "IM00001.dcm: pixel data holds 2048 bytes but Rows x Columns x BitsAllocated (512x512x16) need 524288")
+
+
+def test_absurd_header_dimensions_are_not_allocated(capsys, tmp_path):
+    files = _series(tmp_path, z=1)
+    ds = pydicom.dcmread(files[0])
+    ds.Rows, ds.Columns = 65535, 65535
+    ds.save_as(files[0])
+    _fails(capsys, ["info", str(files[0])], "IM00001.dcm: Rows x Columns 65535x65535 is outside 1..4096")
+
+
+def test_pixel_data_no_plugin_can_decode(capsys, tmp_path):
+    files = _series(tmp_path, z=1)
+    ds = pydicom.dcmread(files[0])
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + b"\x00" * 64])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    ds.save_as(files[0], enforce_file_format=True)
+    _fails(capsys, ["info", str(files[0])], "IM00001.dcm: pixel data in transfer syntax JPEG-LS Lossless Image Compression",
+           "cannot be decoded by any installed plugin")
+
+
+def test_corrupt_compressed_pixel_data(capsys, tmp_path):
+    files = _series(tmp_path, z=1)
+    ds = pydicom.dcmread(files[0])
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + b"\x13" * 200])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGLossless
+    ds.save_as(files[0], enforce_file_format=True)
+    _fails(capsys, ["info", str(files[0])], "IM00001.dcm: pixel data", "JPEG Lossless")
+
+
+def test_inconsistent_geometry(capsys, tmp_path):
+    files = _series(tmp_path)
+    ds = pydicom.dcmread(files[2])
+    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    ds.save_as(files[2])
+    _fails(capsys, ["info", str(tmp_path / "s")], "IM00003.dcm: ImageOrientationPatient", "inconsistent geometry")
+
+
+def test_nan_in_nifti(capsys, tmp_path):
+    a = np.zeros((4, 4, 3), np.float32)
+    a[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(a, np.eye(4)), str(tmp_path / "scan.nii.gz"))
+    _fails(capsys, ["info", str(tmp_path / "scan.nii.gz")], "scan.nii.gz: 1 voxel(s) are NaN or infinite")
+
+
+def test_corrupt_gzip_nifti(capsys, tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 8), np.int16), np.eye(4)), str(tmp_path / "scan.nii.gz"))
+    raw = (tmp_path / "scan.nii.gz").read_bytes()
+    (tmp_path / "scan.nii.gz").write_bytes(raw[: len(raw) // 2])
+    _fails(capsys, ["info", str(tmp_path / "scan.nii.gz")], "scan.nii.gz:")
+
+
+def test_unreadable_image(capsys, tmp_path):
+    (tmp_path / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    _fails(capsys, ["info", str(tmp_path / "x.jpg")], "x.jpg: not a readable image")
+
+
+@pytest.mark.parametrize("entry", ["../evil.dcm", "/abs/evil.dcm", "a/../../evil.dcm"])
+def test_zip_slip(capsys, tmp_path, entry):
+    files = _series(tmp_path, z=1)
+    with zipfile.ZipFile(tmp_path / "s.zip", "w") as zf:
+        zf.write(files[0], "ok/IM1.dcm")
+        zf.writestr(entry, b"x")
+    line = _fails(capsys, ["info", str(tmp_path / "s.zip")], "s.zip: zip entry")
+    assert "absolute path" in line or "outside its folder" in line
+    assert not (tmp_path / "evil.dcm").exists()
+
+
+def test_zip_symlink_entry(capsys, tmp_path):
+    info = zipfile.ZipInfo("link.dcm")
+    info.external_attr = (0o120777 << 16)
+    with zipfile.ZipFile(tmp_path / "l.zip", "w") as zf:
+        zf.writestr(info, "/etc/passwd")
+    _fails(capsys, ["info", str(tmp_path / "l.zip")], "l.zip: zip entry 'link.dcm' is a symbolic link")
+
+
+def test_not_a_zip(capsys, tmp_path):
+    (tmp_path / "fake.zip").write_bytes(b"PK\x03\x04broken")
+    _fails(capsys, ["info", str(tmp_path / "fake.zip")], "fake.zip: not a readable zip file")
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    exe = Path(sys.executable).parent / "ichdet"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ichdet.cli"]
+    p = subprocess.run(cmd + ["info", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"ichdet: error: {tmp_path / 'missing'}: no such file or folder"
+    assert p.stdout == ""
