@@ -52,6 +52,8 @@ MIN_CRANIAL_AREA_MM2 = 500.0  # soft tissue enclosed by the ring for a slice to 
 SKULL_GAP_MM = 4.0  # closing half-width: bridges ear canals, sutures, partial-volume gaps in the ring
 MAX_FILTER_CHUNK = 8  # slices per chunk in the numpy max filter
 CRANIAL_PIXEL_MM = 1.0  # cranial-slice masks are block-reduced to about this pixel size
+CRANIAL_Z_GAP_MM = 10.0  # non-cranial runs this short between cranial slices are filled
+TYPICAL_SLICE_MM = 5.0  # assumed slice spacing when none is given
 TABLE_OPENING_MM = 6.0  # opening radius: removes table, headrest and text thinner than ~12 mm
 TYPICAL_HEAD_FOV_MM = 250.0  # assumed field of view when the pixel size is unknown
 
@@ -80,8 +82,8 @@ def window(hu: ArrayT, w: Window | str) -> ArrayT:
     low = w.center - w.width / 2.0
     if isinstance(hu, torch.Tensor):
         return ((hu.to(torch.float32) - low) / w.width).clamp_(0.0, 1.0)
-    out = (np.asarray(hu, dtype=np.float32) - np.float32(low)) / np.float32(w.width)
-    return np.clip(out, 0.0, 1.0, out=out)
+    out = np.asarray((np.asarray(hu, dtype=np.float32) - np.float32(low)) / np.float32(w.width))
+    return np.clip(out, 0.0, 1.0, out=out) if out.ndim else np.clip(out, 0.0, 1.0)
 
 
 def window_stack(hu: ArrayT, windows: Sequence[Window | str]) -> ArrayT:
@@ -234,7 +236,8 @@ def cranial_slices(
     """(Z, H, W) HU -> bool (Z,): True where a closed skull ring (> 300 HU, gaps up to ~2x
     `gap_mm` bridged, e.g. the ear canals) encloses a connected region of soft tissue
     (0-100 HU) of at least `min_area_mm2`. Masks are block-reduced to ~1 mm pixels first
-    (bone by block maximum, so thin bone survives)."""
+    (bone by block maximum, so thin bone survives). The cavity is one block along z, so gaps
+    of up to 10 mm between cranial slices (open rings at the skull base) are filled."""
     hu = np.asarray(hu)
     if hu.ndim != 3 or min(hu.shape) == 0:
         raise InputError(f"cranial_slices expects (Z, H, W) HU, got shape {hu.shape}")
@@ -253,6 +256,20 @@ def cranial_slices(
                                       size=size, mode="constant")
         _, area = _largest_component(_enclosed(ring) & soft[z])
         out[z] = area * pixel_mm2 >= min_area_mm2
+    return _fill_short_gaps(out, int(CRANIAL_Z_GAP_MM // _slice_mm(spacing)))
+
+
+def _slice_mm(spacing: Sequence[float] | None) -> float:
+    return float(spacing[0]) if spacing is not None and len(spacing) == 3 else TYPICAL_SLICE_MM
+
+
+def _fill_short_gaps(flags: np.ndarray, max_gap: int) -> np.ndarray:
+    """Set runs of at most `max_gap` False values that lie between two True values to True."""
+    idx = np.flatnonzero(flags)
+    out = flags.copy()
+    for a, b in zip(idx[:-1], idx[1:]):
+        if 1 < b - a <= max_gap + 1:
+            out[a + 1:b] = True
     return out
 
 
@@ -285,17 +302,17 @@ def head_box(mask: np.ndarray, margin: int = 4) -> tuple[int, int, int, int] | N
 
 
 def crop_to_head(img: np.ndarray, spacing: Sequence[float] | None = None, threshold: float = HEAD_THRESHOLD_HU,
-                 margin: int = 4, blank_outside: bool = True) -> np.ndarray:
+                 margin: int = 4, blank_outside: bool = True, fill: float | None = None) -> np.ndarray:
     """(..., H, W) -> (..., h, w): the head's bounding box (same box for every leading index).
 
-    With `blank_outside`, pixels off the (slightly dilated) head mask are set to the image
-    minimum, so table fragments inside the box vanish too. No head found: returned unchanged.
+    With `blank_outside`, pixels off the head mask (dilated by `margin` px) are set to `fill`
+    (default: the image minimum), so table fragments inside the box vanish too.
+    No head found: the image is returned unchanged.
     """
     img = np.asarray(img)
-    if img.ndim < 2:
+    if img.ndim < 2 or min(img.shape) == 0:
         raise InputError(f"crop_to_head expects (..., H, W), got shape {img.shape}")
-    stack = img.reshape(-1, *img.shape[-2:])
-    mask = head_mask(stack, spacing, threshold)
+    mask = head_mask(img.reshape(-1, *img.shape[-2:]), spacing, threshold)
     box = head_box(mask, margin)
     if box is None:
         return img
@@ -303,7 +320,8 @@ def crop_to_head(img: np.ndarray, spacing: Sequence[float] | None = None, thresh
     out = img[..., r0:r1, c0:c1]
     if blank_outside:
         keep = ndimage.binary_dilation(mask, iterations=max(1, margin))[r0:r1, c0:c1]
-        out = np.where(keep, out, img.min()).astype(img.dtype, copy=False)
+        out = out.copy()
+        out[..., ~keep] = img.min() if fill is None else fill
     return out
 
 
@@ -336,6 +354,10 @@ class PrepSpec:
             raise InputError(f"PrepSpec.size must be an integer >= 8, got {self.size!r}")
         if not isinstance(self.max_filter, (int, np.integer)) or isinstance(self.max_filter, bool) or self.max_filter < 1:
             raise InputError(f"PrepSpec.max_filter must be an integer >= 1, got {self.max_filter!r}")
+        for name in ("z_max_filter", "crop_head"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise InputError(f"PrepSpec.{name} must be true or false, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -369,10 +391,12 @@ def prepare_volume(volume: Volume | np.ndarray, spec: PrepSpec = PrepSpec()) -> 
     if hu.ndim != 3 or min(hu.shape) == 0:
         raise InputError(f"prepare_volume expects a (Z, H, W) HU volume, got shape {hu.shape}")
     if spec.crop_head:
-        hu = crop_to_head(hu, spacing, blank_outside=True)
-    if spec.z_max_filter:
-        hu = _block_max(hu, 2, (-3,))
-    if spec.max_filter > 1 and max(hu.shape[-2:]) > spec.size:
-        hu = max_filter_2d(hu, spec.max_filter)
+        hu = crop_to_head(hu, spacing, blank_outside=True, fill=AIR_HU)
+    k = spec.max_filter if max(hu.shape[-2:]) > spec.size else 1
+    if spec.z_max_filter and k == 2:
+        hu = max_filter_3d(hu, 2)  # the papers' 2x2x2 filter, one pass
+    else:
+        hu = _block_max(hu, 2, (-3,)) if spec.z_max_filter else hu
+        hu = max_filter_2d(hu, k)
     hu = resize_slices(hu, spec.size, fill=AIR_HU)
     return np.ascontiguousarray(window_stack(hu, spec.windows), dtype=np.float32)

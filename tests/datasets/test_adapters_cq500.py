@@ -11,7 +11,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ichdet.datasets.adapters import prepare_cq500
-from ichdet.datasets.adapters.cq500 import case_key, read_reads
+from ichdet.datasets.adapters.cq500 import case_key, read_reads, scan_case
+from ichdet.datasets.adapters.series_pick import pick_series
 from ichdet.datasets.manifest import read_manifest
 from ichdet.errors import InputError
 
@@ -105,6 +106,7 @@ def test_cq500_picks_plain_axial_and_votes(cq500: tuple[Path, dict[str, str]], t
     assert len(list(two.resolved_path(out.parent).glob("*.dcm"))) == 11
     assert "2 scans, 1 positive, 2 patients" in caplog.text
     assert "cases without a usable series 1" in caplog.text and "cases without reads 1" in caplog.text
+    assert "reads rows without images 1" in caplog.text
 
 
 def test_cq500_prefer_thickness(cq500: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
@@ -153,3 +155,28 @@ def test_cq500_no_match_is_an_error(cq500: tuple[Path, dict[str, str]], tmp_path
     with pytest.raises(InputError, match="no case in .* matched reads.csv"):
         prepare_cq500(src, out, reads=reads)
     assert not out.exists() and not (tmp_path / "cq500_series").exists()
+
+
+def test_pick_series_reasons(cq500: tuple[Path, dict[str, str]]) -> None:
+    src, uids = cq500
+    headers, problems = scan_case(src / "CQ500-CT-1")
+    best, reasons = pick_series(headers)
+    assert best is not None and best.uid == uids["plain5"] and not problems
+    why = {name: reasons[uid] for name, uid in uids.items() if uid in reasons}
+    assert why["scout"] == "localizer" and why["sagittal"].startswith("not axial")
+    assert why["bone"].startswith("bone reconstruction") and why["sharp"].startswith("bone reconstruction")
+    assert why["thin"].startswith("ranked below") and why["contrast"].startswith("ranked below")
+
+
+def test_contrast_series_loses_to_any_plain_one_whatever_its_thickness() -> None:
+    from ichdet.datasets.adapters.series_pick import SeriesInfo, rank_key
+
+    def info(uid: str, desc: str, thickness: float) -> SeriesInfo:
+        return SeriesInfo(uid=uid, headers=[], modality="CT", description=desc, kernel="STANDARD",
+                          image_type="ORIGINAL", thickness=thickness, tilt_deg=0.0)
+
+    post_5mm = info("1", "HEAD POST CONTRAST 5mm", 5.0)
+    thin_plain = info("2", "PLAIN THIN", 0.625)
+    neutral_3mm = info("3", "HEAD 3mm", 3.0)
+    ranked = sorted([post_5mm, thin_plain, neutral_3mm], key=rank_key)
+    assert [s.uid for s in ranked] == ["3", "2", "1"]

@@ -34,7 +34,7 @@ ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "ctich": ctich.add_arguments,
     "folder": folder.add_arguments,
 }
-HELP = {
+DESCRIPTIONS = {
     "rsna": "RSNA 2019: stage_2_train.csv + stage_2_train/ID_<sop>.dcm",
     "cq500": "CQ500: CQ500-CT-<n> folders or zips + reads.csv (majority of 3 readers)",
     "ctich": "PhysioNet CT-ICH: ct_scans/*.nii + hemorrhage_diagnosis_raw_ct.csv",
@@ -45,7 +45,7 @@ HELP = {
 def add_prepare_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add one sub-command per adapter: `SRC --out CSV [options]`, with `dataset` set to its name."""
     for name in ADAPTERS:
-        p = subparsers.add_parser(name, help=HELP[name], description=HELP[name])
+        p = subparsers.add_parser(name, help=DESCRIPTIONS[name], description=DESCRIPTIONS[name])
         p.add_argument("src", type=Path, metavar="SRC", help="the data set's folder")
         p.add_argument("--out", type=Path, default=Path("manifest.csv"),
                        help="manifest CSV to write (default: manifest.csv); slice labels go beside it")
@@ -72,5 +72,5 @@ def prepare_from_args(args: argparse.Namespace) -> Path:
     return prepare(args.dataset, args.src, args.out, **options_from_args(args.dataset, args))
 
 
-__all__ = ["ADAPTERS", "ARGUMENTS", "add_prepare_parsers", "options_from_args", "prepare",
+__all__ = ["ADAPTERS", "ARGUMENTS", "DESCRIPTIONS", "add_prepare_parsers", "options_from_args", "prepare",
            "prepare_from_args", "prepare_cq500", "prepare_ctich", "prepare_folder", "prepare_rsna"]

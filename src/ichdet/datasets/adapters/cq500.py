@@ -120,6 +120,12 @@ def scan_case(path: Path) -> tuple[list[DicomHeader], list[str]]:
     return ([r for r in results if isinstance(r, DicomHeader)], [r for r in results if isinstance(r, str)])
 
 
+def _case_ids(key: str, headers: list[DicomHeader]) -> list[str]:
+    """Names under which a case may appear in reads.csv: its folder's key, then its PatientID."""
+    ids = [key] + [case_key(h.patient_id) or h.patient_id for h in headers[:1]]
+    return list(dict.fromkeys(k for k in ids if k))
+
+
 def _extract(folder: Path, chosen: dict[str, SeriesInfo]) -> dict[str, Path]:
     """Extract each zipped case's chosen series into `folder` (atomically); {case: series folder}."""
     targets: dict[str, Path] = {}
@@ -151,16 +157,19 @@ def prepare_cq500(src: str | Path, out: str | Path, *, reads: str | Path | None 
     else:
         scanned = [scan_case(p) for p in paths]
     rows: list[ManifestRow] = []
+    found: set[str] = set()
     zipped: dict[str, SeriesInfo] = {}
     for (key, case_path), (headers, problems) in zip(cases.items(), scanned):
         report_problems("unreadable", problems)
         summary.skip("unreadable files", len(problems))
-        ids = [key] + [case_key(h.patient_id) or h.patient_id for h in headers[:1]]
-        key = next((k for k in ids if k and k in labels), "")
-        if not key:
-            report_problems("no reads", [f"{case_path}: no row in reads.csv for {[k for k in ids if k]}"])
-            summary.skip("cases without reads", 1)
+        ids = _case_ids(key, headers)
+        key = next((k for k in ids if k in labels), "")
+        if not key or key in found:
+            why = f"a second folder for {key}" if key else f"no row in reads.csv for {' or '.join(ids) or 'it'}"
+            report_problems("no reads", [f"{case_path}: {why}"])
+            summary.skip("cases without reads" if not key else "duplicate cases", 1)
             continue
+        found.add(key)
         best, reasons = pick_series(headers, prefer_thickness, min_slices)
         if best is None:
             why = "; ".join(f"{u}: {r}" for u, r in reasons.items()) or "no DICOM files"
@@ -177,11 +186,12 @@ def prepare_cq500(src: str | Path, out: str | Path, *, reads: str | Path | None 
             extra["category"] = r.category
         rows.append(ManifestRow(scan_id=key, patient_id=key, path=best.folder, label=r.label,
                                 subtypes=dict(r.subtypes), extra=extra))
-    summary.skip("reads rows without images", len(set(labels) - {r.scan_id for r in rows}))
+    summary.skip("reads rows without images", len(set(labels) - found))
     if not rows:
         raise InputError(f"no case in {src} matched reads.csv with a usable series; "
                          f"skipped: {summary.skipped}")
-    extracted = _extract(Path(extract_dir) if extract_dir else out.parent / EXTRACT_DIR, zipped) if zipped else {}
+    extract_to = Path(extract_dir) if extract_dir else out.parent / EXTRACT_DIR
+    extracted = _extract(extract_to, zipped) if zipped else {}
     for row in rows:
         row.path = manifest_path(extracted.get(row.scan_id, row.path), out)
     return write_outputs(out, rows, None, summary)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 HEADER_TAGS = [
     "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "Modality",
@@ -44,7 +45,7 @@ def _text(ds: pydicom.Dataset, name: str) -> str:
     v = ds.get(name)
     if v is None:
         return ""
-    if isinstance(v, (list, tuple)) or v.__class__.__name__ == "MultiValue":
+    if isinstance(v, (list, tuple, MultiValue)):
         return "\\".join(str(x) for x in v)
     return str(v).strip()
 

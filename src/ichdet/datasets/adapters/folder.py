@@ -67,7 +67,7 @@ def find_layout(src: Path, labels: Path | None, images: Path | None,
             raise InputError(f"cannot tell which CSV holds the labels (found: {found}); pass --labels", src)
         labels = csvs[0]
     if images is None:
-        with_images = [d for d in folders if _images_in(d)]
+        with_images = [src] if _images_in(src) else [d for d in folders if _images_in(d)]
         if len(with_images) != 1:
             found = ", ".join(str(p) for p in with_images) or "none"
             raise InputError(f"cannot tell which folder holds the images (found: {found}); pass --images", src)

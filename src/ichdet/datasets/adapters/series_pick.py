@@ -13,10 +13,11 @@ The rule (CQ500 studies mix thin, thick, bone-kernel, contrast and tilted series
    - axial: slice normal (cross product of the ImageOrientationPatient rows) within
      `max_tilt_deg` (30) of the patient z axis, so gantry-tilted series stay in,
    - at least `min_slices` (10) slices.
-3. Among candidates prefer, in order: SliceThickness closest to `prefer_thickness` mm (5; when
-   SliceThickness is absent, the median slice spacing stands in), then a plain / non-contrast
-   description over a neutral one over a contrast one, then the most slices, then the smallest
-   SeriesInstanceUID (so the choice is deterministic).
+3. Among candidates prefer, in order: any series not described as contrast-enhanced over one that
+   is (a non-contrast detector must not be handed a post-contrast scan while a plain one exists),
+   then SliceThickness closest to `prefer_thickness` mm (5; when SliceThickness is absent, the
+   median slice spacing stands in), then a plain / non-contrast description over a neutral one,
+   then the most slices, then the smallest SeriesInstanceUID (so the choice is deterministic).
 """
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def reject_reason(s: SeriesInfo, min_slices: int = MIN_SLICES, max_tilt_deg: flo
 def rank_key(s: SeriesInfo, prefer_thickness: float = PREFER_THICKNESS_MM) -> tuple:
     """Sort key: smaller is better (see the module docstring)."""
     dist = round(abs(s.thickness - prefer_thickness), 2) if s.thickness else math.inf
-    return (dist, s.contrast_rank(), -s.n_slices, s.uid)
+    return (s.contrast_rank() == 2, dist, s.contrast_rank(), -s.n_slices, s.uid)
 
 
 def pick_series(headers: list[DicomHeader], prefer_thickness: float = PREFER_THICKNESS_MM,
