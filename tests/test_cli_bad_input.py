@@ -161,3 +161,23 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip() == f"ichdet: error: {tmp_path / 'missing'}: no such file or folder"
     assert p.stdout == ""
+
+
+def test_malformed_labels_csv_names_the_row(capsys, tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / f"{i:03d}.png")
+    (tmp_path / "labels.csv").write_text("id, hemorrhage\n0,1\n1,yes\n2,0\n")
+    _fails(capsys, ["prepare", "folder", str(tmp_path), "--out", str(tmp_path / "m.csv"), "--label-column", "hemorrhage"],
+           "labels.csv: row 3:", "'yes'")
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_malformed_manifest_names_the_row(tmp_path):
+    from ichdet.datasets.manifest import read_manifest
+    from ichdet.errors import InputError
+
+    (tmp_path / "m.csv").write_text("scan_id,patient_id,path,label\na,p,x,1\nb,p,y,2\n")
+    with pytest.raises(InputError, match=r"m.csv: row 3: column 'label' must be 0 or 1, got '2'"):
+        read_manifest(tmp_path / "m.csv")

@@ -59,8 +59,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     ds = p.add_subparsers(dest="dataset", required=True, metavar="{rsna,cq500,ctich,folder}")
     from ichdet.datasets import adapters
 
-    for name in getattr(adapters, "ADAPTERS", {}):
-        q = ds.add_parser(name, help=f"{name} adapter", description=(getattr(adapters, "DESCRIPTIONS", {}) or {}).get(name))
+    for name in adapters.ADAPTERS:
+        text = adapters.DESCRIPTIONS.get(name, f"{name} adapter")
+        q = ds.add_parser(name, help=text, description=text)
         q.add_argument("src", help="the data set's root folder")
         q.add_argument("--out", required=True, help="manifest CSV to write")
         getattr(adapters, name).add_arguments(q)
