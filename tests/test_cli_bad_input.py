@@ -181,3 +181,45 @@ def test_malformed_manifest_names_the_row(tmp_path):
     (tmp_path / "m.csv").write_text("scan_id,patient_id,path,label\na,p,x,1\nb,p,y,2\n")
     with pytest.raises(InputError, match=r"m.csv: row 3: column 'label' must be 0 or 1, got '2'"):
         read_manifest(tmp_path / "m.csv")
+
+
+def test_empty_slice_file_in_a_series(capsys, tmp_path):
+    files = _series(tmp_path, z=4)
+    files[2].write_bytes(b"")
+    _fails(capsys, ["info", str(tmp_path / "s")], "IM00003.dcm: file is empty (0 bytes): truncated DICOM")
+
+
+def test_truncated_header(capsys, tmp_path):
+    files = _series(tmp_path, z=3)
+    files[0].write_bytes(files[0].read_bytes()[:400])
+    _fails(capsys, ["info", str(tmp_path / "s")], "IM00001.dcm: ", "truncated")
+
+
+def test_zero_rescale_slope(capsys, tmp_path):
+    files = _series(tmp_path, z=1)
+    ds = pydicom.dcmread(files[0])
+    ds.RescaleSlope = "0"
+    ds.save_as(files[0])
+    _fails(capsys, ["info", str(files[0])], "IM00001.dcm: RescaleSlope 0.0 / RescaleIntercept -1024.0 cannot map to HU")
+
+
+def test_colour_pixels_are_not_ct(capsys, tmp_path):
+    files = _series(tmp_path, z=1)
+    ds = pydicom.dcmread(files[0])
+    ds.SamplesPerPixel = 3
+    ds.save_as(files[0])
+    _fails(capsys, ["info", str(files[0])], "IM00001.dcm: SamplesPerPixel is 3; a CT slice must be grayscale (1)")
+
+
+def test_zip_bomb(capsys, tmp_path):
+    with zipfile.ZipFile(tmp_path / "b.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.dcm", b"\0" * 5_000_000)
+    _fails(capsys, ["info", str(tmp_path / "b.zip")], "b.zip: zip entry 'a.dcm' expands", "zip bomb")
+
+
+def test_nifti_header_claiming_a_giant_volume(capsys, tmp_path):
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((30000, 30000, 1000))
+    hdr.set_data_dtype(np.int16)
+    (tmp_path / "huge.nii").write_bytes(hdr.binaryblock + b"\0" * 104)
+    _fails(capsys, ["info", str(tmp_path / "huge.nii")], "huge.nii: header dimensions (30000, 30000, 1000) are empty or too large")

@@ -106,6 +106,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="ichdet: %(message)s")
     warnings.showwarning = _show_warning
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # its notes on odd values are not the user's errors
+    warnings.filterwarnings("ignore", module=r"pydicom\..*")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -55,22 +55,37 @@ class SeriesSummary:
                 "description": self.description, "rows": self.rows, "columns": self.columns, "axial": self.axial}
 
 
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
 def _read_header(path: Path) -> Dataset | None:
-    """Header with pixel data deferred; None when the file is not DICOM at all."""
+    """Header with pixel data deferred; None for files that are plainly not DICOM (no preamble,
+    no DICOM suffix). A file that claims to be DICOM (preamble or suffix) but cannot be parsed is
+    an error, not something to skip: a silently skipped slice would be a hole in the scan."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
     except OSError as e:
         raise InputError(f"cannot read file ({e.strerror})", path) from None
     has_preamble = len(head) == 132 and head[128:132] == b"DICM"
+    claims_dicom = has_preamble or path.suffix.lower() in DICOM_SUFFIXES
+    if not head:
+        if claims_dicom:
+            raise InputError("file is empty (0 bytes): truncated DICOM", path)
+        return None
     try:
-        return pydicom.dcmread(path, defer_size=2048, force=not has_preamble and path.suffix.lower() == ".dcm")
+        ds = pydicom.dcmread(path, defer_size=2048, force=claims_dicom and not has_preamble)
     except InvalidDicomError:
+        if claims_dicom:
+            raise InputError("not a valid DICOM file", path) from None
         return None
     except Exception as e:  # noqa: BLE001 - pydicom raises many types on damaged files
-        if not has_preamble and path.suffix.lower() != ".dcm":
+        if not claims_dicom:
             return None
         raise InputError(f"corrupt or truncated DICOM header ({e.__class__.__name__}: {e})", path) from None
+    if claims_dicom and "PixelData" not in ds and ("Rows" in ds or "SOPClassUID" not in ds):
+        raise InputError("no pixel data (7FE0,0010) in an image file: truncated or corrupt", path)
+    return ds
 
 
 def _floats(ds: Dataset, keyword: str, n: int, path: Path) -> np.ndarray | None:

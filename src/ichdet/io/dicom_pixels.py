@@ -89,6 +89,12 @@ def _decoded_pixels(ds: Dataset, path: Path, rows: int, cols: int) -> np.ndarray
     return arr
 
 
+def _value_or(ds: Dataset, keyword: str, default: float) -> object:
+    """The element's value, or `default` when it is absent or empty (0 is a value, not absent)."""
+    value = ds.get(keyword)
+    return default if value is None or value == "" else value
+
+
 def slice_to_hu(ds: Dataset, path: Path, out: np.ndarray) -> int:
     """Write the slice's HU into `out` (H, W) float32; returns 1 if the RSNA intercept defect was fixed.
 
@@ -115,8 +121,8 @@ def slice_to_hu(ds: Dataset, path: Path, out: np.ndarray) -> int:
     except OSError as e:
         raise InputError(f"cannot read pixel data ({e})", path) from None
     try:
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        slope = float(_value_or(ds, "RescaleSlope", 1.0))
+        intercept = float(_value_or(ds, "RescaleIntercept", 0.0))
     except (TypeError, ValueError):
         raise InputError(f"RescaleSlope/RescaleIntercept not numeric: {ds.get('RescaleSlope')!r}, {ds.get('RescaleIntercept')!r}", path) from None
     if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:

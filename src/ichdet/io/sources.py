@@ -100,7 +100,8 @@ def resolve_inputs(path: str | Path | Sequence[str | Path]) -> Iterator[tuple[li
     if p.is_dir():
         files = list_files(p)
         if not files:
-            raise InputError("folder is empty", p)
+            anything = next(p.iterdir(), None) is not None
+            raise InputError("folder holds no readable files (only hidden files or DICOMDIR)" if anything else "folder is empty", p)
         yield files, str(p)
     elif zipfile.is_zipfile(p) or p.suffix.lower() == ".zip":
         with unpacked_zip(p) as root:

@@ -1,0 +1,90 @@
+"""The preprocessing pipeline: `PrepSpec` and `prepare_volume`, from a HU volume to network input."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import numpy as np
+
+from ichdet.errors import InputError
+from ichdet.io.volume import Volume
+from ichdet.preprocess.anatomy import crop_to_head
+from ichdet.preprocess.downsample import AIR_HU, _block_max, max_filter_2d, max_filter_3d, resize_slices
+from ichdet.preprocess.windows import WINDOWS, parse_window, window_stack
+
+
+@dataclass(frozen=True)
+class PrepSpec:
+    """How a HU volume becomes network input (saved in every bundle; part of every cache key).
+
+    windows: names or 'center/width' strings, one output channel each.
+    size: output slice side in pixels.
+    max_filter: in-plane block-maximum factor (2 = the papers' 2x2; 1 = off). Applied only when
+        the slice is larger than `size`; whatever remains is resized by area/bilinear.
+    z_max_filter: also take the maximum of slice pairs (the 2x2x2 filter of the 3D model).
+    crop_head: crop every slice to the head's in-plane bounding box (one box per volume).
+    """
+
+    windows: tuple[str, ...] = ("brain",)
+    size: int = 256
+    max_filter: int = 2
+    z_max_filter: bool = False
+    crop_head: bool = False
+
+    def __post_init__(self) -> None:
+        wins = (self.windows,) if isinstance(self.windows, str) else tuple(self.windows)
+        object.__setattr__(self, "windows", tuple(str(w) for w in wins))
+        if not self.windows:
+            raise InputError("PrepSpec.windows must name at least one window, got none")
+        for w in self.windows:
+            parse_window(w)
+        if not isinstance(self.size, (int, np.integer)) or isinstance(self.size, bool) or self.size < 8:
+            raise InputError(f"PrepSpec.size must be an integer >= 8, got {self.size!r}")
+        if not isinstance(self.max_filter, (int, np.integer)) or isinstance(self.max_filter, bool) or self.max_filter < 1:
+            raise InputError(f"PrepSpec.max_filter must be an integer >= 1, got {self.max_filter!r}")
+        for name in ("z_max_filter", "crop_head"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise InputError(f"PrepSpec.{name} must be true or false, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["windows"] = list(self.windows)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PrepSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"unknown preprocessing keys {unknown}; expected some of {sorted(known)}")
+        return cls(**{k: (tuple(v) if k == "windows" and not isinstance(v, str) else v) for k, v in d.items()})
+
+    def key(self) -> str:
+        """Stable, file-name-safe key; equal windows spelled differently give the same key."""
+        names = {v: k for k, v in WINDOWS.items()}
+        wins = "+".join(names.get(parse_window(w), f"c{parse_window(w).center:g}w{parse_window(w).width:g}")
+                        for w in self.windows)
+        return f"{wins}_s{self.size}_mf{self.max_filter}_z{int(self.z_max_filter)}_crop{int(self.crop_head)}"
+
+
+def prepare_volume(volume: Volume | np.ndarray, spec: PrepSpec = PrepSpec()) -> np.ndarray:
+    """A HU volume (Z, H, W) -> float32 (C, Z', size, size) in [0, 1], C = len(spec.windows).
+
+    Always four axes, even for one window. Z' = Z, or ceil(Z/2) with `z_max_filter`.
+    Order: head crop (one box) -> max filter -> pad to square + resize -> windows.
+    """
+    hu = volume.hu if isinstance(volume, Volume) else np.asarray(volume, dtype=np.float32)
+    spacing = volume.spacing if isinstance(volume, Volume) else None
+    if hu.ndim != 3 or min(hu.shape) == 0:
+        raise InputError(f"prepare_volume expects a (Z, H, W) HU volume, got shape {hu.shape}")
+    if spec.crop_head:
+        hu = crop_to_head(hu, spacing, blank_outside=True, fill=AIR_HU)
+    k = spec.max_filter if max(hu.shape[-2:]) > spec.size else 1
+    if spec.z_max_filter and k == 2:
+        hu = max_filter_3d(hu, 2)  # the papers' 2x2x2 filter, one pass
+    else:
+        hu = _block_max(hu, 2, (-3,)) if spec.z_max_filter else hu
+        hu = max_filter_2d(hu, k)
+    hu = resize_slices(hu, spec.size, fill=AIR_HU)
+    return np.ascontiguousarray(window_stack(hu, spec.windows), dtype=np.float32)
