@@ -74,15 +74,48 @@ class Pose:
 
 @dataclass(frozen=True)
 class SampleGrid:
-    """Sample points ``(Z * n_sub, h, w)`` with ``h = w = size // factor``, in head-frame mm."""
+    """Sample points ``(Z * n_sub, h, w)`` in head-frame mm; the full render grid has
+    ``h = w = size // factor``. A sub-grid (`start`, `extent`) is a window of it with local indices."""
 
     geometry: ScanGeometry
     pose: Pose
+    start: tuple[int, int, int] = (0, 0, 0)  # (slice, row, col) of the first sample in the full grid
+    extent: tuple[int, int, int] | None = None  # shape of the window; None: the full grid
+
+    @property
+    def full_shape(self) -> tuple[int, int, int]:
+        f = self.geometry.factor
+        return (self.geometry.n_slices, self.geometry.size // f, self.geometry.size // f)
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        f = self.geometry.factor
-        return (self.geometry.n_slices, self.geometry.size // f, self.geometry.size // f)
+        return self.extent or self.full_shape
+
+    @property
+    def region(self) -> Box:
+        """This window as slices of the full render grid."""
+        return tuple(slice(a, a + n) for a, n in zip(self.start, self.shape))  # type: ignore[return-value]
+
+    def sub(self, start: tuple[int, int, int], extent: tuple[int, int, int]) -> SampleGrid:
+        """A window of this grid (`start` in local indices)."""
+        return SampleGrid(self.geometry, self.pose, tuple(a + b for a, b in zip(self.start, start)), extent)  # type: ignore[arg-type]
+
+    def cropped(self, half_extent_mm: tuple[float, float, float], margin_mm: float = 4.0) -> SampleGrid:
+        """The in-plane window holding a head-frame box of +-`half_extent_mm` (x, y, z) on every slice."""
+        corners = np.array(np.meshgrid(*[(-h, h) for h in half_extent_mm], indexing="ij")).reshape(3, -1).T
+        scanner = corners @ self.pose.rotation().T + np.asarray(self.pose.offset_mm)
+        g = self.geometry
+        px = self.pixel_mm
+        lo = (scanner[:, :2].min(axis=0) - margin_mm + (g.size - 1) / 2 * g.pixel_spacing_mm) / px
+        hi = (scanner[:, :2].max(axis=0) + margin_mm + (g.size - 1) / 2 * g.pixel_spacing_mm) / px
+        n = self.full_shape[1]
+        (c0, r0), (c1, r1) = np.clip(np.floor(lo), 0, n).astype(int), np.clip(np.ceil(hi) + 1, 0, n).astype(int)
+        return SampleGrid(g, self.pose, (0, int(r0), int(c0)), (self.full_shape[0], max(1, r1 - r0), max(1, c1 - c0)))
+
+    def chunks(self, n: int) -> list[SampleGrid]:
+        """Split into up to `n` sub-grids of consecutive slices."""
+        edges = np.linspace(0, self.shape[0], min(n, self.shape[0]) + 1).round().astype(int)
+        return [self.sub((a, 0, 0), (b - a, *self.shape[1:])) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
     @property
     def pixel_mm(self) -> float:
@@ -90,12 +123,13 @@ class SampleGrid:
         return self.geometry.pixel_spacing_mm * self.geometry.factor
 
     def index_to_head(self, n_sub: int = 1) -> np.ndarray:
-        """4x4 mapping sample index ``(col, row, plane, 1)`` (planes = Z * n_sub) to head-frame mm."""
+        """4x4 mapping local sample index ``(col, row, plane, 1)`` (planes = Z * n_sub) to head-frame mm."""
         g = self.geometry
         f, px, dz = g.factor, g.pixel_spacing_mm, g.slice_thickness_mm
+        k0, r0, c0 = self.start
         centre = ((f - 1) / 2 - (g.size - 1) / 2) * px
-        to_scanner = np.array([[f * px, 0, 0, centre], [0, f * px, 0, centre],
-                               [0, 0, dz / n_sub, (0.5 / n_sub - 0.5) * dz], [0, 0, 0, 1.0]])
+        to_scanner = np.array([[f * px, 0, 0, centre + c0 * f * px], [0, f * px, 0, centre + r0 * f * px],
+                               [0, 0, dz / n_sub, (0.5 / n_sub - 0.5 + k0) * dz], [0, 0, 0, 1.0]])
         rot = self.pose.rotation()
         to_head = np.eye(4)
         to_head[:3, :3] = rot.T
@@ -115,7 +149,7 @@ class SampleGrid:
     def plane_height_mm(self, n_sub: int = 1) -> np.ndarray:
         """(Z * n_sub,) scanner Z of each sample plane relative to the head origin (mm)."""
         dz = self.geometry.slice_thickness_mm
-        s = np.arange(self.geometry.n_slices * n_sub)
+        s = np.arange(self.shape[0] * n_sub) + self.start[0] * n_sub
         return (s + 0.5) * dz / n_sub - 0.5 * dz - self.pose.offset_mm[2]
 
     def box(self, centre: np.ndarray, radius_mm: float) -> Box | None:
@@ -172,15 +206,24 @@ def upsample_linear(a: np.ndarray, factor: int) -> np.ndarray:
     if factor == 1:
         return a
     for axis in (1, 2):
+        shape = list(a.shape)
+        shape[axis] *= factor
+        out = np.empty(shape, a.dtype)
         n = a.shape[axis]
-        pad = np.concatenate([a.take([0], axis), a, a.take([n - 1], axis)], axis=axis)
-        parts = []
         for p in range(factor):
-            t = (p + 0.5) / factor - 0.5  # offset of output sample from the input centre, in input pixels
-            lo = 0 if t < 0 else 2
-            nb = pad.take(np.arange(lo, lo + n), axis)
-            parts.append((1 - abs(t)) * a + abs(t) * nb)
-        a = np.stack(parts, axis=axis + 1).reshape(*a.shape[:axis], n * factor, *a.shape[axis + 1:])
+            t = np.float32(abs((p + 0.5) / factor - 0.5))  # distance to the input centre, input pixels
+            dst = out[(slice(None),) * axis + (slice(p, None, factor),)]
+            np.multiply(a, 1 - t, out=dst)
+            if t == 0:
+                continue
+            src = (slice(None),) * axis
+            if (p + 0.5) / factor < 0.5:  # neighbour before
+                dst[src + (slice(1, n),)] += t * a[src + (slice(0, n - 1),)]
+                dst[src + (slice(0, 1),)] += t * a[src + (slice(0, 1),)]
+            else:
+                dst[src + (slice(0, n - 1),)] += t * a[src + (slice(1, n),)]
+                dst[src + (slice(n - 1, n),)] += t * a[src + (slice(n - 1, n),)]
+        a = out
     return a
 
 

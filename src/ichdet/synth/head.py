@@ -112,11 +112,18 @@ def sample_head(rng: np.random.Generator) -> HeadParams:
                   bone_table=rng.uniform(1300.0, 1800.0), bone_diploe=rng.uniform(550.0, 900.0))
     return HeadParams(
         half_axes=(s * rng.uniform(62, 70), s * rng.uniform(80, 90), s * rng.uniform(60, 67), s * rng.uniform(56, 63)),
-        egg=rng.uniform(0.02, 0.1), skull_mm=rng.uniform(5.0, 8.0), skull_waves=_waves(rng, 3, (60.0, 140.0)),
+        egg=rng.uniform(0.02, 0.1), skull_mm=rng.uniform(4.5, 7.0), skull_waves=_waves(rng, 3, (60.0, 140.0)),
         scalp_mm=rng.uniform(4.0, 7.0), subarachnoid_mm=0.8 + 1.8 * atrophy, cortex_mm=rng.uniform(2.6, 3.4),
-        sulcus_depth_mm=rng.uniform(11.0, 16.0), sulcus_width=0.12 + 0.12 * atrophy,
-        gyri_waves=_waves(rng, 4, (22.0, 34.0)), ventricle_scale=rng.uniform(0.8, 1.1) + 0.5 * atrophy,
+        sulcus_depth_mm=rng.uniform(12.0, 18.0), sulcus_width=0.12 + 0.12 * atrophy,
+        gyri_waves=_waves(rng, 9, (16.0, 30.0)), ventricle_scale=rng.uniform(0.8, 1.1) + 0.5 * atrophy,
         fissure_mm=1.0 + 1.5 * atrophy, hu=hu)
+
+
+def head_half_extent(head: HeadParams) -> tuple[float, float, float]:
+    """Half-size (mm) of a head-frame box holding the head, scalp included, down to the neck."""
+    a, b, c_sup, c_inf = head.half_axes
+    out = 1.35 * head.skull_mm + head.scalp_mm + 2.0
+    return (a * (1 + head.egg) + out, b + out, max(c_sup, 1.8 * c_inf) + out)
 
 
 def _smoothstep(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -133,14 +140,13 @@ def _ellipse_sdf(px: np.ndarray, py: np.ndarray, pz: np.ndarray, ax: np.ndarray,
 
 
 def skull_base_floor(head: HeadParams, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Height (mm) of the cranial fossa floor at (x, y): anterior ~ -0.3 C, middle ~ -0.65 C laterally,
-    none (-inf-like) in the posterior fossa."""
+    """Height (mm) of the cranial fossa floor at (x, y): the anterior fossa at ~ -0.3 C, rounded
+    basins for the temporal lobes (middle fossae) down to ~ -0.7 C, none in the posterior fossa."""
     a, b, _, c_inf = head.half_axes
     yn, xn = y / b, np.abs(x) / a
-    ant = -0.28 * c_inf
-    mid = ant + (-0.68 * c_inf - ant) * _smoothstep(xn, 0.22, 0.42)
-    floor = ant + (mid - ant) * _smoothstep(yn, -0.4, -0.22)
-    return floor + (-3.0 * c_inf - floor) * _smoothstep(yn, 0.12, 0.3)
+    basin = np.exp(-((xn - 0.62) / 0.26) ** 2 - ((yn + 0.02) / 0.24) ** 2)
+    floor = -0.28 * c_inf - 0.42 * c_inf * basin
+    return floor + (-3.0 * c_inf - floor) * _smoothstep(yn, 0.1, 0.3)
 
 
 def _petrous_sdf(head: HeadParams, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -170,18 +176,20 @@ def cavity_sdf(head: HeadParams, x: np.ndarray, y: np.ndarray, z: np.ndarray) ->
     if np.any(sel):
         xs, ys, zs, ds = x[sel], y[sel], z[sel], d[sel]
         ds = np.maximum(ds, skull_base_floor(head, xs, ys) - zs)
-        ds = np.maximum(ds, -_petrous_sdf(head, xs, ys, zs))
+        ridge = (zs < -0.45 * c_inf + 1.0) & (ds < 30.0)
+        ds[ridge] = np.maximum(ds[ridge], -_petrous_sdf(head, xs[ridge], ys[ridge], zs[ridge]))
         stem = np.maximum(np.hypot(xs, ys - 0.12 * b) - STEM_RADIUS_MM, zs - FLOOR_TOP_MM)
         d[sel] = np.minimum(ds, stem)
     return d.astype(np.float32, copy=False)
 
 
 def envelope_sdf(head: HeadParams, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Signed distance (mm) to the vault's inner-table shape continued straight down below z = 0
-    (an elliptic cylinder): the skull's outer surface and the scalp are offsets of it."""
-    a, b, c_sup, _ = head.half_axes
-    ax = a * (1.0 + head.egg * y / b)
-    return _ellipse_sdf(x, y, np.maximum(z, 0.0), ax, b, c_sup).astype(np.float32, copy=False)
+    """Signed distance (mm) to the vault's inner-table shape continued down below z = 0 as an
+    elliptic cylinder that narrows towards the neck: the skull and scalp are offsets of it."""
+    a, b, c_sup, c_inf = head.half_axes
+    narrow = 1.0 - 0.2 * _smoothstep(-z, 0.5 * c_inf, 1.2 * c_inf)
+    ax = a * narrow * (1.0 + head.egg * y / b)
+    return _ellipse_sdf(x, y, np.maximum(z, 0.0), ax, b * (0.5 + 0.5 * narrow), c_sup).astype(np.float32, copy=False)
 
 
 def surface_point(head: HeadParams, direction: np.ndarray) -> np.ndarray:

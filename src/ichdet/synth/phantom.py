@@ -8,6 +8,7 @@ skull) away from large haemorrhages.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ from ichdet.synth.head import (AIR_HU, FLOOR_TOP_MM, HeadParams, Tissue, _smooth
                                envelope_sdf)
 
 SKULL_BASE_EXTRA_MM = 14.0  # the skull base is this much thicker than the vault at its lowest
+TEMPORAL_THINNING = 0.45  # fraction of the skull thickness lost at the temporal squama
 DIPLOE_EDGE = 0.12  # tables take the outer (0.5 - DIPLOE_EDGE) of the bone thickness on each side
 TENTORIUM_Z_MM, TENTORIUM_SLOPE = -8.0, 0.35  # tentorium height at y = 0.1 B and its fall posteriorly
 
@@ -31,7 +33,8 @@ class Warp:
 
     @property
     def reach_mm(self) -> float:
-        return max(25.0, 1.6 * self.radius_mm)
+        """Distance (mm) beyond which nothing moves."""
+        return max(60.0, 3.5 * self.radius_mm)
 
 
 @dataclass
@@ -56,18 +59,22 @@ def tentorium_z(head: HeadParams, y: np.ndarray) -> np.ndarray:
 
 
 def apply_warps(grid: SampleGrid, pts: tuple[np.ndarray, ...], warps: list[Warp]) -> tuple[tuple[np.ndarray, ...], np.ndarray | None]:
-    """Displaced coordinates ``p - u(p)`` (anatomy pushed away from each warp centre) and |u| (mm)."""
+    """Displaced coordinates ``p - u(p)`` (anatomy pushed away from each warp centre) and |u| (mm).
+
+    |u| = shift * min(1, r / radius) * (1 - (r / reach)^2)^2: smooth, zero beyond `reach_mm`.
+    """
     if not warps:
         return pts, None
     xb, yb, zb = (p.copy() for p in pts)
     push = np.zeros_like(pts[0])
     for w in warps:
-        box = grid.box(w.centre, 3 * w.reach_mm)
+        box = grid.box(w.centre, w.reach_mm)
         if box is None:
             continue
         d = [p[box] - np.float32(c) for p, c in zip(pts, w.centre)]
         r = np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2) + np.float32(1e-3)
-        mag = w.shift_mm * np.minimum(1.0, r / w.radius_mm) * np.exp(-0.5 * (r / w.reach_mm) ** 2)
+        fall = np.clip(1.0 - (r / np.float32(w.reach_mm)) ** 2, 0.0, 1.0)
+        mag = np.float32(w.shift_mm) * np.minimum(1.0, r / np.float32(w.radius_mm)) * fall * fall
         for q, dq in zip((xb, yb, zb), d):
             q[box] -= dq * (mag / r)
         push[box] += mag
@@ -97,6 +104,21 @@ def _structures(head: HeadParams) -> list[tuple[tuple[float, float, float], tupl
     return [(tuple(k * np.asarray(c, float)), tuple(k * np.asarray(ax, float)), yaw, lab) for c, ax, yaw, lab in out]
 
 
+def _face(head: HeadParams) -> list[tuple[tuple[float, float, float], tuple[float, float, float], float, Tissue]]:
+    """(centre, half-axes, HU, label) of the orbits, globes and air spaces below the skull base."""
+    a, b, _, c = head.half_axes
+    out = []
+    for s in (-1, 1):
+        out += [((s * 0.42 * a, -0.8 * b, -0.42 * c), (15, 20, 14), head.hu.fat, Tissue.FAT),
+                ((s * 0.42 * a, -0.93 * b, -0.42 * c), (11, 11, 11), 10.0, Tissue.SOFT),
+                ((s * 0.35 * a, -0.72 * b, -1.05 * c), (14, 17, 16), AIR_HU, Tissue.AIR),
+                ((s * 0.8 * a, 0.33 * b, -0.62 * c), (8, 9, 8), AIR_HU, Tissue.AIR)]
+    out += [((0, -0.78 * b, -0.6 * c), (9, 22, 28), AIR_HU, Tissue.AIR),
+            ((0, -0.3 * b, -0.6 * c), (12, 10, 9), AIR_HU, Tissue.AIR),
+            ((0, -0.25 * b, -1.1 * c), (12, 10, 12), AIR_HU, Tissue.AIR)]
+    return out
+
+
 def ellipsoid_mask(grid: SampleGrid, pts: tuple[np.ndarray, ...], centre, axes, yaw_deg: float = 0.0,
                    margin_mm: float = 0.0) -> tuple[tuple[slice, ...], np.ndarray] | None:
     """(box, bool mask within the box) of an ellipsoid (head mm, yaw about z) on full-grid coords `pts`."""
@@ -111,6 +133,28 @@ def ellipsoid_mask(grid: SampleGrid, pts: tuple[np.ndarray, ...], centre, axes, 
     return box, q <= 1.0
 
 
+def gyral_field(head: HeadParams, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(|g|, h) of random fields of the direction from the cavity centre, bent slightly with depth
+    (so sulci, the level set g = 0, run roughly perpendicular to the surface). |g| has ~unit RMS;
+    h in [0, 1] varies slowly and sets how deep each sulcus reaches. Same shape as x."""
+    r0 = float(np.mean(head.half_axes))
+    r = np.sqrt(x * x + y * y + z * z) + np.float32(1e-3)
+    scale = np.float32(r0) / r
+    bend = (np.float32(r0) - r) * np.float32(0.35)
+    tilt = head.gyri_waves[0, :3] / np.linalg.norm(head.gyri_waves[0, :3])
+    u, v, w = (c * scale + bend * np.float32(t) for c, t in zip((x, y, z), tilt))
+    n_main = len(head.gyri_waves) - 2
+    g = np.zeros_like(x)
+    h = np.zeros_like(x)
+    for i, (kx, ky, kz, phase) in enumerate(head.gyri_waves.astype(np.float32)):
+        if i < n_main:
+            g += np.cos(kx * u + ky * v + kz * w + phase)
+        else:  # the last two waves, at a third of the frequency, modulate the depth
+            h += np.cos((kx * u + ky * v + kz * w) * np.float32(0.33) + phase)
+    g = np.abs(g * np.float32(np.sqrt(2.0 / n_main)))
+    return g, np.clip(0.5 + 0.3 * h, 0.0, 1.0)
+
+
 def _brain_labels(grid: SampleGrid, head: HeadParams, pts: tuple[np.ndarray, ...], d_brain: np.ndarray,
                   push: np.ndarray | None, margin: float) -> np.ndarray:
     """uint8 tissue labels inside the cranial cavity (values outside it are overwritten later)."""
@@ -118,15 +162,18 @@ def _brain_labels(grid: SampleGrid, head: HeadParams, pts: tuple[np.ndarray, ...
     a, b = head.half_axes[:2]
     lab = np.full(xb.shape, Tissue.WM, np.uint8)
     depth = -d_brain - np.float32(head.subarachnoid_mm)
-    g = sum(grid.plane_wave(w[:3], w[3]) for w in head.gyri_waves)
-    g = np.abs(g * np.float32(np.sqrt(2.0 / len(head.gyri_waves))))
-    k_mean = float(np.linalg.norm(head.gyri_waves[:, :3], axis=1).mean())
-    ws = np.float32(head.sulcus_width)
+    shell = np.nonzero((d_brain < 0.5) & (depth < head.sulcus_depth_mm + head.cortex_mm))
+    g, h = gyral_field(head, xb[shell], yb[shell], zb[shell])
+    k_mean = float(np.linalg.norm(head.gyri_waves[:-2, :3], axis=1).mean())
+    ds = depth[shell]
+    reach = np.float32(head.sulcus_depth_mm) * (0.4 + 0.8 * h)  # sulcal depth varies
+    ws = np.float32(head.sulcus_width) * np.clip(1.3 - 0.7 * ds / reach, 0.4, 1.3)  # sulci taper
     if push is not None:  # sulci are effaced where the brain is compressed
-        ws = ws * np.clip(1.0 - push / np.float32(3.0), 0.0, 1.0)
-    lab[(depth < head.cortex_mm) | ((g < head.sulcus_width + head.cortex_mm * k_mean)
-                                    & (depth < head.sulcus_depth_mm + head.cortex_mm))] = Tissue.GM
-    lab[(g < ws) & (depth < head.sulcus_depth_mm)] = Tissue.CSF
+        ws = ws * np.clip(1.0 - push[shell] / np.float32(3.0), 0.0, 1.0)
+    gm = (ds < head.cortex_mm) | ((g < head.sulcus_width + head.cortex_mm * k_mean) & (ds < reach + head.cortex_mm))
+    lab[tuple(i[gm] for i in shell)] = Tissue.GM
+    sulcus = (g < ws) & (ds < reach)
+    lab[tuple(i[sulcus] for i in shell)] = Tissue.CSF
     n_low = int(np.count_nonzero(zb.min(axis=(1, 2)) < TENTORIUM_Z_MM + margin))
     if n_low:
         sl = slice(0, n_low)
@@ -142,7 +189,7 @@ def _brain_labels(grid: SampleGrid, head: HeadParams, pts: tuple[np.ndarray, ...
         box = grid.box(np.array([s * 0.72 * a, -8.0, -6.0]), 0.35 * a + margin)
         if box is not None:
             x, y, z = xb[box], yb[box], zb[box]
-            sheet = (np.abs(y + 8.0 - 0.35 * (np.abs(x) - 0.5 * a)) < head.fissure_mm) & (s * x > 0.42 * a)
+            sheet = (np.abs(y + 8.0 - 0.35 * (np.abs(x) - 0.5 * a)) < 0.7 * head.fissure_mm) & (s * x > 0.5 * a)
             lab[box][sheet & (np.abs(z + 6.0) < 11.0)] = Tissue.CISTERN
     near = np.nonzero(np.abs(xb) < max(head.fissure_mm, 0.5 * grid.pixel_mm))
     y, z = yb[near], zb[near]
@@ -156,12 +203,21 @@ def _brain_labels(grid: SampleGrid, head: HeadParams, pts: tuple[np.ndarray, ...
 
 
 def render_anatomy(grid: SampleGrid, head: HeadParams, warps: list[Warp] | None = None,
-                   pv_scale: float = 1.0) -> Anatomy:
+                   pv_scale: float = 1.0, workers: int = 2) -> Anatomy:
     """The phantom on `grid`: HU float32 (Z, h, w), tissue labels, inner-table distance.
 
     `pv_scale` widens the slab partial volume of obliquely cut surfaces (vertex, skull base).
+    Slices are rendered in `workers` threads (numpy releases the GIL); the result is the same.
     """
-    warps = warps or []
+    chunks = grid.chunks(workers) if workers > 1 else [grid]
+    if len(chunks) == 1:
+        return _render(grid, head, warps or [], pv_scale)
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        parts = list(pool.map(lambda g: _render(g, head, warps or [], pv_scale), chunks))
+    return Anatomy(*(np.concatenate([getattr(a, f) for a in parts]) for f in ("hu", "tissue", "cavity_mm")))
+
+
+def _render(grid: SampleGrid, head: HeadParams, warps: list[Warp], pv_scale: float) -> Anatomy:
     pts = grid.coords()
     x, y, z = pts
     a, b, c_sup, c_inf = head.half_axes
@@ -169,9 +225,10 @@ def render_anatomy(grid: SampleGrid, head: HeadParams, warps: list[Warp] | None 
     d_cav = cavity_sdf(head, x, y, z)
     d_env = envelope_sdf(head, x, y, z)
     waves = sum(grid.plane_wave(w[:3], w[3]) for w in head.skull_waves) / max(1, len(head.skull_waves))
-    t = np.float32(head.skull_mm) * (1.0 + np.float32(0.35) * waves)
     # partial volume: the slab (thickness dz) crosses surfaces whose normal has a z component
     r = np.sqrt(x * x + y * y + z * z) + np.float32(1.0)
+    temporal = (x / r) ** 4 * np.exp(-((z / np.float32(35.0)) ** 2))  # the temporal squama is thin
+    t = np.float32(head.skull_mm) * (1.0 + np.float32(0.3) * waves - np.float32(TEMPORAL_THINNING) * temporal)
     h = np.abs(grid.plane_height_mm()).astype(np.float32)[:, None, None]
     width = np.float32(grid.pixel_mm) + np.float32(pv_scale * grid.geometry.slice_thickness_mm) * np.minimum(h / r, 1.0)
     # outside the cavity: scalp with a fat layer, skull tables and diploe, skull base, soft tissue
@@ -183,21 +240,25 @@ def render_anatomy(grid: SampleGrid, head: HeadParams, warps: list[Warp] | None 
     sb = np.clip(d_cav / t, 0.0, 1.0)
     dense = np.clip((np.abs(sb - 0.5) - DIPLOE_EDGE) * 6.0, 0.0, 1.0)
     hu_bone = hu_t.bone_diploe + (hu_t.bone_table - hu_t.bone_diploe) * dense
-    deep = d_cav > t + SKULL_BASE_EXTRA_MM * np.clip(-z / c_inf, 0.0, 1.0)
+    base = np.exp(-(((z / c_inf) + 0.6) / 0.3) ** 2)  # the skull base is thickest at mid-depth
+    deep = d_cav > t + SKULL_BASE_EXTRA_MM * base
     hu_bone[deep] = hu_t.soft
     a_bone = _soft(s, width)
     hu += (hu_bone - hu) * a_bone
-    sinus = []
-    for centre, axes in (((0, -0.3 * b, -0.6 * c_inf), (12, 10, 9)), ((-0.8 * a, 0.33 * b, -0.62 * c_inf), (8, 9, 8)),
-                         ((0.8 * a, 0.33 * b, -0.62 * c_inf), (8, 9, 8))):
+    face = []
+    for centre, axes, value, label in _face(head):
         hit = ellipsoid_mask(grid, pts, centre, axes)
         if hit is not None:
-            m = hit[1] & (d_cav[hit[0]] > 1.5)
-            hu[hit[0]][m] = AIR_HU
-            sinus.append((hit[0], m))
+            m = hit[1] & deep[hit[0]]
+            hu[hit[0]][m] = value
+            face.append((hit[0], m, label))
     # inside: brain (warped by mass effect), blended in over the inner table's partial volume
     pts_b, push = apply_warps(grid, pts, warps)
-    d_brain = d_cav if not warps else cavity_sdf(head, *pts_b)
+    d_brain = d_cav if not warps else d_cav.copy()
+    for w in warps:
+        box = grid.box(w.centre, w.reach_mm)
+        if box is not None:
+            d_brain[box] = cavity_sdf(head, *(p[box] for p in pts_b))
     margin = max((w.shift_mm for w in warps), default=0.0)
     tissue = _brain_labels(grid, head, pts_b, d_brain, push, margin)
     hu_brain = hu_t.lut(grid.pixel_mm)[tissue]
@@ -207,7 +268,7 @@ def render_anatomy(grid: SampleGrid, head: HeadParams, warps: list[Warp] | None 
     outside[a_bone < 0.5] = Tissue.SCALP
     outside[(a_bone < 0.5) & fat] = Tissue.FAT
     outside[a_scalp < 0.5] = Tissue.AIR
-    for box, m in sinus:
-        outside[box][m] = Tissue.AIR
+    for box, m, label in face:
+        outside[box][m] = label
     tissue = np.where(a_cav >= 0.5, tissue, outside)
     return Anatomy(hu=hu.astype(np.float32, copy=False), tissue=tissue, cavity_mm=d_cav)
