@@ -19,7 +19,7 @@ import numpy as np
 from ichdet.datasets.manifest import SUBTYPES
 from ichdet.errors import InputError
 from ichdet.synth.grid import Box, SampleGrid
-from ichdet.synth.head import CSF_TISSUES, PARENCHYMA, HeadParams, Tissue, cavity_sdf, surface_point
+from ichdet.synth.head import PARENCHYMA, HeadParams, Tissue, cavity_sdf, surface_point
 from ichdet.synth.phantom import Anatomy, Warp
 
 ACUTE_BLOOD_HU = (50.0, 90.0)  # acute haemorrhage
@@ -163,7 +163,11 @@ def render_bleed(bleed: Bleed, grid: SampleGrid, head: HeadParams, anat: Anatomy
         return None
     x, y, z = grid.coords(box, n_sub)
     tissue = np.repeat(anat.tissue[box], n_sub, axis=0)
-    edge = np.float32(-0.3 * grid.pixel_mm)  # keep the inner table's partial-volume rim
+    # stay off the inner table's partial-volume rim (in-plane pixel, and the slab where it cuts obliquely)
+    h = np.abs(grid.plane_height_mm(n_sub)[box[0].start * n_sub:box[0].stop * n_sub]).astype(np.float32)
+    r = np.sqrt(x * x + y * y + z * z) + np.float32(1.0)
+    slab = np.float32(grid.geometry.slice_thickness_mm) * np.minimum(h[:, None, None] / r, 1.0)
+    edge = np.float32(-0.5) * (np.float32(grid.pixel_mm) + slab)
     oedema = None
     if s in ("epidural", "subdural"):
         d = cavity_sdf(head, x, y, z)
@@ -205,7 +209,7 @@ def render_bleed(bleed: Bleed, grid: SampleGrid, head: HeadParams, anat: Anatomy
         dx, dy, dz = (q - np.float32(v) for q, v in zip((x, y, z), bleed.centre))
         r = np.sqrt(dx * dx + dy * dy + dz * dz)
         region = r < np.float32(bleed.size_mm) * _wobble(bleed.waves, dx, dy, dz, r, 0.35)
-        inside = region & np.isin(tissue, (Tissue.CSF, Tissue.CISTERN)) & (cavity_sdf(head, x, y, z) < edge)
+        inside = region & np.isin(tissue, (Tissue.CSF, Tissue.CISTERN)) & (cavity_sdf(head, x, y, z) < edge - 1.0)
     occ = inside.reshape(-1, n_sub, *inside.shape[1:]).mean(axis=1, dtype=np.float32)
     return box, occ, oedema
 

@@ -145,7 +145,9 @@ def skull_base_floor(head: HeadParams, x: np.ndarray, y: np.ndarray) -> np.ndarr
     a, b, _, c_inf = head.half_axes
     yn, xn = y / b, np.abs(x) / a
     basin = np.exp(-((xn - 0.62) / 0.26) ** 2 - ((yn + 0.02) / 0.24) ** 2)
-    floor = -0.28 * c_inf - 0.42 * c_inf * basin
+    orbit_roofs = np.exp(-((xn - 0.35) / 0.2) ** 2)  # domed over the orbits, cribriform plate lower
+    frontal = _smoothstep(-yn, 0.55, 1.0)  # the floor curves up into the frontal bone
+    floor = (-0.36 + 0.12 * orbit_roofs + 0.3 * frontal) * c_inf - 0.36 * c_inf * basin
     return floor + (-3.0 * c_inf - floor) * _smoothstep(yn, 0.1, 0.3)
 
 
