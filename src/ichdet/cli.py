@@ -34,11 +34,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from ichdet.synth import make_cohort
 
-    manifest = make_cohort(args.out, n_scans=args.scans, seed=args.seed, positive_fraction=args.positive_fraction,
-                           fmt=args.format, slice_thickness=args.slice_thickness, difficulty=args.difficulty,
-                           size=args.size, n_slices=args.slices)
+    with tqdm(total=args.scans, unit="scan", desc="synth", disable=None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        manifest = make_cohort(args.out, n_scans=args.scans, seed=args.seed, positive_fraction=args.positive_fraction,
+                               fmt=args.format, slice_thickness=args.slice_thickness, difficulty=args.difficulty,
+                               size=args.size, n_slices=args.slices, progress=progress)
     print(f"wrote {args.scans} synthetic scans; manifest: {manifest}")
     return EXIT_OK
 
