@@ -76,7 +76,7 @@ def write_dicom_series(volume: Volume, out_dir: str | Path, *, patient_name: str
     study_uid = volume.study_uid or _uid(key + "/study")
     series_uid = volume.series_uid or _uid(key + "/series")
     base = _base_dataset(volume, patient_name, series_description, study_uid, series_uid)
-    stored = np.clip(np.rint(volume.hu - INTERCEPT_HU), -32768, 32767).astype(np.int16)
+    stored = np.clip(np.rint(volume.hu) - INTERCEPT_HU, -32768, 32767).astype(np.int16)  # round HU like write_nifti
     syntax = SYNTAXES[transfer_syntax]
     names = [f"IM{k + 1:05d}.dcm" for k in range(volume.shape[0])]
     with atomic_path(out_dir) as tmp:
