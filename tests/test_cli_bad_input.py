@@ -108,7 +108,7 @@ def test_inconsistent_geometry(capsys, tmp_path):
     ds = pydicom.dcmread(files[2])
     ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
     ds.save_as(files[2])
-    _fails(capsys, ["info", str(tmp_path / "s")], "IM00003.dcm: ImageOrientationPatient", "inconsistent geometry")
+    _fails(capsys, ["info", str(tmp_path / "s")], "IM00003.dcm: ImageOrientationPatient [0, 1, 0, 0, 0, -1] differs from the series' [1, 0, 0, 0, 1, 0] (inconsistent geometry)")
 
 
 def test_nan_in_nifti(capsys, tmp_path):
@@ -223,3 +223,19 @@ def test_nifti_header_claiming_a_giant_volume(capsys, tmp_path):
     hdr.set_data_dtype(np.int16)
     (tmp_path / "huge.nii").write_bytes(hdr.binaryblock + b"\0" * 104)
     _fails(capsys, ["info", str(tmp_path / "huge.nii")], "huge.nii: header dimensions (30000, 30000, 1000) are empty or too large")
+
+
+def test_unknown_transfer_syntax(capsys, tmp_path):
+    files = _series(tmp_path, z=1)
+    ds = pydicom.dcmread(files[0])
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4.5"
+    ds.save_as(files[0], enforce_file_format=False)
+    _fails(capsys, ["info", str(files[0])], "IM00001.dcm: unknown transfer syntax 1.2.3.4.5 (0002,0010); cannot decode pixel data")
+
+
+def test_degenerate_orientation(capsys, tmp_path):
+    files = _series(tmp_path, z=1)
+    ds = pydicom.dcmread(files[0])
+    ds.ImageOrientationPatient = [0, 0, 0, 0, 0, 0]
+    ds.save_as(files[0])
+    _fails(capsys, ["info", str(files[0])], "IM00001.dcm: ImageOrientationPatient is not two orthogonal unit vectors, got [0, 0, 0, 0, 0, 0]")

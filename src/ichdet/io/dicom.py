@@ -101,6 +101,11 @@ def _floats(ds: Dataset, keyword: str, n: int, path: Path) -> np.ndarray | None:
     return arr
 
 
+def _fmt(values: np.ndarray) -> str:
+    """Numbers as a user reads them in a message: [1, 0, 0, 0, 0.989, -0.148]."""
+    return "[" + ", ".join(f"{float(v):.6g}" for v in values) + "]"
+
+
 def _normal(iop: np.ndarray) -> np.ndarray:
     n = np.cross(iop[:3], iop[3:])
     norm = np.linalg.norm(n)
@@ -184,11 +189,11 @@ def _geometry(headers: list[Dataset], files: list[Path]) -> tuple[np.ndarray, np
             raise InputError("ImageOrientationPatient (0020,0037) is missing; cannot order slices", ref_file)
         iop = np.array([1.0, 0, 0, 0, 1.0, 0])
     if abs(np.linalg.norm(iop[:3]) - 1) > 0.01 or abs(np.linalg.norm(iop[3:]) - 1) > 0.01 or abs(iop[:3] @ iop[3:]) > 0.01:
-        raise InputError(f"ImageOrientationPatient is not two orthogonal unit vectors, got {list(iop)}", ref_file)
+        raise InputError(f"ImageOrientationPatient is not two orthogonal unit vectors, got {_fmt(iop)}", ref_file)
     if ps is None:
         ps = np.array([1.0, 1.0])
     if np.any(ps <= 0):
-        raise InputError(f"PixelSpacing must be positive, got {list(ps)}", ref_file)
+        raise InputError(f"PixelSpacing must be positive, got {_fmt(ps)}", ref_file)
     positions = np.zeros((len(headers), 3))
     for i, (ds, f) in enumerate(zip(headers, files)):
         for kw, want in (("Rows", int(ref.Rows)), ("Columns", int(ref.Columns))):
@@ -196,10 +201,10 @@ def _geometry(headers: list[Dataset], files: list[Path]) -> tuple[np.ndarray, np
                 raise InputError(f"{kw} is {ds.get(kw)} but the series' first slice has {want} (inconsistent geometry)", f)
         o = _floats(ds, "ImageOrientationPatient", 6, f)
         if o is not None and np.max(np.abs(o - iop)) > 1e-3:
-            raise InputError(f"ImageOrientationPatient {list(o)} differs from the series' {list(iop)} (inconsistent geometry)", f)
+            raise InputError(f"ImageOrientationPatient {_fmt(o)} differs from the series' {_fmt(iop)} (inconsistent geometry)", f)
         p = _floats(ds, "PixelSpacing", 2, f)
         if p is not None and np.max(np.abs(p - ps)) > 1e-3:
-            raise InputError(f"PixelSpacing {list(p)} differs from the series' {list(ps)} (inconsistent geometry)", f)
+            raise InputError(f"PixelSpacing {_fmt(p)} differs from the series' {_fmt(ps)} (inconsistent geometry)", f)
         pos = _floats(ds, "ImagePositionPatient", 3, f)
         if pos is None:
             if len(headers) > 1:

@@ -73,6 +73,8 @@ def _fast_jpeg_lossless(ds: Dataset, rows: int, cols: int, bits: int, stored: in
 
 def _decoded_pixels(ds: Dataset, path: Path, rows: int, cols: int) -> np.ndarray:
     syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    if not syntax.is_transfer_syntax:
+        raise InputError(f"unknown transfer syntax {syntax} (0002,0010); cannot decode pixel data", path)
     try:
         arr = ds.pixel_array
     except (NotImplementedError, RuntimeError, ImportError) as e:
