@@ -103,7 +103,7 @@ def _floats(ds: Dataset, keyword: str, n: int, path: Path) -> np.ndarray | None:
 
 def _fmt(values: np.ndarray) -> str:
     """Numbers as a user reads them in a message: [1, 0, 0, 0, 0.989, -0.148]."""
-    return "[" + ", ".join(f"{float(v):.6g}" for v in values) + "]"
+    return "[" + ", ".join(f"{float(v) + 0.0:.6g}" for v in values) + "]"  # + 0.0 turns -0 into 0
 
 
 def _normal(iop: np.ndarray) -> np.ndarray:
