@@ -53,6 +53,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from ichdet.datasets.adapters import ADAPTERS
 
     fn = ADAPTERS[args.dataset]
+    logging.getLogger("ichdet.datasets").setLevel(logging.INFO)  # the adapters' one-line summary
     options = {k: v for k, v in vars(args).items() if k not in ("dataset", "src", "out", "func", "command", "debug", "verbose")}
     manifest = fn(Path(args.src), Path(args.out), **options)
     print(f"manifest: {manifest}")
