@@ -239,3 +239,12 @@ def test_degenerate_orientation(capsys, tmp_path):
     ds.ImageOrientationPatient = [0, 0, 0, 0, 0, 0]
     ds.save_as(files[0])
     _fails(capsys, ["info", str(files[0])], "IM00001.dcm: ImageOrientationPatient is not two orthogonal unit vectors, got [0, 0, 0, 0, 0, 0]")
+
+
+def test_lone_slice_with_negative_thickness_still_reads(capsys, tmp_path):
+    files = _series(tmp_path, z=1)
+    ds = pydicom.dcmread(files[0])
+    ds.SliceThickness = "-5"
+    ds.save_as(files[0])
+    assert run(["info", str(files[0])]) == 0
+    assert "1.0 mm between slices" in capsys.readouterr().out

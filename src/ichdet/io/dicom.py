@@ -214,6 +214,15 @@ def _geometry(headers: list[Dataset], files: list[Path]) -> tuple[np.ndarray, np
     return iop, ps, positions
 
 
+def _single_slice_thickness(ds: Dataset) -> float:
+    """SliceThickness (mm) of a lone slice, 1 mm when absent, unreadable or not positive."""
+    try:
+        t = float(ds.get("SliceThickness") or 1.0)
+    except (TypeError, ValueError):
+        return 1.0
+    return t if np.isfinite(t) and t > 0 else 1.0
+
+
 def _assemble(s: SeriesSummary, label: str, zipped: bool = False) -> Volume:
     headers, files = s.headers, s.files
     ref = headers[0]
@@ -239,7 +248,7 @@ def _assemble(s: SeriesSummary, label: str, zipped: bool = False) -> Volume:
     if dropped:
         warn.append(f"{len(dropped)} slice(s) at duplicate positions dropped: {', '.join(dropped[:5])}")
     steps = np.diff(along[keep])
-    dz = float(np.median(steps)) if len(keep) > 1 else float(ref.get("SliceThickness", 1.0) or 1.0)
+    dz = float(np.median(steps)) if len(keep) > 1 else _single_slice_thickness(ref)
     step_vec = np.median(np.diff(positions[keep], axis=0), axis=0) if len(keep) > 1 else normal * dz
     gaps = [{"after_slice": int(k), "step_mm": round(float(st), 4)} for k, st in enumerate(steps) if st > GAP_FACTOR * dz]
     if gaps:
