@@ -248,3 +248,10 @@ def test_lone_slice_with_negative_thickness_still_reads(capsys, tmp_path):
     ds.save_as(files[0])
     assert run(["info", str(files[0])]) == 0
     assert "1.0 mm between slices" in capsys.readouterr().out
+
+
+def test_a_pipe_is_refused_not_read(capsys, tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "scan.zip")
+    _fails(capsys, ["info", str(tmp_path / "scan.zip")], "scan.zip: not a regular file or folder")

@@ -17,6 +17,8 @@ def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
     p = Path(path)
     if not p.exists():
         raise InputError("no such file or folder", p)
+    if not (p.is_dir() or p.is_file()):
+        raise InputError("not a regular file or folder (a pipe, socket or device?)", p)
     if p.is_file() and is_nifti(p):
         return read_nifti(p)
     if p.is_file() and is_image(p):

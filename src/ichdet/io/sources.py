@@ -97,6 +97,8 @@ def resolve_inputs(path: str | Path | Sequence[str | Path]) -> Iterator[tuple[li
     p = Path(path)
     if not p.exists():
         raise InputError("no such file or folder", p)
+    if not (p.is_dir() or p.is_file()):
+        raise InputError("not a regular file or folder (a pipe, socket or device?)", p)
     if p.is_dir():
         files = list_files(p)
         if not files:
