@@ -34,6 +34,16 @@ def _series(tmp_path: Path, z: int = 3) -> list[Path]:
     return write_series(tmp_path / "s", head_like_volume(z=z))
 
 
+def _one_slice_with(tmp_path: Path, **elements) -> Path:
+    """A one-slice series whose header elements are overwritten with `elements` (keyword: value)."""
+    path = _series(tmp_path, z=1)[0]
+    ds = pydicom.dcmread(path)
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+    return path
+
+
 def test_missing_path(capsys, tmp_path):
     _fails(capsys, ["info", str(tmp_path / "nope")], f"{tmp_path / 'nope'}: no such file or folder")
 
@@ -67,19 +77,13 @@ def test_truncated_file(capsys, tmp_path):
 
 
 def test_header_dimensions_larger_than_pixel_data(capsys, tmp_path):
-    files = _series(tmp_path, z=1)
-    ds = pydicom.dcmread(files[0])
-    ds.Rows, ds.Columns = 512, 512
-    ds.save_as(files[0])
-    _fails(capsys, ["info", str(files[0])], "IM00001.dcm: pixel data holds 2048 bytes but Rows x Columns x BitsAllocated (512x512x16) need 524288")
+    path = _one_slice_with(tmp_path, Rows=512, Columns=512)
+    _fails(capsys, ["info", str(path)], "IM00001.dcm: pixel data holds 2048 bytes but Rows x Columns x BitsAllocated (512x512x16) need 524288")
 
 
 def test_absurd_header_dimensions_are_not_allocated(capsys, tmp_path):
-    files = _series(tmp_path, z=1)
-    ds = pydicom.dcmread(files[0])
-    ds.Rows, ds.Columns = 65535, 65535
-    ds.save_as(files[0])
-    _fails(capsys, ["info", str(files[0])], "IM00001.dcm: Rows x Columns 65535x65535 is outside 1..4096")
+    path = _one_slice_with(tmp_path, Rows=65535, Columns=65535)
+    _fails(capsys, ["info", str(path)], "IM00001.dcm: Rows x Columns 65535x65535 is outside 1..4096")
 
 
 def test_pixel_data_no_plugin_can_decode(capsys, tmp_path):
@@ -196,19 +200,13 @@ def test_truncated_header(capsys, tmp_path):
 
 
 def test_zero_rescale_slope(capsys, tmp_path):
-    files = _series(tmp_path, z=1)
-    ds = pydicom.dcmread(files[0])
-    ds.RescaleSlope = "0"
-    ds.save_as(files[0])
-    _fails(capsys, ["info", str(files[0])], "IM00001.dcm: RescaleSlope 0.0 / RescaleIntercept -1024.0 cannot map to HU")
+    path = _one_slice_with(tmp_path, RescaleSlope="0")
+    _fails(capsys, ["info", str(path)], "IM00001.dcm: RescaleSlope 0.0 / RescaleIntercept -1024.0 cannot map to HU")
 
 
 def test_colour_pixels_are_not_ct(capsys, tmp_path):
-    files = _series(tmp_path, z=1)
-    ds = pydicom.dcmread(files[0])
-    ds.SamplesPerPixel = 3
-    ds.save_as(files[0])
-    _fails(capsys, ["info", str(files[0])], "IM00001.dcm: SamplesPerPixel is 3; a CT slice must be grayscale (1)")
+    path = _one_slice_with(tmp_path, SamplesPerPixel=3)
+    _fails(capsys, ["info", str(path)], "IM00001.dcm: SamplesPerPixel is 3; a CT slice must be grayscale (1)")
 
 
 def test_zip_bomb(capsys, tmp_path):
@@ -234,19 +232,13 @@ def test_unknown_transfer_syntax(capsys, tmp_path):
 
 
 def test_degenerate_orientation(capsys, tmp_path):
-    files = _series(tmp_path, z=1)
-    ds = pydicom.dcmread(files[0])
-    ds.ImageOrientationPatient = [0, 0, 0, 0, 0, 0]
-    ds.save_as(files[0])
-    _fails(capsys, ["info", str(files[0])], "IM00001.dcm: ImageOrientationPatient is not two orthogonal unit vectors, got [0, 0, 0, 0, 0, 0]")
+    path = _one_slice_with(tmp_path, ImageOrientationPatient=[0, 0, 0, 0, 0, 0])
+    _fails(capsys, ["info", str(path)], "IM00001.dcm: ImageOrientationPatient is not two orthogonal unit vectors, got [0, 0, 0, 0, 0, 0]")
 
 
 def test_lone_slice_with_negative_thickness_still_reads(capsys, tmp_path):
-    files = _series(tmp_path, z=1)
-    ds = pydicom.dcmread(files[0])
-    ds.SliceThickness = "-5"
-    ds.save_as(files[0])
-    assert run(["info", str(files[0])]) == 0
+    path = _one_slice_with(tmp_path, SliceThickness="-5")
+    assert run(["info", str(path)]) == 0
     assert "1.0 mm between slices" in capsys.readouterr().out
 
 
