@@ -60,6 +60,33 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from ichdet.engine import load_config, train
+
+    overrides = list(args.set or [])
+    if args.data:
+        overrides.append(f"data.manifest={args.data}")
+    cfg = load_config(args.config, overrides)
+    bundle = train(cfg, args.out, resume=args.resume, show_progress=not args.quiet)
+    print(f"bundle: {bundle}")
+    return EXIT_OK
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one experiment (a config in configs/) and write a model bundle",
+                       description="Train one stage of an experiment from a YAML config; the run folder gets "
+                                   "config.yaml, splits.csv, metrics.csv, checkpoints and bundle/. Runs unchanged "
+                                   "under `torchrun --nproc_per_node N` (DDP).")
+    p.add_argument("config", help="YAML config, e.g. configs/3d_slice_cnn.yaml")
+    p.add_argument("--out", required=True, help="run folder (model.init_from paths are relative to its parent)")
+    p.add_argument("--data", help="manifest CSV (same as --set data.manifest=...)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch remains)")
+    p.set_defaults(func=cmd_train)
+
+
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="write a manifest for a public data set or an image folder",
                        description="Turn RSNA 2019, CQ500, PhysioNet CT-ICH or a labelled image folder into a manifest CSV.")
@@ -104,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     _add_prepare(sub)
+    _add_train(sub)
     return parser
 
 

@@ -1,0 +1,135 @@
+"""Model bundles: one folder holding everything `predict`, `serve`, `evaluate` and `export` need.
+
+```
+bundle/
+  bundle.json   format, ichdet version, model name + kwargs, kind, preprocessing, context,
+                operating point (chosen on validation data), validation metrics, data hash
+  config.yaml   the resolved training config
+  weights.pt    the network's state dict (torch.load(weights_only=True) reads it)
+  svm.joblib    the SVM head, for kinds "alexnet_svm" and "feature_svm" (a pickle: load bundles
+                only from sources you trust, as with any pickle)
+```
+Kinds: "slice" (a slice classifier; a scan's score is its maximum slice probability),
+"scan" (scan_lstm), "aggregate" (slice classifier + max or 95th percentile over slices),
+"alexnet_svm" (slice features -> SVM), "feature_svm" (padded slice features -> SVM).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import ichdet
+from ichdet.errors import InputError
+from ichdet.fileio import atomic_path
+from ichdet.preprocess.pipeline import PrepSpec
+
+FORMAT = "ichdet-bundle"
+FORMAT_VERSION = 1
+KINDS = ("slice", "scan", "aggregate", "alexnet_svm", "feature_svm")
+META, WEIGHTS, CONFIG, SVM = "bundle.json", "weights.pt", "config.yaml", "svm.joblib"
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: `model` in eval mode, `svm` when the kind has one, `meta` = bundle.json."""
+
+    path: Path
+    meta: dict[str, Any]
+    model: torch.nn.Module
+    svm: Any = None
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    @property
+    def prep(self) -> PrepSpec:
+        return PrepSpec.from_dict(self.meta["prep"])
+
+    @property
+    def context(self) -> int:
+        return int(self.meta.get("context", 0))
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["operating_point"]["threshold"])
+
+    @property
+    def aggregate(self) -> str:
+        return self.meta.get("aggregate", "max")
+
+
+def save_bundle(out: str | Path, *, model: torch.nn.Module, model_name: str, model_kwargs: dict[str, Any],
+                kind: str, prep: PrepSpec, context: int, operating_point: dict[str, Any],
+                metrics: dict[str, Any], config_yaml: str, data_hash: str, aggregate: str = "max",
+                svm: Any = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write a bundle folder atomically (built beside `out`, then renamed over it)."""
+    if kind not in KINDS:
+        raise InputError(f"bundle kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if (kind in ("alexnet_svm", "feature_svm")) != (svm is not None):
+        raise InputError(f"bundle kind {kind!r} {'needs' if svm is None else 'takes no'} SVM head")
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "ichdet_version": ichdet.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "kind": kind, "model": {"name": model_name, "kwargs": model_kwargs}, "aggregate": aggregate,
+        "prep": prep.to_dict(), "context": int(context), "operating_point": operating_point,
+        "metrics": metrics, "data_hash": data_hash, **(extra or {}),
+    }
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        torch.save(model.state_dict(), tmp / WEIGHTS)
+        (tmp / CONFIG).write_text(config_yaml, encoding="utf-8")
+        if svm is not None:
+            svm.save(tmp / SVM)
+        (tmp / META).write_text(json.dumps(meta, indent=2, default=float), encoding="utf-8")
+    return out
+
+
+def read_bundle_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    meta_path = path / META
+    if not meta_path.is_file():
+        raise InputError(f"not a model bundle (no {META})", path)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"unreadable bundle metadata ({e})", meta_path) from None
+    if meta.get("format") != FORMAT:
+        raise InputError(f"not an ichdet bundle: format is {meta.get('format')!r}", meta_path)
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise InputError(f"bundle format version {meta['format_version']} is newer than this ichdet "
+                         f"understands ({FORMAT_VERSION}); upgrade ichdet", meta_path)
+    return meta
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read a bundle folder written by `save_bundle` (or `ichdet train`)."""
+    from ichdet.models import create_model
+
+    path = Path(path)
+    meta = read_bundle_meta(path)
+    model = create_model(meta["model"]["name"], **meta["model"]["kwargs"])
+    try:
+        state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except FileNotFoundError:
+        raise InputError(f"bundle lacks {WEIGHTS}", path) from None
+    except (RuntimeError, ValueError, OSError) as e:
+        raise InputError(f"bundle weights do not load ({str(e).splitlines()[0][:160]})", path / WEIGHTS) from None
+    model.eval()
+    svm = None
+    if meta["kind"] in ("alexnet_svm", "feature_svm"):
+        from ichdet.models.aggregate import FeatureSVM
+        from ichdet.models.svm_head import SVMHead
+
+        cls = SVMHead if meta["kind"] == "alexnet_svm" else FeatureSVM
+        if not (path / SVM).is_file():
+            raise InputError(f"bundle of kind {meta['kind']} lacks {SVM}", path)
+        svm = cls.load(path / SVM)
+    return Bundle(path=path, meta=meta, model=model, svm=svm)

@@ -1,0 +1,144 @@
+"""The training loop, written out: epochs of balanced random batches, validation, best-by-
+validation and latest checkpoints, early stopping, and an exact resume.
+
+Exact resume: an epoch's samples, augmentations and dropout masks are drawn from generators
+seeded by (seed, epoch[, rank]), never from state carried over, and `latest.pt` (weights,
+optimizer, progress) is written after every epoch; so after a kill, `--resume` replays the
+unfinished epoch exactly and ends with the weights an uninterrupted run ends with (CPU).
+
+DDP: every rank builds the same global batch keys; rank r takes keys r::world_size, the
+gradients are averaged, and only rank 0 validates and writes.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ichdet.datasets.slices import shard
+from ichdet.engine.checkpoint import BEST, TrainState, load_checkpoint, restore, save_best, save_checkpoint
+from ichdet.engine.distributed import barrier, broadcast_object
+from ichdet.engine.run import Run
+from ichdet.engine.tasks import loss_and_hits
+from ichdet.errors import InputError
+from ichdet.fileio import write_text_atomic
+
+METRICS_COLUMNS = ("epoch", "samples", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc",
+                   "val_n", "lr", "seconds", "data_wait_fraction", "best")
+
+
+def make_optimizer(run: Run, model: torch.nn.Module) -> torch.optim.Optimizer:
+    from ichdet.models.finetune import param_groups
+
+    o = run.cfg.optim
+    groups = param_groups(model, o.lr, run.cfg.model.lr_mult)
+    if not groups or not any(g["params"] for g in groups):
+        raise InputError("no trainable parameters: check model.trainable / model.freeze_encoder")
+    if o.name == "adam":
+        return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "rmsprop":  # Keras' defaults (rho 0.9, epsilon 1e-7), as the paper used Keras
+        return torch.optim.RMSprop(groups, lr=o.lr, alpha=0.9, eps=1e-7, weight_decay=o.weight_decay)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def _better(metric: str, value: float, best: float | None) -> bool:
+    if math.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value < best if metric == "loss" else value > best
+
+
+def write_metrics_csv(run: Run, state: TrainState) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for row in state.history:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text_atomic(run.out / "metrics.csv", buf.getvalue())
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % (2**63)
+
+
+def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState:
+    """Train `model` on `task` for the configured epochs; returns the progress (best epoch etc.).
+    On return `model` holds the best-by-validation weights."""
+    cfg, info = run.cfg, run.info
+    optimizer = make_optimizer(run, model)
+    state = TrainState()
+    if resume and (run.out / "latest.pt").exists():
+        state = restore(run.out, model, optimizer)
+        run.log(f"resuming after epoch {state.epoch} (best {cfg.optim.select_metric} "
+                f"{state.best_metric} at epoch {state.best_epoch})")
+    stopped = bool(state.history and state.history[-1].get("stopped"))
+    wrapped = (DistributedDataParallel(model, find_unused_parameters=cfg.stage == "scan")
+               if info.enabled else model)
+    B, W = cfg.optim.batch_size, info.world_size
+    if B % W:
+        raise InputError(f"optim.batch_size {B} must be divisible by the number of processes {W}")
+    while state.epoch < cfg.optim.epochs and not stopped:
+        epoch = state.epoch + 1
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))  # dropout masks of this epoch
+        keys = task.epoch_keys(epoch)
+        batches = [shard(keys[i:i + B], info.rank, W) for i in range(0, len(keys), B)]
+        loader = DataLoader(task.dataset, batch_sampler=batches, num_workers=cfg.data.workers,
+                            collate_fn=task.collate)
+        wrapped.train()
+        t0, waited, loss_sum, hits, seen = time.perf_counter(), 0.0, 0.0, 0, 0
+        bar = tqdm(total=len(batches), desc=f"{cfg.experiment or cfg.stage} {epoch}/{cfg.optim.epochs}",
+                   unit="step", disable=None if (run.show_progress and info.is_main) else True, leave=False)
+        t_wait = time.perf_counter()
+        for batch in loader:
+            waited += time.perf_counter() - t_wait
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+                logits, y = task.forward(wrapped, batch)
+            loss, h = loss_and_hits(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            loss_sum += loss.item() * len(y)
+            hits, seen = hits + h, seen + len(y)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.3f}")
+            t_wait = time.perf_counter()
+        bar.close()
+        seconds = time.perf_counter() - t0
+        val = broadcast_object(task.validate(model) if info.is_main else None, info)
+        metric = val["val_loss" if cfg.optim.select_metric == "loss" else f"val_{cfg.optim.select_metric}"]
+        improved = _better(cfg.optim.select_metric, metric, state.best_metric)
+        state.epoch = epoch
+        if improved:
+            state.best_metric, state.best_epoch, state.bad_epochs = float(metric), epoch, 0
+            if info.is_main:
+                save_best(run.out, model, state)
+        else:
+            state.bad_epochs += 1
+        stopped = bool(cfg.optim.patience and state.bad_epochs >= cfg.optim.patience)
+        state.history.append({"epoch": epoch, "samples": seen * W, "train_loss": loss_sum / max(seen, 1),
+                              "train_accuracy": hits / max(seen, 1), **val, "lr": optimizer.param_groups[0]["lr"],
+                              "seconds": seconds, "data_wait_fraction": waited / max(seconds, 1e-9),
+                              "best": int(improved), "stopped": stopped})
+        if info.is_main:
+            save_checkpoint(run.out, model, optimizer, state, cfg.to_dict())
+            write_metrics_csv(run, state)
+        run.log(f"epoch {epoch}/{cfg.optim.epochs}: loss {loss_sum / max(seen, 1):.4f} acc {hits / max(seen, 1):.3f} | "
+                f"val auc {val['val_auc']:.4f} acc {val['val_accuracy']:.3f} loss {val['val_loss']:.4f}"
+                f"{' *' if improved else ''} | {seconds:.1f} s, data wait {100 * waited / max(seconds, 1e-9):.0f}%")
+        barrier(info)
+        if stopped:
+            run.log(f"early stop: no {cfg.optim.select_metric} improvement for {cfg.optim.patience} epochs")
+    best = run.out / BEST
+    if best.exists():
+        model.load_state_dict(load_checkpoint(best)["model"])
+    return state

@@ -1,0 +1,205 @@
+"""The four stages `ichdet train` runs, each ending with a bundle in RUN/bundle:
+
+slice      a slice classifier (slice_cnn, alexnet) on balanced cranial slices
+scan       scan_lstm on whole scans (frozen encoder = the paper's stage 2, else end-to-end)
+svm        an SVM head on a trained slice model's features: "alexnet_svm" (per slice) or
+           "feature_svm" (zero-padded per-slice features of a whole scan, sec. 4.1)
+aggregate  a trained slice model + maximum or 95th percentile of slice probabilities (sec. 4.1)
+
+Every operating point is chosen on the validation split (highest threshold reaching
+`target_sensitivity`) and stored in the bundle to be applied unchanged to test data.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ichdet.bundle import save_bundle
+from ichdet.datasets.slices import SliceDataset, SliceIndex
+from ichdet.engine.config import dump_config
+from ichdet.engine.loop import fit
+from ichdet.engine.run import Run
+from ichdet.engine.scoring import score_scans, score_slices, slice_features
+from ichdet.engine.tasks import ScanTask, SliceTask
+from ichdet.errors import InputError
+from ichdet.metrics import binary_stats, roc_auc, threshold_for_sensitivity
+from ichdet.models import create_model
+from ichdet.models.finetune import set_trainable
+
+
+def operating_point(y: np.ndarray, scores: np.ndarray, target: float, level: str) -> dict[str, Any]:
+    """Maximal-sensitivity point chosen on validation scores, with the validation figures at it."""
+    t = threshold_for_sensitivity(y, scores, target)
+    stats = binary_stats(y, scores, t)
+    return {"method": "max_sensitivity", "target_sensitivity": target, "threshold": t, "chosen_on": "validation",
+            "level": level, "validation": {"auc": roc_auc(y, scores), **stats}}
+
+
+def build_model(run: Run) -> torch.nn.Module:
+    """The network a slice or scan stage trains, initialised as the config says."""
+    cfg, src = run.cfg, run.source
+    name, kw = cfg.model.name, dict(cfg.model.kwargs)
+    in_ch = len(run.spec.windows) * (2 * run.context + 1)
+    torch.manual_seed(cfg.seed)
+    if name == "scan_lstm":
+        if src is not None and src.meta["model"]["name"] == "scan_lstm":
+            model = create_model("scan_lstm", **{**src.meta["model"]["kwargs"], **kw})
+            model.load_state_dict(src.model.state_dict())
+        elif src is not None:  # a slice model: its weights start the encoder (the paper's stage 2)
+            model = create_model("scan_lstm", encoder_name=src.meta["model"]["name"],
+                                 encoder_kw=src.meta["model"]["kwargs"], **kw)
+            model.encoder.load_state_dict(src.model.state_dict())
+        else:
+            enc_kw = {"in_channels": in_ch, **kw.pop("encoder_kw", {})}
+            model = create_model("scan_lstm", encoder_kw=enc_kw, **kw)
+        model.freeze_encoder(cfg.model.freeze_encoder)
+    else:
+        if name == "slice_cnn":
+            kw.setdefault("in_channels", in_ch)
+        elif name == "alexnet":
+            kw.setdefault("in_channels", 3)
+        model = create_model(name, **kw)
+        if src is not None:
+            if src.meta["model"]["name"] != name:
+                raise InputError(f"model.init_from holds a {src.meta['model']['name']} model, not {name}", src.path)
+            model.load_state_dict(src.model.state_dict())
+        if cfg.model.weights:
+            if name != "alexnet":
+                raise InputError(f"model.weights (pretrained ImageNet weights) applies to alexnet only, not {name}")
+            from ichdet.models.alexnet import load_alexnet_weights
+
+            load_alexnet_weights(model, cfg.model.weights)
+        set_trainable(model, cfg.model.trainable)
+    want = model.in_channels
+    if want != in_ch and not (want == 3 and in_ch == 1):
+        raise InputError(f"the model takes {want} input channel(s) but the data give {in_ch} "
+                         f"({len(run.spec.windows)} window(s) x {2 * run.context + 1} slice(s))")
+    if cfg.channels_last and name != "scan_lstm":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _model_kwargs(model: torch.nn.Module) -> dict[str, Any]:
+    return model.config()
+
+
+def _save(run: Run, model: torch.nn.Module, kind: str, op: dict[str, Any], metrics: dict[str, Any],
+          svm: Any = None, extra: dict[str, Any] | None = None) -> Path:
+    out = run.out / "bundle"
+    if run.info.is_main:
+        save_bundle(out, model=model, model_name=model.model_name, model_kwargs=_model_kwargs(model), kind=kind,
+                    prep=run.spec, context=run.context, operating_point=op, metrics=metrics,
+                    config_yaml=dump_config(run.cfg), data_hash=run.data_hash, aggregate=run.cfg.aggregate,
+                    svm=svm, extra=extra)
+        run.log(f"bundle: {out} (validation AUC {op['validation']['auc']:.4f}, threshold {op['threshold']:.4g} "
+                f"for sensitivity >= {op['target_sensitivity']})")
+    return out
+
+
+def _scan_scores(run: Run, kind: str, model: torch.nn.Module, svm: Any = None) -> tuple[np.ndarray, np.ndarray, float]:
+    ids = run.ids("val")
+    t0 = time.perf_counter()
+    scores = score_scans(kind, model, run.cohort, ids, run.context, run.cfg.aggregate, svm)
+    return run.cohort.labels(ids), scores, (time.perf_counter() - t0) / max(len(ids), 1)
+
+
+def _history(state) -> dict[str, Any]:
+    return {"best_epoch": state.best_epoch, "epochs_run": state.epoch, "select_metric": None,
+            "best_metric": state.best_metric}
+
+
+def train_slices(run: Run, resume: bool) -> Path:
+    task = SliceTask(run)
+    model = build_model(run)
+    state = fit(run, model, task, resume)
+    p, y = score_slices(model, task.validation_samples())
+    slice_op = operating_point(y, p, run.cfg.target_sensitivity, "slice")
+    ys, ss, sec = _scan_scores(run, "slice", model)
+    scan_op = operating_point(ys, ss, run.cfg.target_sensitivity, "scan")
+    metrics = {**_history(state), "select_metric": run.cfg.optim.select_metric, "seconds_per_scan": sec,
+               "validation_slices": slice_op["validation"], "validation_scans": scan_op["validation"]}
+    return _save(run, model, "slice", scan_op, metrics, extra={"slice_operating_point": slice_op})
+
+
+def train_scans(run: Run, resume: bool) -> Path:
+    task = ScanTask(run)
+    model = build_model(run)
+    state = fit(run, model, task, resume)
+    ys, ss, sec = _scan_scores(run, "scan", model)
+    op = operating_point(ys, ss, run.cfg.target_sensitivity, "scan")
+    metrics = {**_history(state), "select_metric": run.cfg.optim.select_metric, "seconds_per_scan": sec,
+               "validation_scans": op["validation"]}
+    return _save(run, model, "scan", op, metrics)
+
+
+def _balanced_subset(index: SliceIndex, n: int, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    k = min(n // 2, index.n_pos, index.n_neg)
+    pos = rng.choice(index.n_pos, size=k, replace=False)
+    neg = index.n_pos + rng.choice(index.n_neg, size=k, replace=False)
+    return sorted(int(i) for i in np.concatenate([pos, neg]))
+
+
+def fit_svm(run: Run, resume: bool) -> Path:
+    """An SVM head on the init_from slice model's features; C by inner CV on training data only."""
+    from ichdet.models.aggregate import FeatureSVM
+    from ichdet.models.svm_head import SVMHead
+
+    cfg, s = run.cfg, run.cfg.svm
+    kind = cfg.model.name
+    if kind not in ("alexnet_svm", "feature_svm"):
+        raise InputError(f"the svm stage makes model.name alexnet_svm or feature_svm, got {cfg.model.name!r}")
+    model = run.source.model.eval()
+    C = s.C if s.C > 0 else None
+    if kind == "alexnet_svm":
+        kw = {"cranial_only": cfg.data.cranial_only, "negatives_from_negative_scans": cfg.data.negatives_from_negative_scans}
+        index = SliceIndex.build(run.cohort, splits=run.splits, split="train", **kw)
+        ds = SliceDataset(run.cohort, index, context=run.context)
+        items = _balanced_subset(index, s.max_train_samples, cfg.seed)
+        run.log(f"svm: features of {len(items)} training slices")
+        feats, labels = _features(model, [ds[i] for i in items])
+        svm = SVMHead(kernel=s.kernel, C=C, Cs=tuple(s.Cs), inner_folds=s.inner_folds, random_state=cfg.seed)
+        svm.fit(feats, labels)
+        val_index = SliceIndex.build(run.cohort, splits=run.splits, split="val", **kw)
+        from ichdet.datasets.slices import validation_sample
+
+        vds = SliceDataset(run.cohort, val_index, context=run.context)
+        p, y = score_slices(model, [vds[i] for i in validation_sample(val_index, cfg.optim.val_samples, cfg.seed)], svm=svm)
+        extra = {"slice_operating_point": operating_point(y, p, cfg.target_sensitivity, "slice")}
+    else:
+        ids = run.ids("train")
+        run.log(f"svm: slice features of {len(ids)} training scans")
+        feats = [slice_features(model, run.cohort[sid].image, run.context) for sid in ids]
+        svm = FeatureSVM(length=s.length or None, C=C, Cs=tuple(s.Cs), inner_folds=s.inner_folds, random_state=cfg.seed)
+        svm.fit(feats, run.cohort.labels(ids))
+        extra = {}
+    ys, ss, sec = _scan_scores(run, kind, model, svm)
+    op = operating_point(ys, ss, cfg.target_sensitivity, "scan")
+    metrics = {"C": float(svm.C_), "seconds_per_scan": sec, "validation_scans": op["validation"],
+               **({"validation_slices": extra["slice_operating_point"]["validation"]} if extra else {})}
+    return _save(run, model, kind, op, metrics, svm=svm, extra=extra)
+
+
+@torch.inference_mode()
+def _features(model: torch.nn.Module, samples: list[tuple[torch.Tensor, int]], batch: int = 64
+              ) -> tuple[np.ndarray, np.ndarray]:
+    from ichdet.engine.scoring import adapt_input
+
+    feats = [model.forward_features(adapt_input(model, torch.stack([x for x, _ in samples[i:i + batch]]))).float().numpy()
+             for i in range(0, len(samples), batch)]
+    return np.concatenate(feats), np.array([y for _, y in samples], dtype=np.int64)
+
+
+def fit_aggregate(run: Run, resume: bool) -> Path:
+    """The slice model's maximum or 95th-percentile slice probability as the scan score."""
+    model = run.source.model.eval()
+    ys, ss, sec = _scan_scores(run, "aggregate", model)
+    op = operating_point(ys, ss, run.cfg.target_sensitivity, "scan")
+    return _save(run, model, "aggregate", op, {"seconds_per_scan": sec, "validation_scans": op["validation"]})
+
+
+STAGE_FUNCTIONS = {"slice": train_slices, "scan": train_scans, "svm": fit_svm, "aggregate": fit_aggregate}

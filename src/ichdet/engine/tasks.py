@@ -1,0 +1,107 @@
+"""The two trainable tasks: what an epoch samples, how a batch reaches the model, how validation
+scores it. `SliceTask` is the slice stage (sec. 3.3.1) and the 2D experiments; `ScanTask` the
+LSTM and end-to-end stages (sec. 3.3.2-3.3.3)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ichdet.datasets.scans import ScanDataset, balanced_scan_epoch, collate_scans
+from ichdet.datasets.slices import Key, SliceDataset, SliceIndex, epoch_keys, validation_sample
+from ichdet.engine.run import Run
+from ichdet.engine.scoring import adapt_input, positive_probability, scan_probability, score_slices
+from ichdet.errors import InputError
+from ichdet.metrics import roc_auc
+
+
+def _validation_row(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    eps = 1e-7
+    pc = np.clip(p, eps, 1 - eps)
+    loss = float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))) if len(y) else float("nan")
+    acc = float(np.mean((p >= 0.5) == (y == 1))) if len(y) else float("nan")
+    return {"val_loss": loss, "val_accuracy": acc, "val_auc": roc_auc(y, p) if len(y) else float("nan"),
+            "val_n": int(len(y))}
+
+
+class SliceTask:
+    """Balanced cranial slices (positives: labelled slices; negatives: slices of negative scans)."""
+
+    def __init__(self, run: Run):
+        cfg, d = run.cfg, run.cfg.data
+        kw = {"cranial_only": d.cranial_only, "negatives_from_negative_scans": d.negatives_from_negative_scans}
+        self.train_index = SliceIndex.build(run.cohort, splits=run.splits, split="train", **kw)
+        self.val_index = SliceIndex.build(run.cohort, splits=run.splits, split="val", **kw)
+        for name, index in (("training", self.train_index), ("validation", self.val_index)):
+            if index.n_pos < 1 or index.n_neg < 1:
+                raise InputError(f"the {name} split has {index.n_pos} positive and {index.n_neg} negative usable "
+                                 "slice(s); the slice stage needs both (are slice labels present?)",
+                                 run.cohort.manifest_path)
+        self.dataset = SliceDataset(run.cohort, self.train_index, context=run.context, augment=d.augment, seed=cfg.seed)
+        self.val_dataset = SliceDataset(run.cohort, self.val_index, context=run.context)
+        self.val_items = validation_sample(self.val_index, cfg.optim.val_samples, seed=cfg.seed)
+        self._val_samples = [self.val_dataset[i] for i in self.val_items]
+        self.n_samples = cfg.optim.steps_per_epoch * cfg.optim.batch_size
+        self.seed = cfg.seed
+        self.collate: Callable | None = None  # default collate: (x (B, C', S, S), y (B,))
+        self.channels_last = cfg.channels_last
+
+    def epoch_keys(self, epoch: int) -> list[Key]:
+        return self.train_index.epoch_keys(self.n_samples, self.seed, epoch)
+
+    def forward(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        x = adapt_input(model, x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return model(x), y
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]:
+        """The paper's 500 random validation slices: accuracy (and AUC, loss)."""
+        p, y = score_slices(model, self._val_samples)
+        return _validation_row(y, p)
+
+    def validation_samples(self) -> Sequence[tuple[torch.Tensor, int]]:
+        return self._val_samples
+
+
+class ScanTask:
+    """Balanced whole scans, `batch_size` per step (the paper: one), padded to the longest."""
+
+    def __init__(self, run: Run):
+        cfg = run.cfg
+        self.train_ids, self.val_ids = run.ids("train"), run.ids("val")
+        labels = run.cohort.labels(self.train_ids)
+        if not (labels == 1).any() or not (labels == 0).any():
+            raise InputError(f"the training split needs positive and negative scans, got {int(labels.sum())} positive "
+                             f"of {len(labels)}", run.cohort.manifest_path)
+        self.labels = labels
+        self.dataset = ScanDataset(run.cohort, self.train_ids, context=run.context, augment=cfg.data.augment,
+                                   seed=cfg.seed)
+        self.cohort, self.context = run.cohort, run.context
+        self.n_samples = cfg.optim.steps_per_epoch * cfg.optim.batch_size
+        self.seed = cfg.seed
+        self.collate: Callable | None = collate_scans
+
+    def epoch_keys(self, epoch: int) -> list[Key]:
+        return epoch_keys(balanced_scan_epoch(self.labels, self.n_samples, self.seed, epoch), epoch)
+
+    def forward(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        x, lengths, y, _ = batch
+        return model(x, lengths), y
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]:
+        """ROC AUC (and accuracy, loss) over every validation scan."""
+        p = np.array([scan_probability(model, self.cohort[s].image, self.context) for s in self.val_ids])
+        return _validation_row(self.cohort.labels(self.val_ids), p)
+
+
+def loss_and_hits(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cross-entropy over the softmax classes, and the number of correct argmax predictions."""
+    loss = F.cross_entropy(logits.float(), y)
+    return loss, int((logits.argmax(1) == y).sum())
+
+
+__all__ = ["ScanTask", "SliceTask", "loss_and_hits", "positive_probability"]

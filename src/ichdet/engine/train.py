@@ -1,0 +1,27 @@
+"""`train(config, out)`: the library call behind `ichdet train`, under torchrun or not."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ichdet.engine.config import TrainConfig
+from ichdet.engine.distributed import setup_distributed, teardown_distributed
+from ichdet.engine.run import open_run
+from ichdet.engine.stages import STAGE_FUNCTIONS
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, show_progress: bool = True) -> Path:
+    """Run one experiment's stage into the run folder `out`; returns the bundle folder.
+
+    `resume=True` continues from ``out/latest.pt`` (same config required) and, on CPU with the
+    same seed, ends with the weights an uninterrupted run would have.
+    """
+    info = setup_distributed()
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        run = open_run(cfg.validate(), Path(out), resume, info, show_progress)
+        return STAGE_FUNCTIONS[cfg.stage](run, resume)
+    finally:
+        teardown_distributed(info)
