@@ -197,6 +197,11 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
         return value
     if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if isinstance(default, float) and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(default, str) and value is None:

@@ -1,0 +1,267 @@
+"""Prepared scans: network-ready arrays + per-slice labels + cranial flags, cached on disk.
+
+`load_prepared` turns one manifest row into a `PreparedScan`; `PreparedCohort` does it lazily
+for a whole manifest. With a `PreparedCache` the prepared image and the full-resolution cranial
+flags are stored under a key built from the series' file fingerprints (listed, not decoded), the
+scan path, the series uid and the `PrepSpec`, so the second pass over a cohort decodes nothing.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from ichdet.cache import PreparedCache, volume_key_parts
+from ichdet.datasets.manifest import ManifestRow, SliceLabel, read_manifest, read_slice_labels
+from ichdet.errors import InputError
+from ichdet.io import read_volume
+from ichdet.io.sources import list_files
+from ichdet.preprocess import PrepSpec, cranial_slices, prepare_volume
+
+UNKNOWN = -1  # slice label of a slice nobody annotated
+Progress = Callable[[int, int, str], None]  # (done, total, scan_id)
+
+
+@dataclass
+class PreparedScan:
+    """One scan ready for training.
+
+    image: float32 (C, Z', S, S) in [0, 1] (may be a read-only memory map from the cache).
+    slice_labels: int8 (Z',): 1 bleed, 0 none, -1 unknown; index 0 = most inferior slice.
+    cranial: bool (Z',): the slice shows the cranial cavity.
+    Z' = Z, or ceil(Z / 2) when the spec's z max filter merged slice pairs.
+    """
+
+    scan_id: str
+    patient_id: str
+    label: int
+    subtypes: dict[str, int]
+    image: np.ndarray
+    slice_labels: np.ndarray
+    cranial: np.ndarray
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.image.shape[1])
+
+
+def source_files(path: Path) -> list[Path]:
+    """The files a scan is read from, without decoding: a folder's files (sorted, recursive,
+    hidden skipped, as the DICOM reader lists them) or the file itself (NIfTI, zip, image)."""
+    if path.is_dir():
+        files = list_files(path)
+        if not files:
+            raise InputError("folder holds no readable files", path)
+        return files
+    if not path.is_file():
+        raise InputError("no such file or folder", path)
+    return [path]
+
+
+def pair_reduce(values: np.ndarray, how: str) -> np.ndarray:
+    """(Z,) -> (ceil(Z/2),): ``max`` (labels; -1 unknown loses to 0/1) or ``any`` of each slice
+    pair (0, 1), (2, 3), ...; an odd last slice stands alone (as the z max filter does)."""
+    v = np.asarray(values)
+    if v.shape[0] % 2:
+        v = np.concatenate([v, v[-1:]])
+    pairs = v.reshape(-1, 2)
+    return pairs.any(axis=1) if how == "any" else pairs.max(axis=1)
+
+
+def align_slice_labels(scan_id: str, label: int, n_slices: int, slice_labels: Sequence[SliceLabel] | None,
+                       z_max_filter: bool) -> np.ndarray:
+    """int8 (Z',) slice labels for a scan of `n_slices` slices (before any z filter).
+
+    No slice labels: all 0 for a negative scan, all -1 (unknown) for a positive one. Given
+    labels must cover every slice index 0..n_slices-1 exactly once.
+    """
+    if not slice_labels:
+        out = np.full(n_slices, 0 if int(label) == 0 else UNKNOWN, dtype=np.int8)
+    else:
+        if len(slice_labels) != n_slices:
+            raise InputError(f"scan {scan_id!r}: the slice-label CSV has {len(slice_labels)} slice(s) "
+                             f"but the volume has {n_slices}")
+        out = np.full(n_slices, UNKNOWN, dtype=np.int8)
+        for s in slice_labels:
+            if not 0 <= s.slice_index < n_slices or out[s.slice_index] != UNKNOWN:
+                raise InputError(f"scan {scan_id!r}: slice-label CSV has slice_index {s.slice_index} "
+                                 f"{'twice' if 0 <= s.slice_index < n_slices else 'outside'} for a volume of "
+                                 f"{n_slices} slices (indices 0..{n_slices - 1})")
+            out[s.slice_index] = int(s.label)
+    return pair_reduce(out, "max").astype(np.int8) if z_max_filter else out
+
+
+def _key_parts(row: ManifestRow, path: Path, spec: PrepSpec, what: str) -> dict:
+    return volume_key_parts(source_files(path), spec.to_dict() if what == "image" else {}, what=what,
+                            path=str(path.resolve()), series_uid=row.extra.get("series_uid", ""))
+
+
+def load_prepared(row: ManifestRow, root: str | Path, spec: PrepSpec = PrepSpec(), cache: PreparedCache | None = None,
+                  slice_labels: Sequence[SliceLabel] | None = None) -> PreparedScan:
+    """Read, prepare and label one manifest row; InputError names the scan and its path."""
+    path = row.resolved_path(root)
+    try:
+        image, cranial_full = _image_and_cranial(row, path, spec, cache)
+        labels = align_slice_labels(row.scan_id, row.label, int(cranial_full.shape[0]), slice_labels,
+                                    spec.z_max_filter)
+    except InputError as e:
+        msg = str(e)
+        raise InputError(msg if f"scan {row.scan_id!r}" in msg else f"scan {row.scan_id!r}: {msg}",
+                         None if str(path) in msg else path) from None
+    except (OSError, ValueError, RuntimeError, MemoryError) as e:
+        raise InputError(f"scan {row.scan_id!r}: cannot prepare ({e.__class__.__name__}: {e})", path) from None
+    cranial = pair_reduce(cranial_full, "any") if spec.z_max_filter else np.asarray(cranial_full, dtype=bool)
+    if image.shape[1] != labels.shape[0]:
+        raise InputError(f"scan {row.scan_id!r}: prepared image has {image.shape[1]} slices but the labels "
+                         f"have {labels.shape[0]} (stale cache?)", path)
+    return PreparedScan(row.scan_id, row.patient_id, int(row.label), dict(row.subtypes), image, labels,
+                        np.asarray(cranial, dtype=bool), dict(row.extra))
+
+
+def _image_and_cranial(row: ManifestRow, path: Path, spec: PrepSpec,
+                       cache: PreparedCache | None) -> tuple[np.ndarray, np.ndarray]:
+    """(image (C, Z', S, S), cranial flags (Z,) at full z resolution), from the cache if there."""
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        vol = read_volume(path, series_uid=row.extra.get("series_uid") or None)
+        return prepare_volume(vol, spec), cranial_slices(vol.hu, vol.spacing)
+
+    if cache is None:
+        return compute()
+    image_key, cranial_key = _key_parts(row, path, spec, "image"), _key_parts(row, path, spec, "cranial")
+    image, cranial = cache.load(image_key), cache.load(cranial_key)
+    if image is None or cranial is None:
+        fresh = compute()
+        image = cache.get_or_compute(image_key, lambda: fresh[0])
+        cranial = cache.get_or_compute(cranial_key, lambda: fresh[1])
+    return image, np.asarray(cranial, dtype=bool)
+
+
+def _prepare_worker(args: tuple) -> tuple[str, PreparedScan | None, str | None]:
+    row, root, spec, cache_root, labels = args
+    try:
+        scan = load_prepared(row, root, spec, PreparedCache(cache_root) if cache_root else None, labels)
+    except InputError as e:
+        return row.scan_id, None, str(e)
+    return row.scan_id, (None if cache_root else scan), None
+
+
+class PreparedCohort:
+    """A manifest whose scans are prepared on first use and then held (by scan_id).
+
+    slice_labels_path: "auto" reads ``slice_labels.csv`` beside the manifest when present; a
+    path reads that file; None uses none. Without a cache every loaded scan stays in RAM
+    (C * Z' * S * S * 4 bytes each); with one, scans are memory maps of cache files.
+    Pickling (DataLoader workers with spawn) drops the loaded scans; workers reload them.
+    """
+
+    def __init__(self, manifest_path: str | Path, spec: PrepSpec = PrepSpec(), cache: PreparedCache | None = None,
+                 slice_labels_path: str | Path | None = "auto", progress: Progress | None = None):
+        self.manifest_path = Path(manifest_path)
+        self.root = self.manifest_path.parent
+        self.spec = spec
+        self.cache = cache
+        self.progress = progress
+        self.rows: list[ManifestRow] = read_manifest(self.manifest_path)
+        self._rows = {r.scan_id: r for r in self.rows}
+        if slice_labels_path == "auto":
+            auto = self.root / "slice_labels.csv"
+            slice_labels_path = auto if auto.is_file() else None
+        self.slice_labels: dict[str, list[SliceLabel]] = (
+            read_slice_labels(slice_labels_path) if slice_labels_path is not None else {})
+        self._scans: dict[str, PreparedScan] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, scan_id: object) -> bool:
+        return scan_id in self._rows
+
+    def row(self, scan_id: str) -> ManifestRow:
+        try:
+            return self._rows[scan_id]
+        except KeyError:
+            raise InputError(f"scan {scan_id!r} is not in the manifest", self.manifest_path) from None
+
+    def __getitem__(self, scan_id: str) -> PreparedScan:
+        scan = self._scans.get(scan_id)
+        if scan is None:
+            scan = load_prepared(self.row(scan_id), self.root, self.spec, self.cache, self.slice_labels.get(scan_id))
+            self._scans[scan_id] = scan
+        return scan
+
+    def scan_ids(self, split: str | None = None, splits: Mapping[str, str] | None = None) -> list[str]:
+        """Scan ids in manifest order; with `split`, only those `splits` assigns to it."""
+        if split is None:
+            return [r.scan_id for r in self.rows]
+        if splits is None:
+            raise InputError(f"scan_ids(split={split!r}) needs the splits mapping (scan_id -> split)")
+        return [r.scan_id for r in self.rows if splits.get(r.scan_id) == split]
+
+    def labels(self, scan_ids: Sequence[str]) -> np.ndarray:
+        """int64 (N,) scan labels from the manifest (no loading)."""
+        return np.array([self.row(s).label for s in scan_ids], dtype=np.int64)
+
+    def prepare_all(self, workers: int = 1, scan_ids: Sequence[str] | None = None,
+                    errors: str = "raise") -> dict[str, str]:
+        """Load every scan (filling the cache) with `workers` processes, calling
+        ``progress(done, total, scan_id)`` after each. errors="raise" stops at the first bad scan;
+        "collect" skips bad scans and returns {scan_id: message}."""
+        if errors not in ("raise", "collect"):
+            raise InputError(f"errors must be 'raise' or 'collect', got {errors!r}")
+        ids = [s for s in (scan_ids if scan_ids is not None else self.scan_ids()) if s not in self._scans]
+        total, failed = len(ids), {}
+        done = 0
+
+        def finish(sid: str, scan: PreparedScan | None, err: str | None) -> None:
+            nonlocal done
+            if err is not None:
+                if errors == "raise":
+                    raise InputError(err)
+                failed[sid] = err
+            elif scan is not None:
+                self._scans[sid] = scan
+            done += 1
+            if self.progress is not None:
+                self.progress(done, total, sid)
+
+        if workers <= 1 or total <= 1:
+            for sid in ids:
+                try:
+                    finish(sid, self[sid], None)
+                except InputError as e:
+                    finish(sid, None, str(e))
+            return failed
+        cache_root = str(self.cache.root) if self.cache is not None else None
+        jobs = [(self.row(s), self.root, self.spec, cache_root, self.slice_labels.get(s)) for s in ids]
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(int(workers), total), mp_context=ctx) as pool:
+            for sid, scan, err in pool.map(_prepare_worker, jobs):
+                if err is None and scan is None:  # cached by the worker: map it here, no decoding
+                    scan = load_prepared(self.row(sid), self.root, self.spec, self.cache, self.slice_labels.get(sid))
+                finish(sid, scan, err)
+        return failed
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_scans"] = {}
+        state["progress"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return (f"PreparedCohort({str(self.manifest_path)!r}, scans={len(self.rows)}, spec={self.spec.key()}, "
+                f"loaded={len(self._scans)})")
+
+
+def n_prepared_slices(n_slices: int, spec: PrepSpec) -> int:
+    """Z' for a volume of `n_slices` slices under `spec`."""
+    return math.ceil(n_slices / 2) if spec.z_max_filter else int(n_slices)
+
+
+__all__ = ["UNKNOWN", "PreparedCohort", "PreparedScan", "align_slice_labels", "load_prepared", "n_prepared_slices",
+           "pair_reduce", "source_files"]

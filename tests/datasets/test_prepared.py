@@ -1,0 +1,159 @@
+"""Prepared scans: slice-label alignment, cranial flags, the cache, and errors naming the scan."""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ichdet.datasets.prepared as prepared
+from ichdet.cache import PreparedCache
+from ichdet.datasets.manifest import ManifestRow, SliceLabel, read_manifest, write_manifest
+from ichdet.datasets.prepared import PreparedCohort, align_slice_labels, load_prepared, pair_reduce
+from ichdet.errors import InputError
+from ichdet.io import read_volume
+from ichdet.preprocess import PrepSpec, cranial_slices
+
+SPEC = PrepSpec(windows=("brain", "subdural"), size=32)
+SPEC_Z = PrepSpec(windows=("brain",), size=32, z_max_filter=True)
+
+
+def csv_slice_labels(manifest: Path) -> dict[str, np.ndarray]:
+    out: dict[str, list[tuple[int, int]]] = {}
+    with open(manifest.parent / "slice_labels.csv", newline="") as fh:
+        for rec in csv.DictReader(fh):
+            out.setdefault(rec["scan_id"], []).append((int(rec["slice_index"]), int(rec["label"])))
+    return {k: np.array([lab for _, lab in sorted(v)]) for k, v in out.items()}
+
+
+def test_slice_labels_and_cranial_flags_align(cohort_manifest: Path) -> None:
+    cohort = PreparedCohort(cohort_manifest, SPEC)
+    expected = csv_slice_labels(cohort_manifest)
+    assert sum(r.label for r in cohort.rows) == 4
+    for row in cohort.rows:
+        scan = cohort[row.scan_id]
+        vol = read_volume(row.resolved_path(cohort_manifest.parent))
+        assert scan.image.shape == (2, 30, 32, 32) and scan.image.dtype == np.float32
+        assert 0.0 <= scan.image.min() and scan.image.max() <= 1.0
+        assert scan.slice_labels.dtype == np.int8
+        np.testing.assert_array_equal(scan.slice_labels, expected[row.scan_id])
+        np.testing.assert_array_equal(scan.cranial, cranial_slices(vol.hu, vol.spacing))
+        assert (scan.label, scan.patient_id) == (row.label, row.patient_id)
+        assert scan.slice_labels.max() == row.label  # positives show blood on some slice, negatives on none
+    # skull base and vertex: the synthetic scans' end slices are not cranial
+    assert not any(cohort[s].cranial[0] or cohort[s].cranial[-1] for s in cohort.scan_ids())
+
+
+def test_z_max_filter_merges_slice_pairs(cohort_manifest: Path) -> None:
+    full = PreparedCohort(cohort_manifest, SPEC)
+    half = PreparedCohort(cohort_manifest, SPEC_Z)
+    for sid in half.scan_ids():
+        a, b = full[sid], half[sid]
+        assert b.image.shape == (1, 15, 32, 32)
+        np.testing.assert_array_equal(b.slice_labels, np.maximum(a.slice_labels[0::2], a.slice_labels[1::2]))
+        np.testing.assert_array_equal(b.cranial, a.cranial[0::2] | a.cranial[1::2])
+    positive = [s for s in half.scan_ids() if half[s].label == 1]
+    assert all(half[s].slice_labels.max() == 1 for s in positive)
+
+
+def test_pair_reduce_odd_length_keeps_last_slice() -> None:
+    np.testing.assert_array_equal(pair_reduce(np.array([0, 1, -1, 0, 1], np.int8), "max"), [1, 0, 1])
+    np.testing.assert_array_equal(pair_reduce(np.array([False, False, True]), "any"), [False, True])
+
+
+def test_missing_slice_labels_are_zero_for_negatives_and_unknown_for_positives(cohort_manifest: Path) -> None:
+    cohort = PreparedCohort(cohort_manifest, SPEC_Z, slice_labels_path=None)
+    for sid in cohort.scan_ids():
+        scan = cohort[sid]
+        assert scan.slice_labels.shape == (15,)
+        assert set(scan.slice_labels.tolist()) == ({-1} if scan.label else {0})
+
+
+def test_slice_label_count_mismatch_names_scan_and_counts() -> None:
+    labels = [SliceLabel("s1", k, 0) for k in range(29)]
+    with pytest.raises(InputError) as e:
+        align_slice_labels("s1", 1, 30, labels, False)
+    assert str(e.value) == "scan 's1': the slice-label CSV has 29 slice(s) but the volume has 30"
+    twice = [SliceLabel("s1", k, 0) for k in range(29)] + [SliceLabel("s1", 3, 1)]
+    with pytest.raises(InputError, match="slice_index 3 twice"):
+        align_slice_labels("s1", 1, 30, twice, False)
+
+
+def test_slice_label_mismatch_from_csv(cohort_manifest: Path, tmp_path: Path) -> None:
+    lines = (cohort_manifest.parent / "slice_labels.csv").read_text().splitlines()
+    short = [ln for ln in lines if not ln.startswith("synth1_00001,29,")]
+    path = tmp_path / "short.csv"
+    path.write_text("\n".join(short) + "\n")
+    cohort = PreparedCohort(cohort_manifest, SPEC, slice_labels_path=path)
+    with pytest.raises(InputError) as e:
+        cohort["synth1_00001"]
+    assert "scan 'synth1_00001': the slice-label CSV has 29 slice(s) but the volume has 30" in str(e.value)
+
+
+def test_cache_avoids_decoding_the_second_time(cohort_manifest: Path, tmp_path: Path, monkeypatch) -> None:
+    calls: list[Path] = []
+
+    def counting_read_volume(path, **kw):
+        calls.append(Path(path))
+        return read_volume(path, **kw)
+
+    monkeypatch.setattr(prepared, "read_volume", counting_read_volume)
+    cache = PreparedCache(tmp_path / "cache")
+    progress: list[tuple[int, int, str]] = []
+    first = PreparedCohort(cohort_manifest, SPEC_Z, cache=cache, progress=lambda *a: progress.append(a))
+    assert first.prepare_all() == {}
+    assert len(calls) == 8 and [p[:2] for p in progress] == [(i, 8) for i in range(1, 9)]
+    second = PreparedCohort(cohort_manifest, SPEC_Z, cache=cache)
+    second.prepare_all()
+    assert len(calls) == 8  # nothing decoded again
+    other_spec = PreparedCohort(cohort_manifest, SPEC, cache=cache)
+    other_spec["synth1_00000"]
+    assert len(calls) == 9  # another spec is another key
+    plain = PreparedCohort(cohort_manifest, SPEC_Z)
+    for sid in second.scan_ids():
+        a, b = second[sid], plain[sid]
+        assert isinstance(a.image, np.memmap)
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.cranial, b.cranial)
+        np.testing.assert_array_equal(a.slice_labels, b.slice_labels)
+
+
+def test_prepare_all_with_worker_processes(cohort_manifest: Path, tmp_path: Path) -> None:
+    cache = PreparedCache(tmp_path / "cache")
+    cohort = PreparedCohort(cohort_manifest, SPEC_Z, cache=cache)
+    cohort.prepare_all(workers=2, scan_ids=cohort.scan_ids()[:3])
+    plain = PreparedCohort(cohort_manifest, SPEC_Z)
+    for sid in cohort.scan_ids()[:3]:
+        np.testing.assert_array_equal(cohort[sid].image, plain[sid].image)
+    assert len(list((tmp_path / "cache").glob("??/*.npy"))) == 6  # image + cranial flags per scan
+
+
+def test_bad_scan_names_scan_and_path(cohort_manifest: Path, tmp_path: Path) -> None:
+    rows = read_manifest(cohort_manifest)[:2]
+    shutil.copytree(rows[0].resolved_path(cohort_manifest.parent), tmp_path / "good")
+    bad_dir = tmp_path / "broken"
+    bad_dir.mkdir()
+    (bad_dir / "IM00001.dcm").write_bytes(b"not a dicom file at all")
+    rows = [ManifestRow("good", "p1", "good", 0), ManifestRow("broken", "p2", "broken", 0),
+            ManifestRow("gone", "p3", "missing_folder", 0)]
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    cohort = PreparedCohort(manifest, SPEC, cache=PreparedCache(tmp_path / "cache"))
+    for sid, folder in (("broken", bad_dir), ("gone", tmp_path / "missing_folder")):
+        with pytest.raises(InputError) as e:
+            cohort[sid]
+        assert f"scan {sid!r}" in str(e.value) and str(folder) in str(e.value)
+    failed = cohort.prepare_all(errors="collect")
+    assert sorted(failed) == ["broken", "gone"] and cohort["good"].n_slices == 30
+    with pytest.raises(InputError, match="scan 'broken'"):
+        PreparedCohort(manifest, SPEC).prepare_all()
+    with pytest.raises(InputError, match="scan 'nope' is not in the manifest"):
+        cohort["nope"]
+
+
+def test_load_prepared_single_row(cohort_manifest: Path) -> None:
+    row = read_manifest(cohort_manifest)[3]
+    scan = load_prepared(row, cohort_manifest.parent, SPEC_Z, None, None)
+    assert scan.scan_id == row.scan_id and scan.image.shape == (1, 15, 32, 32)
+    assert (scan.slice_labels == -1).all()  # positive, no slice labels given

@@ -1,0 +1,83 @@
+"""Config files: base chains, --set overrides, type checks and the exact error messages."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ichdet.engine.config import TrainConfig, dump_config, load_config
+from ichdet.errors import InputError
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path, ["data.manifest=m.csv"])
+    assert cfg.experiment and cfg.stage in ("slice", "scan", "svm", "aggregate")
+
+
+def test_paper_recipes_are_the_defaults():
+    s = load_config(CONFIGS / "3d_slice_cnn.yaml")
+    assert (s.optim.name, s.optim.lr, s.optim.batch_size, s.optim.val_samples) == ("adam", 1e-4, 25, 500)
+    assert (s.data.size, s.data.max_filter, s.data.z_max_filter, s.model.kwargs["dropout"]) == (256, 2, False, 0.5)
+    f = load_config(CONFIGS / "3d_lstm2_frozen.yaml")
+    assert (f.optim.name, f.optim.lr, f.optim.batch_size, f.optim.select_metric) == ("rmsprop", 1e-3, 1, "auc")
+    assert f.model.freeze_encoder and f.data.z_max_filter and f.model.kwargs == {"lstm_layers": 2, "hidden": 512}
+    e = load_config(CONFIGS / "3d_lstm2_e2e.yaml")  # base: the frozen stage, lr 1e-4, encoder released
+    assert (e.optim.name, e.optim.lr, e.model.freeze_encoder, e.model.init_from) == ("rmsprop", 1e-4, False, "3d_lstm2_frozen")
+    assert load_config(CONFIGS / "3d_lstm1_frozen.yaml").model.kwargs["lstm_layers"] == 1
+
+
+def test_set_overrides_parse_yaml_values(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("stage: slice\noptim: {lr: 0.1}\n")
+    cfg = load_config(p, ["optim.lr=1e-3", "data.windows=[brain, subdural]", "optim.epochs=3",
+                          "model.kwargs.base_width=8", "data.augment=false"])
+    assert cfg.optim.lr == 1e-3 and cfg.optim.epochs == 3 and cfg.data.windows == ["brain", "subdural"]
+    assert cfg.model.kwargs == {"base_width": 8} and cfg.data.augment is False
+
+
+def test_base_chain_and_loop(tmp_path):
+    (tmp_path / "a.yaml").write_text("optim: {lr: 0.5, epochs: 7}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\noptim: {lr: 0.25}\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert (cfg.optim.lr, cfg.optim.epochs) == (0.25, 7)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(InputError, match="include each other in a loop"):
+        load_config(tmp_path / "b.yaml")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=1", "unknown config key(s) optim.lrr; expected some of"),
+    ("optim.epochs=many", "config optim.epochs must be a int, got 'many'"),
+    ("data.augment=3", "config data.augment must be true or false, got 3"),
+    ("stage=fly", "config stage must be one of slice, scan, svm, aggregate, got 'fly'"),
+    ("optim.batch_size=0", "config optim.batch_size must be >= 1, got 0"),
+    ("data.windows=[nope]", "nope"),
+    ("nonsense", "--set expects key=value"),
+])
+def test_bad_values_are_named(override, message):
+    with pytest.raises(InputError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+
+
+def test_svm_stage_needs_a_trained_model():
+    with pytest.raises(InputError, match="stage 'svm' needs model.init_from"):
+        load_config(None, ["stage=svm"])
+
+
+def test_dump_and_reload_round_trip(tmp_path):
+    cfg = load_config(CONFIGS / "3d_lstm1_e2e.yaml", ["data.manifest=x.csv"])
+    (tmp_path / "r.yaml").write_text(dump_config(cfg))
+    assert load_config(tmp_path / "r.yaml") == cfg
+    assert isinstance(cfg, TrainConfig)
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(InputError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("optim: [1,\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
