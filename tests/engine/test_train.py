@@ -153,3 +153,17 @@ def test_killed_run_resumes_to_identical_weights(tiny, tmp_path):
     assert all(torch.equal(v, wb[k]) for k, v in wa.items())
     assert np.array_equal(*(np.loadtxt(d / "metrics.csv", delimiter=",", skiprows=1, usecols=(2, 3))
                             for d in (full, killed)))
+
+
+def test_multi_window_and_neighbour_context(tiny, tmp_path):
+    """Three windows x (2 * 1 + 1) neighbouring slices = 9 input channels, recorded in the bundle."""
+    cfg = load_config(CONFIGS / "3d_slice_cnn.yaml",
+                      tiny + ["data.windows=[brain, subdural, bone]", "data.context=1", "optim.epochs=1"])
+    b = load_bundle(train(cfg, tmp_path / "ctx", show_progress=False))
+    assert b.model.in_channels == 9 and b.context == 1 and b.prep.windows == ("brain", "subdural", "bone")
+    cohort = PreparedCohort(cfg.data.manifest, b.prep)
+    assert slice_probabilities(b.model, cohort[cohort.scan_ids()[0]].image, context=1).shape == (12,)
+    # a scan model started from it must see the same windows and context
+    bad = load_config(CONFIGS / "3d_lstm1_frozen.yaml", tiny + ["model.init_from=ctx"])
+    with pytest.raises(InputError, match="data config differs from the init_from model's"):
+        train(bad, tmp_path / "lstm", show_progress=False)
