@@ -97,6 +97,9 @@ def open_run(cfg: TrainConfig, out: Path, resume: bool, info: DistInfo, show_pro
     and prepare (cache) the training and validation scans."""
     if not cfg.data.manifest:
         raise InputError("no data: set data.manifest in the config or pass --data MANIFEST")
+    cfg.data.manifest = str(Path(cfg.data.manifest).expanduser().resolve())  # the saved config works from anywhere
+    if cfg.data.cache:
+        cfg.data.cache = str(Path(cfg.data.cache).expanduser().resolve())
     if (out / LATEST).exists() and not resume:
         raise InputError("run folder already holds a checkpoint; pass --resume to continue it or choose another --out", out)
     if resume and (out / LATEST).exists():
