@@ -108,7 +108,7 @@ def _scan_scores(run: Run, kind: str, model: torch.nn.Module, svm: Any = None) -
 
 
 def _history(state) -> dict[str, Any]:
-    return {"best_epoch": state.best_epoch, "epochs_run": state.epoch, "select_metric": None,
+    return {"best_epoch": state.best_epoch, "epochs_run": state.epoch,
             "best_metric": state.best_metric}
 
 
