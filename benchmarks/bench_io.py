@@ -33,7 +33,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+from bench_common import base_machine_info, fmt, ratio, version, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 CQ500_DIR = Path(os.environ.get("ICHDET_SHARED", REPO.parent / "shared")) / "data" / "cq500-ct-1"
@@ -208,36 +209,8 @@ def cq500_present() -> bool:
 # ----------------------------------------------------------------------------------------------
 # machine info
 # ----------------------------------------------------------------------------------------------
-def _version(mod: str) -> str | None:
-    try:
-        from importlib.metadata import version
-        return version(mod)
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {"cpu_model": cpu, "logical_cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version()}
-    try:
-        info["usable_cores"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
-    try:
-        import psutil
-        info["physical_cores"] = psutil.cpu_count(logical=False)
-        info["ram_gb"] = round(psutil.virtual_memory().total / 1024**3, 1)
-    except ImportError:
-        pass
+    info = base_machine_info()
     try:
         from ichdet.io.dicom import DECODE_THREADS
         info["ichdet_decode_threads"] = DECODE_THREADS
@@ -246,17 +219,13 @@ def machine_info() -> dict:
     for name, dist in (("numpy", "numpy"), ("pydicom", "pydicom"), ("SimpleITK", "SimpleITK"),
                        ("imagecodecs", "imagecodecs"), ("pylibjpeg", "pylibjpeg"),
                        ("pylibjpeg_libjpeg", "pylibjpeg-libjpeg"), ("psutil", "psutil"), ("ichdet", "ichdet")):
-        info[name] = _version(dist)
+        info[name] = version(dist)
     return info
 
 
 # ----------------------------------------------------------------------------------------------
 # one case
 # ----------------------------------------------------------------------------------------------
-def _ratio(a, b):
-    return None if a is None or b in (None, 0) else a / b
-
-
 def compare(ref: np.ndarray, peer: np.ndarray) -> dict:
     if ref.shape != peer.shape:
         return {"outputs_equal": False, "max_abs_diff_hu": None,
@@ -293,7 +262,7 @@ def run_case(case: str, label: str, folder: Path, repeats: int, tmp: Path, log) 
         else:
             check = {"outputs_equal": None, "check_note": f"peer failed: {p['error']}"}
         t_me, t_p = statistics.median(me["times"]), (statistics.median(p["times"]) if "times" in p else None)
-        r = _ratio(t_me, t_p)
+        r = ratio(t_me, t_p)
         rows.append({**base, "metric": "read_seconds", "unit": "s (median)", "ichdet": t_me, "peer": peer,
                      "peer_value": t_p, "ratio": r, "ichdet_min": min(me["times"]),
                      "peer_min": min(p["times"]) if "times" in p else None, "repeats": len(me["times"]),
@@ -301,7 +270,7 @@ def run_case(case: str, label: str, folder: Path, repeats: int, tmp: Path, log) 
         m_me = me["peak_extra_bytes"] / vol_bytes
         m_p = p["peak_extra_bytes"] / vol_bytes if "peak_extra_bytes" in p else None
         rows.append({**base, "metric": "peak_memory_ratio", "unit": "peak extra RSS / float32 volume bytes",
-                     "ichdet": m_me, "peer": peer, "peer_value": m_p, "ratio": _ratio(m_me, m_p),
+                     "ichdet": m_me, "peer": peer, "peer_value": m_p, "ratio": ratio(m_me, m_p),
                      "ichdet_peak_extra_mb": round(me["peak_extra_bytes"] / 1e6, 1),
                      "peer_peak_extra_mb": round(p["peak_extra_bytes"] / 1e6, 1) if m_p is not None else None,
                      "memory_method": me["memory_method"],
@@ -313,19 +282,11 @@ def run_case(case: str, label: str, folder: Path, repeats: int, tmp: Path, log) 
 
 
 # ----------------------------------------------------------------------------------------------
-def _fmt(v, digits=3):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
 def print_table(rows: list[dict], skipped: list[dict]) -> None:
     head = ("case", "metric", "ichdet", "peer", "peer_value", "ratio", "goal", "equal")
     table = [head]
     for r in rows:
-        table.append((r["case"], r["metric"], _fmt(r["ichdet"]), r["peer"], _fmt(r["peer_value"]), _fmt(r["ratio"], 2),
+        table.append((r["case"], r["metric"], fmt(r["ichdet"]), r["peer"], fmt(r["peer_value"]), fmt(r["ratio"], 2),
                       {True: "met", False: "MISSED", None: "-"}[r["goal_met"]],
                       {True: "yes", False: "NO", None: "-"}[r.get("outputs_equal")]))
     widths = [max(len(str(t[i])) for t in table) for i in range(len(head))]
@@ -338,23 +299,6 @@ def print_table(rows: list[dict], skipped: list[dict]) -> None:
     for r in rows:
         if r.get("check_note") and r["metric"] == "read_seconds":
             print(f"note {r['case']} / {r['peer']}: {r['check_note']}")
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,9 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -48,6 +46,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from bench_common import base_machine_info, cpu_model_and_flags, fmt, ratio, version, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -308,39 +308,10 @@ def time_loader(trainer: Trainer, ds: SliceSamples, workers: int, batch: int, wa
 # ----------------------------------------------------------------------------------------------
 # machine info, output
 # ----------------------------------------------------------------------------------------------
-def _version(dist: str) -> str | None:
-    try:
-        from importlib.metadata import version
-        return version(dist)
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def machine_info() -> dict:
-    cpu, flags = platform.processor() or "", []
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    break
-    except OSError:
-        pass
-    info = {"cpu_model": cpu, "logical_cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+    _, flags = cpu_model_and_flags()
+    info = {**base_machine_info(), "torch_threads": torch.get_num_threads(),
             "cpu_matrix_flags": sorted(f for f in flags if f.startswith(("avx512_bf16", "amx", "avx512f", "avx2", "fma")))}
-    try:
-        info["usable_cores"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
-    try:
-        import psutil
-        info["physical_cores"] = psutil.cpu_count(logical=False)
-        info["ram_gb"] = round(psutil.virtual_memory().total / 1024**3, 1)
-    except ImportError:
-        pass
     try:
         info["load_average_start"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:
@@ -348,42 +319,13 @@ def machine_info() -> dict:
     info["mkldnn"] = bool(torch.backends.mkldnn.is_available())
     for name, dist in (("numpy", "numpy"), ("torch", "torch"), ("monai", "monai"), ("psutil", "psutil"),
                        ("ichdet", "ichdet")):
-        info[name] = _version(dist)
+        info[name] = version(dist)
     return info
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _ratio(a, b):
-    return None if a is None or b in (None, 0) else a / b
-
-
-def _fmt(v, digits=3):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
 
 
 def print_table(rows: list[dict]) -> None:
     head = ("case", "metric", "ichdet", "peer", "peer_value", "ratio", "goal")
-    table = [head] + [(r["case"], r["metric"], _fmt(r["ichdet"]), r["peer"], _fmt(r["peer_value"]), _fmt(r["ratio"]),
+    table = [head] + [(r["case"], r["metric"], fmt(r["ichdet"]), r["peer"], fmt(r["peer_value"]), fmt(r["ratio"]),
                        {True: "met", False: "MISSED", None: "-"}[r.get("goal_met")]) for r in rows]
     widths = [max(len(str(t[i])) for t in table) for i in range(len(head))]
     for k, t in enumerate(table):
@@ -532,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({**common, "metric": "train_slices_per_s", "unit": "slices/s", "ichdet": r["slices_per_s"],
                      "peer": f"slice_cnn w{w} {BASELINE} (contiguous NCHW)",
                      "peer_value": base["slices_per_s"] if base else None,
-                     "ratio": _ratio(r["slices_per_s"], base["slices_per_s"] if base else None),
+                     "ratio": ratio(r["slices_per_s"], base["slices_per_s"] if base else None),
                      "goal": "higher is faster; ratio = speed-up over fp32 contiguous at the same width",
                      "goal_met": None})
         peak_keys = ["bf16", "fp32"] if amp else ["fp32"]
@@ -554,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
                      "ratio": None, "goal": f"ichdet < {STALL_GOAL}", "goal_met": bool(r["stall_fraction"] < STALL_GOAL)})
         rows.append({**common, "metric": "loader_step_seconds", "unit": "s (median, wait + compute)",
                      "ichdet": r["median_step_seconds"], "peer": "same step on pre-batched tensors (same pipeline, collated beforehand)",
-                     "peer_value": pre_median, "ratio": _ratio(r["median_step_seconds"], pre_median),
+                     "peer_value": pre_median, "ratio": ratio(r["median_step_seconds"], pre_median),
                      "goal": "ratio close to 1 (the pipeline adds little to the step)", "goal_met": None})
 
     fastest = max(runs.values(), key=lambda r: r["slices_per_s"])
