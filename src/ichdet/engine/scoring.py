@@ -87,6 +87,26 @@ def score_scans(kind: str, model: torch.nn.Module, cohort: PreparedCohort, scan_
     return np.asarray(scores, dtype=np.float64)
 
 
+def _sample_batches(model: torch.nn.Module, samples: Sequence[tuple[torch.Tensor, int]], batch: int
+                    ) -> Iterator[tuple[torch.Tensor, list[int]]]:
+    """Slice samples [(x (C', S, S), y)] -> batches (x (b, C', S, S) fit for `model`, labels)."""
+    for i in range(0, len(samples), batch):
+        part = samples[i:i + batch]
+        yield adapt_input(model, torch.stack([s[0] for s in part])), [int(s[1]) for s in part]
+
+
+@torch.inference_mode()
+def sample_features(model: torch.nn.Module, samples: Sequence[tuple[torch.Tensor, int]], batch: int = SLICE_BATCH
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Slice samples [(x (C', S, S), y)] -> (`forward_features` float32 (N, F), labels (N,))."""
+    model.eval()
+    feats, labels = [], []
+    for xs, ys in _sample_batches(model, samples, batch):
+        feats.append(model.forward_features(xs).float().numpy())
+        labels += ys
+    return np.concatenate(feats), np.asarray(labels, dtype=np.int64)
+
+
 @torch.inference_mode()
 def score_slices(model: torch.nn.Module, samples: Sequence[tuple[torch.Tensor, int]], batch: int = SLICE_BATCH,
                  svm: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -94,12 +114,10 @@ def score_slices(model: torch.nn.Module, samples: Sequence[tuple[torch.Tensor, i
     probability on the model's features instead of the softmax."""
     model.eval()
     probs, labels = [], []
-    for i in range(0, len(samples), batch):
-        xs = torch.stack([s[0] for s in samples[i:i + batch]])
-        xs = adapt_input(model, xs)
+    for xs, ys in _sample_batches(model, samples, batch):
         if svm is None:
             probs.append(positive_probability(model(xs)).double().numpy())
         else:
             probs.append(svm.predict_proba(model.forward_features(xs).float().numpy())[:, 1])
-        labels += [int(s[1]) for s in samples[i:i + batch]]
+        labels += ys
     return np.concatenate(probs) if probs else np.zeros(0), np.asarray(labels, dtype=np.int64)

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from ichdet.bundle import save_bundle
-from ichdet.datasets.slices import SliceDataset, SliceIndex
+from ichdet.datasets.slices import SliceDataset, SliceIndex, validation_sample
 from ichdet.engine.config import dump_config
 from ichdet.engine.loop import fit
 from ichdet.engine.run import Run
-from ichdet.engine.scoring import score_scans, score_slices, slice_features
+from ichdet.engine.scoring import sample_features, score_scans, score_slices, slice_features
 from ichdet.engine.tasks import ScanTask, SliceTask
 from ichdet.errors import InputError
 from ichdet.metrics import binary_stats, roc_auc, threshold_for_sensitivity
@@ -136,14 +136,6 @@ def train_scans(run: Run, resume: bool) -> Path:
     return _save(run, model, "scan", op, metrics)
 
 
-def _balanced_subset(index: SliceIndex, n: int, seed: int) -> list[int]:
-    rng = np.random.default_rng(seed)
-    k = min(n // 2, index.n_pos, index.n_neg)
-    pos = rng.choice(index.n_pos, size=k, replace=False)
-    neg = index.n_pos + rng.choice(index.n_neg, size=k, replace=False)
-    return sorted(int(i) for i in np.concatenate([pos, neg]))
-
-
 def fit_svm(run: Run, resume: bool) -> Path:
     """An SVM head on the init_from slice model's features; C by inner CV on training data only."""
     from ichdet.models.aggregate import FeatureSVM
@@ -159,14 +151,12 @@ def fit_svm(run: Run, resume: bool) -> Path:
         kw = {"cranial_only": cfg.data.cranial_only, "negatives_from_negative_scans": cfg.data.negatives_from_negative_scans}
         index = SliceIndex.build(run.cohort, splits=run.splits, split="train", **kw)
         ds = SliceDataset(run.cohort, index, context=run.context)
-        items = _balanced_subset(index, s.max_train_samples, cfg.seed)
+        items = validation_sample(index, s.max_train_samples, cfg.seed)  # balanced, without replacement
         run.log(f"svm: features of {len(items)} training slices")
-        feats, labels = _features(model, [ds[i] for i in items])
+        feats, labels = sample_features(model, [ds[i] for i in items])
         svm = SVMHead(kernel=s.kernel, C=C, Cs=tuple(s.Cs), inner_folds=s.inner_folds, random_state=cfg.seed)
         svm.fit(feats, labels)
         val_index = SliceIndex.build(run.cohort, splits=run.splits, split="val", **kw)
-        from ichdet.datasets.slices import validation_sample
-
         vds = SliceDataset(run.cohort, val_index, context=run.context)
         p, y = score_slices(model, [vds[i] for i in validation_sample(val_index, cfg.optim.val_samples, cfg.seed)], svm=svm)
         extra = {"slice_operating_point": operating_point(y, p, cfg.target_sensitivity, "slice")}
@@ -182,16 +172,6 @@ def fit_svm(run: Run, resume: bool) -> Path:
     metrics = {"C": float(svm.C_), "seconds_per_scan": sec, "validation_scans": op["validation"],
                **({"validation_slices": extra["slice_operating_point"]["validation"]} if extra else {})}
     return _save(run, model, kind, op, metrics, svm=svm, extra=extra)
-
-
-@torch.inference_mode()
-def _features(model: torch.nn.Module, samples: list[tuple[torch.Tensor, int]], batch: int = 64
-              ) -> tuple[np.ndarray, np.ndarray]:
-    from ichdet.engine.scoring import adapt_input
-
-    feats = [model.forward_features(adapt_input(model, torch.stack([x for x, _ in samples[i:i + batch]]))).float().numpy()
-             for i in range(0, len(samples), batch)]
-    return np.concatenate(feats), np.array([y for _, y in samples], dtype=np.int64)
 
 
 def fit_aggregate(run: Run, resume: bool) -> Path:
