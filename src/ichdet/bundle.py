@@ -8,6 +8,8 @@ bundle/
   weights.pt    the network's state dict (torch.load(weights_only=True) reads it)
   svm.joblib    the SVM head, for kinds "alexnet_svm" and "feature_svm" (a pickle: load bundles
                 only from sources you trust, as with any pickle)
+  splits.csv    scan_id -> train | val | test of the training data (`evaluate` never scores the
+                scans a model was trained or validated on)
 ```
 Kinds: "slice" (a slice classifier; a scan's score is its maximum slice probability),
 "scan" (scan_lstm), "aggregate" (slice classifier + max or 95th percentile over slices),
@@ -31,7 +33,7 @@ from ichdet.preprocess.pipeline import PrepSpec
 FORMAT = "ichdet-bundle"
 FORMAT_VERSION = 1
 KINDS = ("slice", "scan", "aggregate", "alexnet_svm", "feature_svm")
-META, WEIGHTS, CONFIG, SVM = "bundle.json", "weights.pt", "config.yaml", "svm.joblib"
+META, WEIGHTS, CONFIG, SVM, SPLITS = "bundle.json", "weights.pt", "config.yaml", "svm.joblib", "splits.csv"
 
 
 @dataclass
@@ -63,11 +65,26 @@ class Bundle:
     def aggregate(self) -> str:
         return self.meta.get("aggregate", "max")
 
+    @property
+    def name(self) -> str:
+        """The experiment's name (config `experiment`), else the bundle folder's."""
+        return str(self.meta.get("experiment") or (self.path.parent.name if self.path.name == "bundle" else self.path.name))
+
+    def training_splits(self) -> dict[str, str]:
+        """{scan_id: split} of the data the model was trained on: the bundle's splits.csv, or its
+        run folder's (bundles written before splits.csv was kept); {} when neither exists."""
+        from ichdet.datasets.splits import read_splits
+
+        for path in (self.path / SPLITS, self.path.parent / SPLITS):
+            if path.is_file():
+                return read_splits(path)
+        return {}
+
 
 def save_bundle(out: str | Path, *, model: torch.nn.Module, model_name: str, model_kwargs: dict[str, Any],
                 kind: str, prep: PrepSpec, context: int, operating_point: dict[str, Any],
                 metrics: dict[str, Any], config_yaml: str, data_hash: str, aggregate: str = "max",
-                svm: Any = None, extra: dict[str, Any] | None = None) -> Path:
+                svm: Any = None, extra: dict[str, Any] | None = None, splits: dict[str, str] | None = None) -> Path:
     """Write a bundle folder atomically (built beside `out`, then renamed over it)."""
     if kind not in KINDS:
         raise InputError(f"bundle kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -87,6 +104,10 @@ def save_bundle(out: str | Path, *, model: torch.nn.Module, model_name: str, mod
         (tmp / CONFIG).write_text(config_yaml, encoding="utf-8")
         if svm is not None:
             svm.save(tmp / SVM)
+        if splits:
+            from ichdet.datasets.splits import write_splits
+
+            write_splits(tmp / SPLITS, splits)
         (tmp / META).write_text(json.dumps(meta, indent=2, default=float), encoding="utf-8")
     return out
 

@@ -72,6 +72,89 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ichdet.evaluate import evaluate_bundle, evaluate_images
+
+    if bool(args.data) == bool(args.images):
+        raise InputError("give --data MANIFEST, or --images DIR with --labels CSV")
+    if args.images and not args.labels:
+        raise InputError("--images needs --labels CSV")
+    with tqdm(unit="scan", desc="evaluate", disable=None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        if args.data:
+            result = evaluate_bundle(args.model, args.data, args.out, split=args.split, progress=progress)
+        else:
+            result = evaluate_images(args.model, args.images, args.labels, args.out, progress=progress)
+    for name, m in result["models"].items():
+        lo, hi = m["auc_ci"]
+        print(f"{name}: AUC {m['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), at threshold {m['threshold']:.4g}: "
+              f"sensitivity {m['sensitivity']:.3f}, specificity {m['specificity']:.3f}, accuracy {m['accuracy']:.3f} "
+              f"({m['n_pos']} positive, {m['n_neg']} negative cases)")
+    print(f"wrote {args.out}/metrics.json, predictions.csv, roc.png, confusion.png")
+    return EXIT_OK
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from ichdet.cv import MODELS, CVOptions, cross_validate
+
+    models = list(MODELS) if args.model == "all" else [args.model]
+    opts = CVOptions(models=models, folds=args.folds, seed=args.seed, weights=args.weights or "", epochs=args.epochs,
+                     size=args.size, quick=args.quick, final=not args.no_final, overrides=list(args.set or []),
+                     show_progress=not args.quiet)
+    result = cross_validate(args.images, args.labels, args.out, opts)
+    for name, m in result["models"].items():
+        lo, hi = m["auc_ci"]
+        print(f"{name}: pooled out-of-fold AUC {m['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), accuracy {m['accuracy']:.3f}, "
+              f"sensitivity {m['sensitivity']:.3f}, specificity {m['specificity']:.3f}")
+    print(f"wrote {args.out}/metrics.json, report.md, roc.png" + ("" if args.no_final else f"; bundles in {args.out}/bundles/"))
+    return EXIT_OK
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="test a model bundle on held-out scans or images",
+                       description="Score a bundle on a manifest (or a labelled image folder) and write metrics.json "
+                                   "(AUC with DeLong and bootstrap 95%% CIs, figures at the bundle's operating point "
+                                   "with Wilson CIs, Brier score, calibration), predictions.csv, roc.png and "
+                                   "confusion.png. Scans the bundle was trained or validated on are never scored.")
+    p.add_argument("--model", required=True, help="bundle folder (RUN/bundle or a cv bundle)")
+    p.add_argument("--data", help="manifest CSV")
+    p.add_argument("--images", help="image folder (with --labels), for 2D bundles")
+    p.add_argument("--labels", help="labels CSV of --images (id column matching file stems, a 0/1 label column)")
+    p.add_argument("--split", choices=["auto", "test", "all"], default="auto",
+                   help="auto (default): every scan not used in training or validation; test: the bundle's test "
+                        "split (or the manifest's split column); all: every scan, training ones included")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_cv(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cv", help="the 2D paper's comparison by k-fold cross-validation on an image folder",
+                       description="CNN from scratch vs fine-tuned AlexNet vs AlexNet-SVM on a labelled image folder "
+                                   "(PNG/JPEG/DICOM of any size): stratified folds grouped by patient, model selection "
+                                   "inside the training folds, pooled out-of-fold AUC with CI, DeLong tests, report.md, "
+                                   "roc.png; then every model trained on all images as OUT/bundles/NAME.")
+    p.add_argument("--images", required=True, help="image folder")
+    p.add_argument("--labels", required=True, help="labels CSV: id (file stem), a 0/1 label column, optional patient column")
+    p.add_argument("--model", choices=["cnn", "alexnet", "alexnet-svm", "all"], default="all")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (an interrupted run resumes)")
+    p.add_argument("--weights", help="AlexNet's start: imagenet (downloads once) or a local state-dict file; "
+                                     "default: random weights")
+    p.add_argument("--epochs", type=int, help="passes over the training images (default: the experiment config's)")
+    p.add_argument("--size", type=int, help="image side in pixels (default: 256 CNN, 224 AlexNet)")
+    p.add_argument("--quick", action="store_true", help="the laptop-sized configs (configs/quick)")
+    p.add_argument("--no-final", action="store_true", help="skip training on all images (no bundles)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every model (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_cv)
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one experiment (a config in configs/) and write a model bundle",
                        description="Train one stage of an experiment from a YAML config; the run folder gets "
@@ -132,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_prepare(sub)
     _add_train(sub)
+    _add_evaluate(sub)
+    _add_cv(sub)
     return parser
 
 

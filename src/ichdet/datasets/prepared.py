@@ -78,11 +78,13 @@ def align_slice_labels(scan_id: str, label: int, n_slices: int, slice_labels: Se
                        z_max_filter: bool) -> np.ndarray:
     """int8 (Z',) slice labels for a scan of `n_slices` slices (before any z filter).
 
-    No slice labels: all 0 for a negative scan, all -1 (unknown) for a positive one. Given
+    No slice labels: all 0 for a negative scan, all -1 (unknown) for a positive one with several
+    slices, the scan label for a one-slice scan (an image of a 2D set). Given
     labels must cover every slice index 0..n_slices-1 exactly once.
     """
     if not slice_labels:
-        out = np.full(n_slices, 0 if int(label) == 0 else UNKNOWN, dtype=np.int8)
+        known = int(label) == 0 or n_slices == 1
+        out = np.full(n_slices, int(label) if known else UNKNOWN, dtype=np.int8)
     else:
         if len(slice_labels) != n_slices:
             raise InputError(f"scan {scan_id!r}: the slice-label CSV has {len(slice_labels)} slice(s) "
@@ -98,7 +100,7 @@ def align_slice_labels(scan_id: str, label: int, n_slices: int, slice_labels: Se
 
 
 def _key_parts(row: ManifestRow, path: Path, spec: PrepSpec, what: str) -> dict:
-    return volume_key_parts(source_files(path), spec.to_dict() if what == "image" else {}, what=what,
+    return volume_key_parts(source_files(path), spec.to_dict() if what == "image" else {}, what=what, layout=2,
                             path=str(path.resolve()), series_uid=row.extra.get("series_uid", ""))
 
 
@@ -129,6 +131,8 @@ def _image_and_cranial(row: ManifestRow, path: Path, spec: PrepSpec,
     """(image (C, Z', S, S), cranial flags (Z,) at full z resolution), from the cache if there."""
     def compute() -> tuple[np.ndarray, np.ndarray]:
         vol = read_volume(path, series_uid=row.extra.get("series_uid") or None)
+        if vol.hu.shape[0] == 1:  # one image of a 2D set shows the head by definition
+            return prepare_volume(vol, spec), np.ones(1, dtype=bool)
         return prepare_volume(vol, spec), cranial_slices(vol.hu, vol.spacing)
 
     if cache is None:

@@ -217,9 +217,26 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
     raise InputError(f"config {key} must be a {type(default).__name__}, got {value!r}")
 
 
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "configs"  # the papers' experiments, shipped with ichdet
+
+
+def experiment_path(name: str | Path) -> Path:
+    """A config file, or the name of a shipped experiment ("3d_slice_cnn", "quick/2d_cnn")."""
+    path = Path(name)
+    if path.is_file() or path.suffix:
+        return path  # a missing file is reported by the reader
+    shipped = EXPERIMENTS / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(p.stem for p in EXPERIMENTS.glob("*.yaml")))
+    raise InputError(f"no config file {str(name)!r}, nor a shipped experiment of that name (known: {known}; "
+                     "quick/NAME for the laptop-sized ones)")
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """YAML file (with its ``base:`` chain) + ``key=value`` overrides -> a validated TrainConfig."""
-    tree = _read_yaml(Path(path)) if path is not None else {}
+    """YAML file or shipped experiment name (with its ``base:`` chain) + ``key=value`` overrides
+    -> a validated TrainConfig."""
+    tree = _read_yaml(experiment_path(path)) if path is not None else {}
     for assignment in overrides:
         _set_dotted(tree, assignment)
     return _build(TrainConfig, tree, "").validate()

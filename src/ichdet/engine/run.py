@@ -61,7 +61,7 @@ def _flatten(d: dict, prefix: tuple = ()) -> dict[tuple, object]:
     return out
 
 
-def _check_resume(cfg: TrainConfig, out: Path) -> None:
+def check_resume(cfg: TrainConfig, out: Path) -> None:
     saved_path = out / "config.yaml"
     if not saved_path.is_file():
         raise InputError("cannot resume: the run folder has a checkpoint but no config.yaml", out)
@@ -70,6 +70,16 @@ def _check_resume(cfg: TrainConfig, out: Path) -> None:
                      if saved.get(k) != now.get(k) and k not in RESUME_FREE_KEYS)
     if changed:
         raise InputError(f"cannot resume with a different config; changed: {', '.join(changed)}", saved_path)
+
+
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """Make the data paths absolute (in place), so the saved config works from anywhere."""
+    if not cfg.data.manifest:
+        raise InputError("no data: set data.manifest in the config or pass --data MANIFEST")
+    cfg.data.manifest = str(Path(cfg.data.manifest).expanduser().resolve())
+    if cfg.data.cache:
+        cfg.data.cache = str(Path(cfg.data.cache).expanduser().resolve())
+    return cfg
 
 
 def resolve_source(init_from: str, out: Path) -> Bundle:
@@ -95,15 +105,11 @@ def data_hash(cohort: PreparedCohort, splits: dict[str, str]) -> str:
 def open_run(cfg: TrainConfig, out: Path, resume: bool, info: DistInfo, show_progress: bool = True) -> Run:
     """Check the run folder, save the config, load the starting bundle, the cohort and the split,
     and prepare (cache) the training and validation scans."""
-    if not cfg.data.manifest:
-        raise InputError("no data: set data.manifest in the config or pass --data MANIFEST")
-    cfg.data.manifest = str(Path(cfg.data.manifest).expanduser().resolve())  # the saved config works from anywhere
-    if cfg.data.cache:
-        cfg.data.cache = str(Path(cfg.data.cache).expanduser().resolve())
+    resolve_paths(cfg)
     if (out / LATEST).exists() and not resume:
         raise InputError("run folder already holds a checkpoint; pass --resume to continue it or choose another --out", out)
     if resume and (out / LATEST).exists():
-        _check_resume(cfg, out)
+        check_resume(cfg, out)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "config.yaml", dump_config(cfg))

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from ichdet.engine.checkpoint import LATEST
 from ichdet.engine.config import TrainConfig
 from ichdet.engine.distributed import setup_distributed, teardown_distributed
 from ichdet.engine.run import open_run
@@ -25,3 +26,18 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, show_progress
         return STAGE_FUNCTIONS[cfg.stage](run, resume)
     finally:
         teardown_distributed(info)
+
+
+def train_or_resume(cfg: TrainConfig, out: str | Path, show_progress: bool = True) -> Path:
+    """`train`, made idempotent for pipelines (`ichdet cv`, `ichdet demo`): a finished run (its
+    bundle newer than its last checkpoint) is kept, an interrupted one resumes, a new one starts."""
+    out = Path(out)
+    meta, latest, saved = out / "bundle" / "bundle.json", out / LATEST, out / "config.yaml"
+    cfg.validate()
+    if meta.is_file() and saved.is_file():
+        from ichdet.engine.run import check_resume, resolve_paths
+
+        check_resume(resolve_paths(cfg), out)  # a finished run of another config is an error, not a result
+        if not latest.exists() or meta.stat().st_mtime >= latest.stat().st_mtime:
+            return out / "bundle"
+    return train(cfg, out, resume=latest.exists(), show_progress=show_progress)

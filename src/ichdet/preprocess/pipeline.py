@@ -12,6 +12,8 @@ from ichdet.preprocess.anatomy import crop_to_head
 from ichdet.preprocess.downsample import AIR_HU, _block_max, max_filter_2d, max_filter_3d, resize_slices
 from ichdet.preprocess.windows import WINDOWS, parse_window, window_stack
 
+DISPLAY_HEAD_THRESHOLD = 0.1  # display intensity above which a windowed image shows tissue (air is ~0)
+
 
 @dataclass(frozen=True)
 class PrepSpec:
@@ -68,12 +70,33 @@ class PrepSpec:
         return f"{wins}_s{self.size}_mf{self.max_filter}_z{int(self.z_max_filter)}_crop{int(self.crop_head)}"
 
 
+def prepare_display_image(image: np.ndarray, spec: PrepSpec = PrepSpec()) -> np.ndarray:
+    """An already windowed image (1, H, W) in [0, 1] (PNG/JPEG) -> float32 (C, 1, size, size).
+
+    Windows cannot be applied to display intensities, so each of the C = len(spec.windows)
+    channels holds the same grey image. With `crop_head` the image is cropped to the head's box
+    and everything off the head mask is set to black, so that image size, borders, the scanner
+    table and burnt-in text do not reach the network.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 3 or img.shape[0] != 1 or min(img.shape) == 0:
+        raise InputError(f"prepare_display_image expects a (1, H, W) image, got shape {img.shape}")
+    if spec.crop_head:
+        img = crop_to_head(img, None, threshold=DISPLAY_HEAD_THRESHOLD, blank_outside=True, fill=0.0)
+    img = max_filter_2d(img, spec.max_filter if max(img.shape[-2:]) > spec.size else 1)
+    img = np.clip(resize_slices(img, spec.size, fill=0.0), 0.0, 1.0)
+    return np.ascontiguousarray(np.repeat(img[None], len(spec.windows), axis=0), dtype=np.float32)
+
+
 def prepare_volume(volume: Volume | np.ndarray, spec: PrepSpec = PrepSpec()) -> np.ndarray:
     """A HU volume (Z, H, W) -> float32 (C, Z', size, size) in [0, 1], C = len(spec.windows).
 
     Always four axes, even for one window. Z' = Z, or ceil(Z/2) with `z_max_filter`.
     Order: head crop (one box) -> max filter -> pad to square + resize -> windows.
+    A Volume read from a PNG/JPEG (``info["units"] == "display"``) goes to `prepare_display_image`.
     """
+    if isinstance(volume, Volume) and volume.info.get("units") == "display":
+        return prepare_display_image(volume.hu, spec)
     hu = volume.hu if isinstance(volume, Volume) else np.asarray(volume, dtype=np.float32)
     spacing = volume.spacing if isinstance(volume, Volume) else None
     if hu.ndim != 3 or min(hu.shape) == 0:

@@ -1,0 +1,205 @@
+"""`ichdet cv`: the 2D paper's comparison (CNN from scratch, fine-tuned AlexNet, AlexNet-SVM) by
+k-fold cross-validation on any labelled image folder.
+
+```
+OUT/data/manifest.csv          the image folder as a manifest (`ichdet prepare folder`)
+OUT/folds/F/manifest.csv       fold F: split column test = fold F; train/val drawn from the rest
+OUT/folds/F/{cnn,alexnet,alexnet-svm}/   one training run each (resumable)
+OUT/final/NAME/                each model trained on all images -> OUT/bundles/NAME/
+OUT/metrics.json, OUT/predictions.csv, OUT/roc.png, OUT/report.md
+```
+Folds are stratified by label and grouped by patient (a patient's images share a fold). Every
+choice a model makes (best epoch, the SVM's C, the operating point) is made on the training
+folds only; the held-out fold is scored once.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ichdet.bundle import load_bundle
+from ichdet.cache import PreparedCache
+from ichdet.datasets.manifest import ManifestRow, read_manifest, write_manifest
+from ichdet.datasets.prepared import PreparedCohort
+from ichdet.datasets.splits import split_by_patient
+from ichdet.errors import InputError
+from ichdet.fileio import atomic_path, write_text_atomic
+
+MODELS = {"cnn": "2d_cnn", "alexnet": "2d_alexnet", "alexnet-svm": "2d_alexnet_svm"}  # name -> experiment
+LABELS = {"cnn": "CNN from scratch", "alexnet": "AlexNet, fine-tuned", "alexnet-svm": "AlexNet-SVM"}
+PATIENT_COLUMNS = ("patient", "patient_id", "patientid", "patient id", "subject", "subject_id")
+DECISION_THRESHOLD = 0.5  # the classifiers' own decision (softmax argmax, Platt-scaled SVM)
+
+
+@dataclass
+class CVOptions:
+    """What `ichdet cv` varies; `overrides` are `--set key=value` applied to every model."""
+
+    models: Sequence[str] = ("cnn", "alexnet", "alexnet-svm")
+    folds: int = 5
+    seed: int = 0
+    weights: str = ""  # alexnet: "imagenet" or a local file; "" = random initialisation
+    epochs: int | None = None  # default: the experiment configs' (quick ones with `quick`)
+    size: int | None = None
+    val_fraction: float = 0.2  # of the training folds' patients, for epoch selection + operating point
+    quick: bool = False  # the configs in configs/quick
+    final: bool = True  # also train every model on all images -> OUT/bundles/NAME
+    overrides: list[str] = field(default_factory=list)
+    show_progress: bool = True
+
+
+def patient_column(labels_csv: Path) -> str | None:
+    """The labels CSV's patient column, when one has a usual name (case and spaces ignored)."""
+    with open(labels_csv, newline="", encoding="utf-8-sig") as fh:
+        header = next(csv.reader(fh), [])
+    for h in header:
+        if h.strip().lower() in PATIENT_COLUMNS:
+            return h.strip()
+    return None
+
+
+def assign_folds(rows: Sequence[ManifestRow], folds: int, seed: int) -> dict[str, int]:
+    """{scan_id: fold}, stratified by patient label, all images of a patient in one fold."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = {}
+    for r in rows:
+        labels[r.patient_id] = max(labels.get(r.patient_id, 0), r.label)
+    counts = np.bincount(np.asarray(list(labels.values()), dtype=int), minlength=2)
+    if folds < 2 or counts.min() < folds:
+        raise InputError(f"{folds}-fold cross-validation needs at least {max(folds, 2)} positive and negative "
+                         f"patients; the images have {counts[1]} positive and {counts[0]} negative")
+    y = np.array([r.label for r in rows])
+    groups = np.array([r.patient_id for r in rows])
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    out: dict[str, int] = {}
+    for f, (_, test) in enumerate(splitter.split(np.zeros(len(rows)), y, groups)):
+        out.update({rows[i].scan_id: f for i in test})
+    return out
+
+
+def fold_manifest(rows: Sequence[ManifestRow], root: Path, fold_of: dict[str, int] | None, fold: int | None,
+                  val_fraction: float, seed: int, path: Path) -> Path:
+    """A manifest with a split column: the fold's images are test, the rest train/val by patient."""
+    held = {r.scan_id for r in rows if fold_of is not None and fold_of[r.scan_id] == fold}
+    rest = [r for r in rows if r.scan_id not in held]
+    inner = split_by_patient(rest, val_fraction=val_fraction, test_fraction=0.0, seed=seed, use_column=False)
+    out = []
+    for r in rows:
+        split = "test" if r.scan_id in held else inner[r.scan_id]
+        out.append(ManifestRow(r.scan_id, r.patient_id, str(r.resolved_path(root).resolve()), r.label,
+                               dict(r.subtypes), {**{k: v for k, v in r.extra.items() if k != "split"}, "split": split}))
+    return write_manifest(path, out)
+
+
+def model_config(name: str, manifest: Path, n_train: int, opts: CVOptions, cache: Path):
+    """The experiment config of model `name` for one training run on an image manifest."""
+    from ichdet.engine.config import load_config
+
+    experiment = ("quick/" if opts.quick else "") + MODELS[name]
+    sets = [f"data.manifest={manifest}", f"data.cache={cache}", "data.slice_labels=", f"seed={opts.seed}"]
+    if name != "alexnet-svm":
+        sets += ["data.crop_head=true", "optim.patience=0"]
+        batch = load_config(experiment).optim.batch_size
+        sets.append(f"optim.steps_per_epoch={max(1, math.ceil(n_train / batch))}")  # an epoch = one pass
+        sets += [f"optim.epochs={opts.epochs}"] if opts.epochs else []
+        sets += [f"data.size={opts.size}"] if opts.size else []
+    if name == "alexnet":
+        sets.append(f"model.weights={opts.weights}")
+    if name == "alexnet-svm":
+        sets.append("model.init_from=alexnet")
+    return load_config(experiment, sets + list(opts.overrides if name != "alexnet-svm" else
+                                               [o for o in opts.overrides if o.startswith(("svm.", "seed"))]))
+
+
+def _order(models: Sequence[str]) -> list[str]:
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise InputError(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)} or all")
+    wanted = set(models) | ({"alexnet"} if "alexnet-svm" in models else set())  # the SVM needs its AlexNet
+    return [m for m in MODELS if m in wanted]
+
+
+def _log(msg: str) -> None:
+    print(f"cv: {msg}", file=sys.stderr, flush=True)
+
+
+def _train_all(manifest: Path, rows: Sequence[ManifestRow], folder: Path, models: list[str], opts: CVOptions,
+               cache: Path) -> dict[str, Path]:
+    from ichdet.engine.train import train_or_resume
+
+    n_train = sum(1 for r in read_manifest(manifest) if r.extra.get("split") == "train")
+    out = {}
+    for name in models:
+        cfg = model_config(name, manifest, n_train, opts, cache)
+        out[name] = train_or_resume(cfg, folder / name, show_progress=opts.show_progress)
+    return out
+
+
+def _score_fold(bundle_path: Path, manifest: Path, cache: Path) -> tuple[list[str], np.ndarray, np.ndarray, float]:
+    from ichdet.evaluate import score_bundle
+
+    bundle = load_bundle(bundle_path)
+    cohort = PreparedCohort(manifest, bundle.prep, cache=PreparedCache(cache), slice_labels_path=None)
+    ids = [r.scan_id for r in cohort.rows if r.extra.get("split") == "test"]
+    s = score_bundle(bundle, cohort, ids)
+    return ids, s.labels, s.scores, bundle.threshold
+
+
+def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts: CVOptions = CVOptions()) -> dict[str, Any]:
+    """Run the comparison and write OUT (see the module docstring); returns metrics.json's content."""
+    from ichdet.cv_report import write_cv_outputs
+    from ichdet.datasets.adapters.folder import prepare_folder
+
+    out, images, labels = Path(out), Path(images), Path(labels)
+    if not labels.is_file():
+        raise InputError("labels CSV not found", labels)
+    models = _order(opts.models)
+    cache = out / "cache"
+    manifest = prepare_folder(images, out / "data" / "manifest.csv", labels=labels, images=images,
+                              patient_column=patient_column(labels))
+    rows = read_manifest(manifest)
+    fold_of = assign_folds(rows, opts.folds, opts.seed)
+    oof: dict[str, dict[str, Any]] = {m: {"ids": [], "y": [], "p": [], "t": [], "fold": []} for m in models}
+    for f in range(opts.folds):
+        folder = out / "folds" / str(f)
+        fm = fold_manifest(rows, manifest.parent, fold_of, f, opts.val_fraction, opts.seed, folder / "manifest.csv")
+        _log(f"fold {f + 1}/{opts.folds}: training {', '.join(models)}")
+        for name, bundle in _train_all(fm, rows, folder, models, opts, cache).items():
+            ids, y, p, t = _score_fold(bundle, fm, cache)
+            o = oof[name]
+            o["ids"] += ids
+            o["y"] += y.tolist()
+            o["p"] += p.tolist()
+            o["t"] += [t] * len(ids)
+            o["fold"] += [f] * len(ids)
+    bundles = {}
+    if opts.final:
+        _log("training every model on all images")
+        fm = fold_manifest(rows, manifest.parent, None, None, opts.val_fraction, opts.seed, out / "final" / "manifest.csv")
+        for name, bundle in _train_all(fm, rows, out / "final", models, opts, cache).items():
+            with atomic_path(out / "bundles" / name) as tmp:
+                shutil.copytree(bundle, tmp)
+            bundles[name] = str(out / "bundles" / name)
+    wanted = [m for m in models if m in opts.models]
+    return write_cv_outputs(out, {m: oof[m] for m in wanted}, {m: LABELS[m] for m in wanted}, opts, bundles,
+                            n_images=len(rows), n_patients=len({r.patient_id for r in rows}))
+
+
+def write_oof_csv(path: Path, oof: dict[str, dict[str, Any]]) -> Path:
+    """predictions.csv: one row per image and model (out-of-fold score, fold, threshold)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["model", "scan_id", "fold", "label", "score", "max_sensitivity_threshold"])
+    for name, o in oof.items():
+        for sid, f, y, p, t in zip(o["ids"], o["fold"], o["y"], o["p"], o["t"]):
+            w.writerow([name, sid, f, int(y), f"{p:.6g}", f"{t:.6g}"])
+    return write_text_atomic(path, buf.getvalue())

@@ -1,0 +1,183 @@
+"""`ichdet evaluate`: a bundle on held-out cases -> metrics.json, predictions.csv, ROC and confusion figures.
+
+The operating point is the bundle's (chosen on validation data when it was trained) and is
+applied unchanged. Scans the bundle was trained or validated on (its splits.csv) are never
+scored: with ``split="auto"`` they are left out and counted, with ``split="test"`` only the
+bundle's test scans (or the manifest's ``split == test`` rows) are scored.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+import ichdet
+from ichdet.bundle import Bundle, load_bundle
+from ichdet.cache import PreparedCache
+from ichdet.datasets.prepared import PreparedCohort
+from ichdet.datasets.splits import SPLIT_COLUMN
+from ichdet.errors import InputError
+from ichdet.fileio import write_text_atomic
+from ichdet.metrics import auc_ci, binary_stats, reliability_curve, roc_band, summarize
+
+SPLIT_CHOICES = ("auto", "test", "all")
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Scores:
+    """One model's scores on a case list: `scores[i]` for `scan_ids[i]` with label `labels[i]`."""
+
+    name: str
+    scan_ids: list[str]
+    labels: np.ndarray  # int64 (N,)
+    scores: np.ndarray  # float64 (N,), higher = bleed
+    threshold: float
+    seconds_per_scan: float
+
+
+def select_cases(bundle: Bundle, cohort: PreparedCohort, split: str = "auto") -> tuple[list[str], dict[str, Any]]:
+    """The scan ids to evaluate and a description of how they were chosen (for metrics.json)."""
+    if split not in SPLIT_CHOICES:
+        raise InputError(f"split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
+    ids = cohort.scan_ids()
+    seen = bundle.training_splits()
+    column = {r.scan_id: r.extra[SPLIT_COLUMN].strip().lower() for r in cohort.rows if SPLIT_COLUMN in r.extra}
+    if split == "all":
+        used = [s for s in ids if seen.get(s) in ("train", "val")]
+        return ids, {"split": "all", "cases": len(ids), "includes_training_cases": len(used)}
+    if split == "test":
+        if column:
+            chosen, source = [s for s in ids if column.get(s) == "test"], "manifest split column"
+        elif seen:
+            chosen, source = [s for s in ids if seen.get(s) == "test"], "the bundle's splits.csv"
+        else:
+            raise InputError("--split test needs a manifest split column or a bundle with splits.csv", bundle.path)
+        if not chosen:
+            raise InputError(f"no test cases in the manifest (by {source})", cohort.manifest_path)
+        return chosen, {"split": "test", "chosen_by": source, "cases": len(chosen)}
+    chosen = [s for s in ids if seen.get(s) not in ("train", "val")]
+    if column:
+        chosen = [s for s in chosen if column.get(s, "test") == "test"]
+    if not chosen:
+        raise InputError("every scan of the manifest was used to train or validate this bundle; "
+                         "nothing is left to evaluate", cohort.manifest_path)
+    return chosen, {"split": "auto", "cases": len(chosen),
+                    "left_out_trained_or_validated": len(ids) - len(chosen) if not column else None,
+                    "chosen_by": "manifest split column" if column else "all scans not in the bundle's train/val split"}
+
+
+def score_bundle(bundle: Bundle, cohort: PreparedCohort, scan_ids: Sequence[str],
+                 progress: Progress | None = None) -> Scores:
+    """Score every scan with the bundle (cohort prepared with ``bundle.prep``)."""
+    from ichdet.engine.scoring import score_scans
+
+    if cohort.spec != bundle.prep:
+        raise InputError(f"cohort prepared as {cohort.spec.key()} but the bundle needs {bundle.prep.key()}")
+    scores, seconds = [], 0.0
+    for i, sid in enumerate(scan_ids):
+        t0 = time.perf_counter()  # reading and preparing are timed too: end-to-end seconds per scan
+        scores.append(score_scans(bundle.kind, bundle.model, cohort, [sid], bundle.context, bundle.aggregate, bundle.svm)[0])
+        seconds += time.perf_counter() - t0
+        if progress is not None:
+            progress(i + 1, len(scan_ids))
+    return Scores(bundle.name, list(scan_ids), cohort.labels(scan_ids), np.asarray(scores, dtype=np.float64),
+                  bundle.threshold, seconds / max(len(scan_ids), 1))
+
+
+def model_metrics(s: Scores, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """The metrics-JSON entry of one model (design.md schema + bootstrap CI, calibration)."""
+    out = summarize(s.labels, s.scores, s.threshold)
+    boot = auc_ci(s.labels, s.scores, method="bootstrap", n_boot=n_boot, seed=seed)
+    out["auc_ci_bootstrap"] = [boot["low"], boot["high"]]
+    out["operating_point"] = "max_sensitivity (chosen on validation data, applied unchanged)"
+    out["seconds_per_scan"] = s.seconds_per_scan
+    if np.all((s.scores >= 0) & (s.scores <= 1)):
+        out["reliability"] = reliability_curve(s.labels, s.scores, n_bins=10)
+    return out
+
+
+def roc_curve_entry(s: Scores, auc: float, auc_ci_: Sequence[float], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """A `ichdet.report.roc_figure` curve: empirical ROC, bootstrap band, the operating point."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(s.labels, s.scores)
+    st = binary_stats(s.labels, s.scores, s.threshold)
+    return {"name": s.name, "fpr": fpr, "tpr": tpr, "auc": auc, "auc_ci": list(auc_ci_),
+            "band": roc_band(s.labels, s.scores, n_boot=n_boot, seed=seed),
+            "point": {"fpr": 1 - st["specificity"], "tpr": st["sensitivity"]}}
+
+
+def write_predictions(path: Path, s: Scores, cohort: PreparedCohort | None = None) -> Path:
+    """predictions.csv: scan_id, patient_id, label, score, threshold, decision."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["scan_id", "patient_id", "label", "score", "threshold", "decision"])
+    for sid, y, p in zip(s.scan_ids, s.labels, s.scores):
+        pid = cohort.row(sid).patient_id if cohort is not None else ""
+        w.writerow([sid, pid, int(y), f"{p:.6g}", f"{s.threshold:.6g}", int(p >= s.threshold)])
+    return write_text_atomic(path, buf.getvalue())
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    def default(o: Any) -> Any:
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, (np.floating, np.integer)):
+            return o.item()
+        return str(o)
+
+    return write_text_atomic(path, json.dumps(data, indent=2, default=default) + "\n")
+
+
+def evaluate_bundle(model: str | Path, manifest: str | Path, out: str | Path, split: str = "auto",
+                    cache: str | Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Score a bundle on a manifest's held-out scans and write the evaluation folder:
+    metrics.json, predictions.csv, roc.png (with its 95% bootstrap band), confusion.png."""
+    from ichdet.report import confusion_figure, reliability_figure, roc_figure
+
+    bundle = load_bundle(model)
+    cohort = PreparedCohort(Path(manifest), bundle.prep, cache=PreparedCache(cache) if cache else None,
+                            slice_labels_path=None)
+    ids, how = select_cases(bundle, cohort, split)
+    labels = cohort.labels(ids)
+    if labels.min() == labels.max():
+        raise InputError(f"the {len(ids)} case(s) to evaluate are all {'positive' if labels[0] else 'negative'}; "
+                         "AUC needs both classes", cohort.manifest_path)
+    s = score_bundle(bundle, cohort, ids, progress)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    m = model_metrics(s)
+    write_predictions(out / "predictions.csv", s, cohort)
+    roc_figure([roc_curve_entry(s, m["auc"], m["auc_ci"])], out / "roc.png", title=f"{s.name}: ROC, 95% bootstrap band")
+    confusion_figure(m["tp"], m["fp"], m["tn"], m["fn"], out / "confusion.png",
+                     title=f"{s.name} at threshold {s.threshold:.3g} (chosen on validation data)")
+    if "reliability" in m:
+        reliability_figure([{"name": s.name, **m["reliability"]}], out / "reliability.png")
+    result = {"ichdet_version": ichdet.__version__,
+              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "bundle": str(bundle.path.resolve()), "bundle_kind": bundle.kind,
+              "data": {"manifest": str(Path(manifest).resolve()), **how},
+              "models": {s.name: m}}
+    write_json(out / "metrics.json", result)
+    return result
+
+
+def evaluate_images(model: str | Path, images: str | Path, labels: str | Path, out: str | Path,
+                    patient_column: str | None = None, cache: str | Path | None = None,
+                    progress: Progress | None = None) -> dict[str, Any]:
+    """A 2D bundle (e.g. from `ichdet cv`) on another labelled image folder: the folder becomes
+    OUT/data/manifest.csv (as `ichdet prepare folder` writes it), then `evaluate_bundle` on all of it."""
+    from ichdet.datasets.adapters.folder import prepare_folder
+
+    out = Path(out)
+    manifest = prepare_folder(images, out / "data" / "manifest.csv", labels=labels, images=images,
+                              patient_column=patient_column)
+    return evaluate_bundle(model, manifest, out, split="all", cache=cache, progress=progress)
