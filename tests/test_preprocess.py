@@ -240,3 +240,93 @@ def test_real_cq500_cranial_slices_and_head_box(cq500_dir):
     assert cranial_slices(hu, (50.0, dy, dx)).tolist() == [False, True, True, True, False]
     r0, r1, c0, c1 = head_box(head_mask(hu, (50.0, dy, dx)))
     assert 40 < c0 and c1 < 450  # the curved table sides (columns ~20 and ~460) are excluded
+
+
+# ---------------------------------------------------------------- display images (PNG/JPEG)
+def _display_png(path, canvas, center, radii, artefacts=True, background=0, mode="RGB"):
+    """An 8-bit brain-windowed head: white skull ring (1/15 of the radius), grey brain, a darker
+    'ventricle'; with `artefacts`, a bright border stripe on the left, burnt-in text at the top and a
+    table bar under the head. `canvas` (W, H), `center` (x, y), `radii` (rx, ry) in pixels."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", canvas, background)
+    d = ImageDraw.Draw(img)
+    (cx, cy), (rx, ry) = center, radii
+    d.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
+    t = max(2, round(ry / 15))
+    d.ellipse([cx - rx + t, cy - ry + t, cx + rx - t, cy + ry - t], fill=110)
+    d.ellipse([cx - rx // 4, cy - ry // 3, cx + rx // 4, cy + ry // 6], fill=40)
+    if artefacts:
+        w, h = canvas
+        d.rectangle([0, 0, 5, h - 1], fill=200)  # border stripe, 6 px wide, full height
+        d.text((40, 6), "L  42   W80 L40", fill=255)  # burnt-in text
+        y = cy + ry + 8
+        d.rectangle([0, y, w - 1, y + 4], fill=150)  # scanner table, 5 px, full width
+    img.convert(mode).save(path)
+    return path
+
+
+def test_display_png_is_cropped_to_the_head_and_artefacts_removed(tmp_path):
+    from ichdet.io.images import read_image
+
+    spec = PrepSpec(windows=("brain", "bone"), size=64, crop_head=True)
+    # non-square RGB canvas 340 x 260; head 131 wide x 181 tall (long axis vertical)
+    dirty = read_image(_display_png(tmp_path / "dirty.png", (340, 260), (190, 120), (65, 90)))
+    assert dirty.info["units"] == "display" and dirty.hu.shape == (1, 260, 340)
+    assert dirty.hu[0, 130, 2] == pytest.approx(200 / 255)  # the stripe is there in the input
+    out = prepare_volume(dirty, spec)
+    assert out.shape == (2, 1, 64, 64) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[0], out[1])  # windows cannot apply to display values: same grey twice
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert out.max() == pytest.approx(1.0, abs=0.02)  # the skull ring
+    # the artefacts are gone: the same head without stripe, text and table prepares identically
+    clean = read_image(_display_png(tmp_path / "clean.png", (340, 260), (190, 120), (65, 90), artefacts=False))
+    np.testing.assert_allclose(out, prepare_volume(clean, spec), atol=1e-6)
+    img = out[0, 0]
+    assert img[0, 0] == img[0, -1] == img[-1, 0] == img[-1, -1] == 0.0  # corners: off the head, black
+    assert not (np.abs(img - 150 / 255) < 0.01).any()  # no table grey survives anywhere
+    # the head fills the square along its long (vertical) axis and is centred along the short one
+    rows = np.flatnonzero((img > 0.1).any(axis=1))
+    cols = np.flatnonzero((img > 0.1).any(axis=0))
+    assert rows[0] <= 2 and rows[-1] >= 61
+    assert 6 <= cols[0] <= 12 and 51 <= cols[-1] <= 57  # 131/181 of 64 px ~ 46 px wide, centred
+    assert img[32, 32] == pytest.approx(40 / 255, abs=0.01)  # the ventricle at the centre
+    assert img[32, 44] == img[32, 20] == img[50, 32] == pytest.approx(110 / 255, abs=0.01)  # brain around it
+
+
+def test_display_png_same_head_any_canvas_prepares_alike(tmp_path):
+    from ichdet.io.images import read_image
+
+    spec = PrepSpec(windows=("brain",), size=64, crop_head=True)
+    a = prepare_volume(read_image(_display_png(tmp_path / "a.png", (340, 260), (190, 120), (65, 90))), spec)
+    # 1.6x larger head on a taller grey-background canvas, off-centre, grayscale
+    b = prepare_volume(read_image(_display_png(tmp_path / "b.png", (420, 520), (180, 300), (104, 144),
+                                               background=9, mode="L")), spec)
+    assert a.shape == b.shape == (1, 1, 64, 64)
+    assert np.abs(a - b).mean() < 0.04  # what remains: the 4 px crop margin is a different fraction of each
+    # without cropping the two differ a lot: the head's place and size follow the canvas
+    raw = PrepSpec(windows=("brain",), size=64, crop_head=False)
+    ra = prepare_volume(read_image(tmp_path / "a.png"), raw)
+    rb = prepare_volume(read_image(tmp_path / "b.png"), raw)
+    assert np.abs(ra - rb).mean() > 0.1 and np.abs(ra - rb).mean() > 4 * np.abs(a - b).mean()
+
+
+def test_prepare_display_image_checks_its_input():
+    from ichdet.preprocess.pipeline import prepare_display_image
+
+    with pytest.raises(InputError) as e:
+        prepare_display_image(np.zeros((2, 8, 8)), PrepSpec(size=8))
+    assert str(e.value) == "prepare_display_image expects a (1, H, W) image, got shape (2, 8, 8)"
+    with pytest.raises(InputError) as e:
+        prepare_display_image(np.zeros((8, 8)), PrepSpec(size=8))
+    assert str(e.value) == "prepare_display_image expects a (1, H, W) image, got shape (8, 8)"
+    # without cropping: padded to a square with black, then resized; a HU volume is not a display image
+    img = np.zeros((1, 20, 40), np.float32)
+    img[0, :, :] = 0.5
+    out = prepare_display_image(img, PrepSpec(windows=("brain",), size=8, max_filter=1))
+    assert out.shape == (1, 1, 8, 8)
+    np.testing.assert_allclose(out[0, 0, :2], 0.0)  # the padding rows (10 of 40 at the top)
+    np.testing.assert_allclose(out[0, 0, 2:6], 0.5)
+    np.testing.assert_allclose(out[0, 0, 6:], 0.0)
+    hu = Volume(np.full((1, 8, 8), 40.0, np.float32), spacing=(1.0, 1.0, 1.0), affine=np.eye(4))
+    assert prepare_volume(hu, PrepSpec(size=8))[0, 0, 0, 0] == pytest.approx(0.5)  # brain window of 40 HU

@@ -36,10 +36,11 @@ def compare(y: Sequence[int], scores: Mapping[str, Sequence[float]], thresholds:
     arrays = {m: np.asarray(v, dtype=np.float64) for m, v in scores.items()}
     if reference is not None and reference not in arrays:
         raise InputError(f"reference model {reference!r} is not among {list(arrays)}")
-    out: dict[str, dict[str, Any]] = {}
     for name, s in arrays.items():
         if s.shape != y.shape:
             raise InputError(f"model {name!r} has {s.size} scores for {y.size} cases")
+    out: dict[str, dict[str, Any]] = {}
+    for name, s in arrays.items():
         m = operating_stats(y, s, thresholds[name])
         boot = auc_ci(y, s, method="bootstrap", n_boot=n_boot, seed=seed)
         m["auc_ci_bootstrap"] = [boot["low"], boot["high"]]

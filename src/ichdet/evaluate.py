@@ -55,7 +55,8 @@ def select_cases(bundle: Bundle, cohort: PreparedCohort, split: str = "auto") ->
         return ids, {"split": "all", "cases": len(ids), "includes_training_cases": len(used)}
     if split == "test":
         if column:
-            chosen, source = [s for s in ids if column.get(s) == "test"], "manifest split column"
+            chosen, source = [s for s in ids if column.get(s) == "test" and seen.get(s) not in ("train", "val")], \
+                "manifest split column"
         elif seen:
             chosen, source = [s for s in ids if seen.get(s) == "test"], "the bundle's splits.csv"
         else:
@@ -122,7 +123,7 @@ def write_predictions(path: Path, s: Scores, cohort: PreparedCohort | None = Non
     w.writerow(["scan_id", "patient_id", "label", "score", "threshold", "decision"])
     for sid, y, p in zip(s.scan_ids, s.labels, s.scores):
         pid = cohort.row(sid).patient_id if cohort is not None else ""
-        w.writerow([sid, pid, int(y), f"{p:.6g}", f"{s.threshold:.6g}", int(p >= s.threshold)])
+        w.writerow([sid, pid, int(y), repr(float(p)), repr(float(s.threshold)), int(p >= s.threshold)])
     return write_text_atomic(path, buf.getvalue())
 
 

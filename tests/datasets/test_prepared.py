@@ -157,3 +157,68 @@ def test_load_prepared_single_row(cohort_manifest: Path) -> None:
     scan = load_prepared(row, cohort_manifest.parent, SPEC_Z, None, None)
     assert scan.scan_id == row.scan_id and scan.image.shape == (1, 15, 32, 32)
     assert (scan.slice_labels == -1).all()  # positive, no slice labels given
+
+
+# ---------------------------------------------------------------- one-slice inputs (2D image sets)
+def test_one_slice_scan_without_slice_labels_takes_the_scan_label() -> None:
+    for z in (False, True):
+        np.testing.assert_array_equal(align_slice_labels("img", 1, 1, None, z), [1])
+        np.testing.assert_array_equal(align_slice_labels("img", 0, 1, None, z), [0])
+        np.testing.assert_array_equal(align_slice_labels("img", 1, 1, [], z), [1])
+        assert align_slice_labels("img", 1, 1, None, z).dtype == np.int8
+    # several slices keep the old rule: a positive scan's unlabelled slices are unknown
+    np.testing.assert_array_equal(align_slice_labels("vol", 1, 3, None, False), [-1, -1, -1])
+    np.testing.assert_array_equal(align_slice_labels("vol", 0, 3, None, False), [0, 0, 0])
+    # given slice labels still win over the scan label for a one-slice scan
+    np.testing.assert_array_equal(align_slice_labels("img", 1, 1, [SliceLabel("img", 0, 0)], False), [0])
+
+
+def _png(path: Path, head: bool) -> Path:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (120, 100), 0)
+    if head:
+        d = ImageDraw.Draw(img)
+        d.ellipse([20, 10, 100, 90], fill=255)
+        d.ellipse([24, 14, 96, 86], fill=110)
+    img.save(path)
+    return path
+
+
+@pytest.mark.parametrize("label, head", [(1, True), (0, True), (1, False)])
+def test_load_prepared_png_row_is_one_cranial_slice_with_the_scan_label(tmp_path: Path, label: int, head: bool) -> None:
+    _png(tmp_path / "img7.png", head)
+    row = ManifestRow("img7", "p7", "img7.png", label)
+    spec = PrepSpec(windows=("brain",), size=32, crop_head=True)
+    scan = load_prepared(row, tmp_path, spec)
+    assert scan.image.shape == (1, 1, 32, 32) and scan.image.dtype == np.float32
+    assert scan.cranial.tolist() == [True]  # an image of a 2D set shows the head by definition
+    assert scan.slice_labels.tolist() == [label] and scan.slice_labels.dtype == np.int8
+    assert (scan.label, scan.patient_id, scan.n_slices) == (label, "p7", 1)
+    if head:
+        assert scan.image.max() == pytest.approx(1.0) and scan.image[0, 0, 16, 16] == pytest.approx(110 / 255)
+    else:
+        assert scan.image.max() == 0.0  # no head found: the black image stays black
+
+
+def test_png_cohort_through_the_cache(tmp_path: Path, monkeypatch) -> None:
+    _png(tmp_path / "a.png", True)
+    _png(tmp_path / "b.png", True)
+    manifest = write_manifest(tmp_path / "manifest.csv", [ManifestRow("a", "a", "a.png", 1),
+                                                          ManifestRow("b", "b", "b.png", 0)])
+    spec = PrepSpec(windows=("brain", "subdural"), size=32, crop_head=True)
+    cache = PreparedCache(tmp_path / "cache")
+    first = PreparedCohort(manifest, spec, cache=cache)
+    first.prepare_all()
+
+    def no_decoding(path, **kw):
+        raise AssertionError(f"decoded {path} again")
+
+    monkeypatch.setattr(prepared, "read_volume", no_decoding)
+    second = PreparedCohort(manifest, spec, cache=cache)
+    for sid, y in (("a", 1), ("b", 0)):
+        s1, s2 = first[sid], second[sid]
+        assert isinstance(s2.image, np.memmap)
+        assert s2.cranial.tolist() == [True] and s2.slice_labels.tolist() == [y]
+        np.testing.assert_array_equal(s1.image, s2.image)
+        np.testing.assert_array_equal(s2.image[0], s2.image[1])  # the same grey in both channels

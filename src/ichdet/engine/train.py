@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from ichdet.engine.checkpoint import LATEST
+from ichdet.engine.checkpoint import BEST, LATEST
 from ichdet.engine.config import TrainConfig
 from ichdet.engine.distributed import setup_distributed, teardown_distributed
 from ichdet.engine.run import open_run
@@ -28,16 +28,23 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, show_progress
         teardown_distributed(info)
 
 
-def train_or_resume(cfg: TrainConfig, out: str | Path, show_progress: bool = True) -> Path:
+def train_or_resume(cfg: TrainConfig, out: str | Path, show_progress: bool = True,
+                    keep_checkpoints: bool = True) -> Path:
     """`train`, made idempotent for pipelines (`ichdet cv`, `ichdet demo`): a finished run (its
-    bundle newer than its last checkpoint) is kept, an interrupted one resumes, a new one starts."""
+    bundle newer than its last checkpoint) is kept, an interrupted one resumes, a new one starts.
+    Without `keep_checkpoints`, latest.pt and best.pt go once the bundle is written (an AlexNet
+    run's are about 1 GB; the bundle holds the chosen weights)."""
     out = Path(out)
     meta, latest, saved = out / "bundle" / "bundle.json", out / LATEST, out / "config.yaml"
     cfg.validate()
+    done = False
     if meta.is_file() and saved.is_file():
         from ichdet.engine.run import check_resume, resolve_paths
 
         check_resume(resolve_paths(cfg), out)  # a finished run of another config is an error, not a result
-        if not latest.exists() or meta.stat().st_mtime >= latest.stat().st_mtime:
-            return out / "bundle"
-    return train(cfg, out, resume=latest.exists(), show_progress=show_progress)
+        done = not latest.exists() or meta.stat().st_mtime >= latest.stat().st_mtime
+    bundle = out / "bundle" if done else train(cfg, out, resume=latest.exists(), show_progress=show_progress)
+    if not keep_checkpoints:
+        for name in (LATEST, BEST):
+            (out / name).unlink(missing_ok=True)
+    return bundle

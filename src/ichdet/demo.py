@@ -1,0 +1,211 @@
+"""`ichdet demo`: a synthetic cohort (or your manifest) -> every experiment of both papers ->
+OUT/report/index.html + report.md, and every trained model as OUT/bundles/NAME.
+
+```
+OUT/cohort/          the synthetic cohort (DICOM series, manifest.csv, slice_labels.csv)
+OUT/runs/NAME/       one training run per 3D experiment (configs/quick/NAME.yaml; resumable)
+OUT/images2d/        one PNG per scan + labels.csv: the 2D paper's setting
+OUT/cv/              `ichdet cv` on those images (CNN vs AlexNet vs AlexNet-SVM)
+OUT/bundles/NAME/    every trained model, ready for `ichdet predict` / `serve` / `evaluate`
+OUT/report/          index.html, report.md, metrics.json, ROC figures
+```
+Every step resumes: run the same command again after an interruption.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import ichdet
+from ichdet.errors import InputError
+from ichdet.fileio import atomic_path
+
+PROPOSED = "3d_lstm2_e2e"  # the paper's full model: two BiLSTMs, staged then end-to-end
+TRAIN_ORDER = ("3d_slice_cnn", "3d_slice_max", "3d_slice_p95", "3d_feature_svm", "3d_lstm1_frozen",
+               "3d_lstm2_frozen", "3d_lstm1_e2e", "3d_lstm2_e2e", "3d_e2e_nostage")
+ROWS_3D = {  # experiment -> row label of the 3D table (the paper's sections 4.1 and 4.2)
+    "3d_slice_max": "CNN, maximum slice probability",
+    "3d_slice_p95": "CNN, 95th-percentile slice probability",
+    "3d_feature_svm": "CNN features (zero-padded) + linear SVM",
+    "3d_lstm1_frozen": "CNN + 1 BiLSTM, after LSTM training (stage 2)",
+    "3d_lstm2_frozen": "CNN + 2 BiLSTM, after LSTM training (stage 2)",
+    "3d_lstm1_e2e": "CNN + 1 BiLSTM, end-to-end (stage 3)",
+    "3d_lstm2_e2e": "CNN + 2 BiLSTM, end-to-end (stage 3): proposed",
+    "3d_e2e_nostage": "CNN + 2 BiLSTM, end-to-end without staging",
+}
+FIGURE3 = ("3d_slice_max", "3d_slice_p95", "3d_feature_svm")
+FIGURE4 = ("3d_lstm1_frozen", "3d_lstm2_frozen", "3d_lstm1_e2e", "3d_lstm2_e2e", "3d_e2e_nostage")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How big the demo is: the cohort, the per-experiment overrides, the 2D cross-validation."""
+
+    scans: int
+    size: int  # synthetic in-plane pixels
+    slices: int
+    difficulty: float
+    sets: dict[str, list[str]] = field(default_factory=dict)  # experiment prefix -> --set overrides
+    cv_folds: int = 5
+    cv_epochs: dict[str, int] = field(default_factory=dict)
+    cv_images: int | None = None
+    cv_sets: list[str] = field(default_factory=list)  # --set overrides of every 2D model
+    cv_size: int | None = None
+
+
+QUICK = Profile(scans=200, size=256, slices=16, difficulty=0.3,
+                sets={"3d_slice_cnn": ["optim.epochs=10"], "3d_lstm": ["optim.epochs=4", "optim.steps_per_epoch=40"],
+                      "3d_e2e": ["optim.epochs=4", "optim.steps_per_epoch=40"]},
+                cv_folds=3, cv_epochs={"cnn": 30, "alexnet": 6}, cv_images=150)
+FULL = Profile(scans=300, size=256, slices=24, difficulty=0.3,
+               sets={"3d_": ["optim.epochs=16"]}, cv_folds=5, cv_epochs={"cnn": 40, "alexnet": 15}, cv_images=200)
+
+
+def _log(msg: str) -> None:
+    print(f"demo: {msg}", file=sys.stderr, flush=True)
+
+
+def _sets(profile: Profile, name: str) -> list[str]:
+    return [s for prefix, sets in profile.sets.items() if name.startswith(prefix) for s in sets]
+
+
+def make_data(out: Path, profile: Profile, seed: int) -> Path:
+    """The synthetic cohort (resumes: complete scans are kept)."""
+    from tqdm import tqdm
+
+    from ichdet.synth import make_cohort
+
+    with tqdm(total=profile.scans, unit="scan", desc="synth", disable=None) as bar:
+        return make_cohort(out / "cohort", n_scans=profile.scans, seed=seed, size=profile.size,
+                           n_slices=profile.slices, difficulty=profile.difficulty,
+                           progress=lambda done, total: bar.update(done - bar.n))
+
+
+def train_3d(out: Path, manifest: Path, profile: Profile, show_progress: bool) -> dict[str, float]:
+    """Train every 3D experiment in stage order; returns seconds per experiment (0 when reused)."""
+    from ichdet.engine import load_config
+    from ichdet.engine.train import train_or_resume
+
+    seconds = {}
+    for name in TRAIN_ORDER:
+        t0 = time.perf_counter()
+        _log(f"3D: {name}")
+        cfg = load_config(f"quick/{name}", [f"data.manifest={manifest}", f"data.cache={out / 'cache'}",
+                                            *_sets(profile, name)])
+        train_or_resume(cfg, out / "runs" / name, show_progress=show_progress, keep_checkpoints=False)
+        seconds[name] = time.perf_counter() - t0
+    return seconds
+
+
+def score_3d(out: Path, manifest: Path) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+    """Every 3D bundle on the test split (never used in training or selection)."""
+    from ichdet.bundle import load_bundle
+    from ichdet.cache import PreparedCache
+    from ichdet.datasets.prepared import PreparedCohort
+    from ichdet.evaluate import score_bundle
+
+    ids, y, scores = None, None, {}
+    for name in ROWS_3D:
+        bundle = load_bundle(out / "runs" / name / "bundle")
+        splits = bundle.training_splits()
+        cohort = PreparedCohort(manifest, bundle.prep, cache=PreparedCache(out / "cache"), slice_labels_path=None)
+        test = [s for s in cohort.scan_ids() if splits.get(s) == "test"]
+        if ids is not None and test != ids:
+            raise InputError(f"{name} was trained on another split than the other experiments", bundle.path)
+        ids = test
+        cohort.prepare_all(scan_ids=test)  # read + prepare once: seconds per scan time the model
+        scores[name] = score_bundle(bundle, cohort, test)
+        y = scores[name].labels
+    return ids, y, scores
+
+
+def report_3d(report: Path, ids: list[str], y: np.ndarray, scores: dict[str, Any]):
+    from ichdet.comparison import compare, roc_curves
+    from ichdet.report import roc_figure
+
+    arrays = {n: s.scores for n, s in scores.items()}
+    metrics = compare(y, arrays, {n: s.threshold for n, s in scores.items()}, reference=PROPOSED)
+    for n, m in metrics.items():
+        m["seconds_per_scan"] = scores[n].seconds_per_scan
+        m["label"] = ROWS_3D[n]
+    for fig, names, title in (("roc_3d_slice_baselines.png", FIGURE3, "Slice-based baselines (paper's figure 3)"),
+                              ("roc_3d_lstm.png", FIGURE4, "CNN + BiLSTM models (paper's figure 4)")):
+        sub = {n: arrays[n] for n in names}
+        curves = roc_curves(y, sub, metrics, ROWS_3D, band=len(sub) <= 3)  # more bands than 3 hide the curves
+        roc_figure(curves, report / fig, title=title)
+    return metrics
+
+
+def run_2d(out: Path, manifest: Path, profile: Profile, seed: int, show_progress: bool) -> dict[str, Any] | None:
+    """`ichdet cv` on one PNG per scan (needs the cohort's slice labels to pick bleed slices)."""
+    from ichdet.cv import CVOptions, cross_validate
+    from ichdet.synth.images import export_image_set
+
+    if not (manifest.parent / "slice_labels.csv").is_file():
+        _log("2D: skipped (no slice_labels.csv beside the manifest to pick one image per scan)")
+        return None
+    _log("2D: one image per scan, then cross-validation")
+    labels = export_image_set(manifest, out / "images2d", seed=seed, limit=profile.cv_images)
+    opts = CVOptions(folds=profile.cv_folds, seed=seed, epochs=profile.cv_epochs, quick=True, size=profile.cv_size,
+                     overrides=list(profile.cv_sets), show_progress=show_progress)
+    return cross_validate(out / "images2d" / "images", labels, out / "cv", opts)
+
+
+def keep_bundles(out: Path, cv_result: dict[str, Any] | None) -> dict[str, str]:
+    """Copy every trained model to OUT/bundles/NAME (3D experiment names; 2d_cnn, 2d_alexnet, 2d_alexnet_svm)."""
+    sources = {name: out / "runs" / name / "bundle" for name in TRAIN_ORDER}
+    if cv_result is not None:
+        sources.update({f"2d_{n.replace('-', '_')}": out / "cv" / "bundles" / n for n in ("cnn", "alexnet", "alexnet-svm")})
+    kept = {}
+    for name, src in sources.items():
+        if (src / "bundle.json").is_file():
+            with atomic_path(out / "bundles" / name) as tmp:
+                shutil.copytree(src, tmp)
+            kept[name] = str(out / "bundles" / name)
+    return kept
+
+
+def run_demo(out: str | Path = "demo-out", quick: bool = False, seed: int = 0, data: str | Path | None = None,
+             show_progress: bool = True, profile: Profile | None = None) -> dict[str, Any]:
+    """Run everything (see the module docstring); returns the report's metrics.json content.
+    `profile` replaces the quick/full sizes (tests use a tiny one)."""
+    from ichdet.demo_report import write_demo_report
+    from ichdet.evaluate import write_json
+
+    out = Path(out)
+    profile = profile or (QUICK if quick else FULL)
+    started = time.perf_counter()
+    t0 = time.perf_counter()
+    manifest = Path(data).resolve() if data else make_data(out, profile, seed)
+    synth_s = 0.0 if data else time.perf_counter() - t0
+    train_s = train_3d(out, manifest, profile, show_progress)
+    ids, y, scores = score_3d(out, manifest)
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    metrics_3d = report_3d(report, ids, y, scores)
+    t0 = time.perf_counter()
+    cv_result = run_2d(out, manifest, profile, seed, show_progress)
+    cv_s = time.perf_counter() - t0
+    if cv_result is not None:
+        shutil.copyfile(out / "cv" / "roc.png", report / "roc_2d.png")
+    bundles = keep_bundles(out, cv_result)
+    result = {"ichdet_version": ichdet.__version__,
+              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "profile": "quick" if quick else "full", "synthetic": data is None,
+              "data": {"manifest": str(manifest), "test_scans": len(ids), "test_positive": int(y.sum()),
+                       **({"scans": profile.scans, "size": profile.size, "slices": profile.slices,
+                           "difficulty": profile.difficulty, "seed": seed} if data is None else {})},
+              "models": metrics_3d, "cv": cv_result, "bundles": bundles,
+              "seconds": {"synth": synth_s, "train_3d": train_s, "cv_2d": cv_s,
+                          "total": time.perf_counter() - started}}
+    write_json(report / "metrics.json", result)
+    write_demo_report(report, result)
+    _log(f"report: {report / 'index.html'} ({result['seconds']['total']:.0f} s)")
+    return result

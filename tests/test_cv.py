@@ -1,0 +1,320 @@
+"""`ichdet cv` end to end on 16 tiny exported images (2 folds, 1 epoch, 64 px): out-of-fold
+predictions, patient-grouped folds, pooled and per-fold metrics against scikit-learn, report,
+final bundles, `evaluate_images` with a cv bundle, resuming, and the CLI's input errors."""
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ichdet.bundle import load_bundle, read_bundle_meta
+from ichdet.cli import run as cli
+from ichdet.cv import CVOptions, _order, assign_folds, cross_validate, fold_manifest, model_config, patient_column
+from ichdet.datasets.manifest import ManifestRow, read_manifest
+from ichdet.datasets.splits import read_splits
+from ichdet.engine import load_config
+from ichdet.errors import InputError
+from ichdet.evaluate import evaluate_images
+from ichdet.metrics import delong_test, roc_auc
+from ichdet.synth import make_cohort
+from ichdet.synth.images import export_image_set
+
+train_mod = importlib.import_module("ichdet.engine.train")  # `ichdet.engine.train` the attribute is the function
+TINY = ["threads=1", "autocast_bf16=false", "channels_last=false", "target_sensitivity=0.9"]
+MODELS = ["cnn", "alexnet-svm"]
+
+
+def _opts(**kw) -> CVOptions:
+    base = dict(models=MODELS, folds=2, epochs=1, size=64, quick=True, overrides=list(TINY), show_progress=False)
+    return CVOptions(**{**base, **kw})
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> tuple[Path, Path]:
+    """(image folder, labels.csv with id,patient,hemorrhage): 16 images of 15 patients, 7 positive;
+    synth3_00008 (negative) and synth3_00009 (positive) are one patient."""
+    cohort = make_cohort(tmp_path_factory.mktemp("cv_cohort"), 16, seed=3, size=64, n_slices=8, difficulty=0.2)
+    out = tmp_path_factory.mktemp("cv_images")
+    labels = export_image_set(cohort, out, seed=0)
+    return out / "images", labels
+
+
+@pytest.fixture(scope="module")
+def cv_run(images, tmp_path_factory):
+    """One full `cross_validate` run: (out folder, the returned result). Its AlexNet checkpoints and
+    bundles take ~4 GB, so the folder is removed when the module is done."""
+    img, labels = images
+    out = tmp_path_factory.mktemp("cv_out")
+    result = cross_validate(img, labels, out, _opts())
+    yield out, result
+    shutil.rmtree(out, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- pieces
+def test_patient_column_and_model_order(tmp_path):
+    for header, expected in (("id,patient,hemorrhage", "patient"), ("id, Patient ID ,label", "Patient ID"),
+                             ("\ufeffname,SUBJECT,y", "SUBJECT"), ("id,label", None)):
+        (tmp_path / "l.csv").write_text(header + "\n", encoding="utf-8")
+        assert patient_column(tmp_path / "l.csv") == expected, header
+    assert _order(["alexnet-svm"]) == ["alexnet", "alexnet-svm"]  # the SVM needs its AlexNet, trained first
+    assert _order(["alexnet-svm", "cnn"]) == ["cnn", "alexnet", "alexnet-svm"]
+    with pytest.raises(InputError) as e:
+        _order(["cnn", "vgg"])
+    assert str(e.value) == "unknown model(s) ['vgg']; choose from cnn, alexnet, alexnet-svm or all"
+
+
+def _rows(n_pos_patients: int, n_neg_patients: int, pairs: int = 0) -> list[ManifestRow]:
+    rows, k = [], 0
+    for y, n in ((1, n_pos_patients), (0, n_neg_patients)):
+        for p in range(n):
+            for _ in range(2 if p < pairs else 1):
+                rows.append(ManifestRow(f"img{k:02d}", f"pat{y}{p}", f"img{k:02d}.png", y))
+                k += 1
+    return rows
+
+
+def test_assign_folds_groups_patients_and_stratifies():
+    rows = _rows(6, 9, pairs=3)  # 6 positive and 9 negative patients, 3 of each class with two images
+    fold_of = assign_folds(rows, 3, seed=1)
+    assert set(fold_of) == {r.scan_id for r in rows} and set(fold_of.values()) == {0, 1, 2}
+    by_patient: dict[str, set[int]] = {}
+    for r in rows:
+        by_patient.setdefault(r.patient_id, set()).add(fold_of[r.scan_id])
+    assert all(len(f) == 1 for f in by_patient.values())
+    for f in range(3):
+        labels = [r.label for r in rows if fold_of[r.scan_id] == f]
+        assert 0 < sum(labels) < len(labels)  # both classes in every held-out fold
+    assert assign_folds(rows, 3, seed=1) == fold_of  # deterministic
+    with pytest.raises(InputError) as e:
+        assign_folds(_rows(4, 9), 5, seed=0)
+    assert str(e.value) == ("5-fold cross-validation needs at least 5 positive and negative patients; "
+                            "the images have 4 positive and 9 negative")
+    with pytest.raises(InputError) as e:
+        assign_folds(_rows(4, 9), 1, seed=0)
+    assert str(e.value) == ("1-fold cross-validation needs at least 2 positive and negative patients; "
+                            "the images have 4 positive and 9 negative")
+
+
+def test_fold_manifest_holds_out_one_fold(tmp_path):
+    rows = _rows(6, 9, pairs=3)
+    fold_of = assign_folds(rows, 3, seed=1)
+    path = fold_manifest(rows, tmp_path, fold_of, 2, 0.25, 0, tmp_path / "f2" / "manifest.csv")
+    got = {r.scan_id: r for r in read_manifest(path)}
+    assert {s for s, r in got.items() if r.extra["split"] == "test"} == {s for s, f in fold_of.items() if f == 2}
+    rest = {r.extra["split"] for s, r in got.items() if fold_of[s] != 2}
+    assert rest == {"train", "val"}
+    by_patient: dict[str, set[str]] = {}
+    for r in got.values():
+        by_patient.setdefault(r.patient_id, set()).add(r.extra["split"])
+        assert Path(r.path).is_absolute() and Path(r.path) == (tmp_path / r.scan_id).with_suffix(".png").resolve()
+    assert all(len(s) == 1 for s in by_patient.values())
+    final = fold_manifest(rows, tmp_path, None, None, 0.25, 0, tmp_path / "final.csv")
+    assert {r.extra["split"] for r in read_manifest(final)} == {"train", "val"}  # no test fold
+
+
+def test_model_config_per_model(tmp_path):
+    m = tmp_path / "manifest.csv"
+    opts = _opts(weights="", epochs=3, size=96)
+    cnn = model_config("cnn", m, 60, opts, tmp_path / "cache")
+    batch = load_config("quick/2d_cnn").optim.batch_size
+    assert cnn.experiment == "2d_cnn" and cnn.optim.steps_per_epoch == math.ceil(60 / batch)
+    assert (cnn.optim.epochs, cnn.data.size, cnn.data.crop_head, cnn.optim.patience) == (3, 96, True, 0)
+    assert (cnn.threads, cnn.autocast_bf16, cnn.channels_last, cnn.target_sensitivity) == (1, False, False, 0.9)
+    assert cnn.data.manifest == str(m) and cnn.data.slice_labels == ""
+    alex = model_config("alexnet", m, 60, opts, tmp_path / "cache")
+    assert alex.experiment == "2d_alexnet" and alex.model.weights == "" and alex.data.size == 96
+    svm = model_config("alexnet-svm", m, 60, opts, tmp_path / "cache")
+    assert svm.stage == "svm" and svm.model.init_from == "alexnet" and svm.experiment == "2d_alexnet_svm"
+    full = model_config("cnn", m, 60, _opts(quick=False, epochs=None, size=None), tmp_path / "cache")
+    assert (full.optim.epochs, full.data.size) == (30, 256)  # the full 2d_cnn config's
+
+
+def test_model_config_top_level_overrides_reach_the_svm(tmp_path):
+    svm = model_config("alexnet-svm", tmp_path / "m.csv", 60, _opts(), tmp_path / "cache")
+    assert (svm.threads, svm.autocast_bf16, svm.channels_last, svm.target_sensitivity) == (1, False, False, 0.9)
+
+
+# ---------------------------------------------------------------- end to end
+def test_every_image_scored_once_per_model_out_of_fold(images, cv_run):
+    img, labels = images
+    out, result = cv_run
+    preds = _csv(out / "predictions.csv")
+    truth = {r["id"]: (int(r["hemorrhage"]), r["patient"]) for r in _csv(labels)}
+    assert len(truth) == 16
+    assert [p["model"] for p in preds] == ["cnn"] * 16 + ["alexnet-svm"] * 16  # the AlexNet is not reported
+    for name in MODELS:
+        mine = [p for p in preds if p["model"] == name]
+        assert sorted(p["scan_id"] for p in mine) == sorted(truth)
+        assert all(int(p["label"]) == truth[p["scan_id"]][0] for p in mine)
+    # folds: what assign_folds gives the prepared folder, same for both models, patients never split
+    fold_of = assign_folds(read_manifest(out / "data" / "manifest.csv"), 2, 0)
+    assert {p["scan_id"]: int(p["fold"]) for p in preds} == fold_of
+    assert truth["synth3_00008"][1] == truth["synth3_00009"][1]
+    assert fold_of["synth3_00008"] == fold_of["synth3_00009"]
+    for f in (0, 1):
+        test_ids = {r.scan_id for r in read_manifest(out / "folds" / str(f) / "manifest.csv")
+                    if r.extra["split"] == "test"}
+        assert test_ids == {s for s, g in fold_of.items() if g == f}
+        for name in ("cnn", "alexnet", "alexnet-svm"):  # no held-out image in any training or validation split
+            trained = read_splits(out / "folds" / str(f) / name / "bundle" / "splits.csv")
+            assert {s for s, v in trained.items() if v in ("train", "val")}.isdisjoint(test_ids)
+    # each row's threshold is its fold's model's own operating point
+    for p in preds:
+        t = read_bundle_meta(out / "folds" / p["fold"] / p["model"] / "bundle")["operating_point"]["threshold"]
+        assert float(p["max_sensitivity_threshold"]) == pytest.approx(t, rel=1e-5)
+
+
+def test_metrics_json_matches_sklearn_and_delong(cv_run):
+    out, result = cv_run
+    saved = json.loads((out / "metrics.json").read_text())
+    assert list(saved["models"]) == MODELS
+    assert saved["data"] == {"images": 16, "patients": 15, "positives": 7}
+    assert saved["cv"] == {"folds": 2, "seed": 0, "grouped_by": "patient", "stratified": True,
+                           "val_fraction_of_training_folds": 0.2, "weights": "random", "quick": True, "epochs": 1}
+    preds = _csv(out / "predictions.csv")
+    order = [p["scan_id"] for p in preds if p["model"] == "cnn"]
+    cols = {}
+    for name in MODELS:
+        mine = {p["scan_id"]: p for p in preds if p["model"] == name}
+        y = np.array([int(mine[s]["label"]) for s in order])
+        s = np.array([float(mine[s]["score"]) for s in order])
+        folds = np.array([int(mine[s]["fold"]) for s in order])
+        t = np.array([float(mine[s]["max_sensitivity_threshold"]) for s in order])
+        cols[name] = s
+        m = saved["models"][name]
+        assert m["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)
+        assert m["auc"] == result["models"][name]["auc"]
+        assert (m["n_pos"], m["n_neg"]) == (7, 9)
+        pred = s >= 0.5  # the classifier's own decision
+        assert m["threshold"] == 0.5 and m["decision"] == "score >= 0.5 (the classifier's own decision)"
+        assert m["sensitivity"] == pytest.approx((pred & (y == 1)).sum() / 7)
+        assert m["specificity"] == pytest.approx((~pred & (y == 0)).sum() / 9)
+        assert m["accuracy"] == pytest.approx((pred == (y == 1)).mean())
+        # the max-sensitivity figures pool each fold's own threshold
+        ms = m["max_sensitivity"]
+        assert ms["threshold"] == pytest.approx(sorted(set(t.tolist())), rel=1e-5)
+        pooled = s >= t
+        assert ms["sensitivity"] == pytest.approx((pooled & (y == 1)).sum() / 7)
+        assert ms["specificity"] == pytest.approx((~pooled & (y == 0)).sum() / 9)
+        assert ms["chosen_on"] == "each fold's validation part of its training folds"
+        # per fold: size and AUC of each held-out fold
+        assert [f["fold"] for f in m["folds"]] == [0, 1]
+        assert sum(f["n"] for f in m["folds"]) == 16
+        for f in m["folds"]:
+            k = folds == f["fold"]
+            assert f["n"] == int(k.sum())
+            assert f["auc"] == pytest.approx(roc_auc(y[k], s[k]), abs=1e-6)
+            assert f["accuracy"] == pytest.approx((pred[k] == (y[k] == 1)).mean())
+        assert m["label"] == {"cnn": "CNN from scratch", "alexnet-svm": "AlexNet-SVM"}[name]
+        assert m["bundle"] == str(out / "bundles" / name)
+    y = np.array([int(p["label"]) for p in preds if p["model"] == "cnn"])
+    p_ref = delong_test(y, cols["cnn"], cols["alexnet-svm"])["p"]
+    assert saved["models"]["cnn"]["delong_pairwise"] == {"alexnet-svm": pytest.approx(p_ref, abs=1e-4)}
+    assert saved["models"]["alexnet-svm"]["delong_pairwise"] == {"cnn": pytest.approx(p_ref, abs=1e-4)}
+
+
+def test_report_and_bundles(cv_run):
+    out, result = cv_run
+    md = (out / "report.md").read_text()
+    assert md.startswith("# ichdet cv: CNN vs AlexNet vs AlexNet-SVM\n")
+    assert ("> **⚠ AlexNet started from random weights (no `--weights`): this is not the paper's transfer "
+            "learning.") in md
+    assert ("16 images of 15 patients (7 with haemorrhage), 2 folds stratified by label and grouped by patient "
+            "(seed 0).") in md
+    assert ("| model | pooled AUC (95% CI, DeLong) | per-fold AUC (mean ± sd) | accuracy | sensitivity | "
+            "specificity | DeLong p vs CNN from scratch | DeLong p vs AlexNet-SVM |") in md
+    for name, label in (("cnn", "CNN from scratch"), ("alexnet-svm", "AlexNet-SVM")):
+        m = result["models"][name]
+        lo, hi = m["auc_ci"]
+        row = next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
+        assert row.startswith(f"| {label} | {m['auc']:.3f} ({lo:.3f}–{hi:.3f}) |")
+        assert f"| {100 * m['accuracy']:.1f}% | {100 * m['sensitivity']:.1f}% | {100 * m['specificity']:.1f}% |" in row
+    assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "index.html").is_file()
+    cnn = load_bundle(out / "bundles" / "cnn")
+    assert (out / "bundles" / "cnn" / "bundle.json").is_file()
+    assert cnn.kind == "slice" and cnn.name == "2d_cnn"
+    assert cnn.prep.size == 64 and cnn.prep.crop_head and cnn.prep.windows == ("brain",)
+    svm = load_bundle(out / "bundles" / "alexnet-svm")
+    assert svm.kind == "alexnet_svm" and svm.svm is not None and svm.prep.windows == ("brain", "subdural", "bone")
+    assert load_bundle(out / "bundles" / "alexnet").kind == "slice"
+    # the final bundles were trained on every image (train/val), none held out
+    assert set(cnn.training_splits().values()) == {"train", "val"} and len(cnn.training_splits()) == 16
+
+
+def test_evaluate_images_with_a_cv_bundle(images, cv_run, tmp_path):
+    img, labels = images
+    out, _ = cv_run
+    result = evaluate_images(out / "bundles" / "cnn", img, labels, tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["models"].keys() == {"2d_cnn"} and saved["data"]["split"] == "all"
+    assert saved["data"]["cases"] == 16 and saved["data"]["includes_training_cases"] == 16
+    assert saved["data"]["manifest"] == str((tmp_path / "data" / "manifest.csv").resolve())
+    m = saved["models"]["2d_cnn"]
+    preds = _csv(tmp_path / "predictions.csv")
+    assert len(preds) == 16
+    y = np.array([int(p["label"]) for p in preds])
+    s = np.array([float(p["score"]) for p in preds])
+    assert m["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6) == result["models"]["2d_cnn"]["auc"]
+    assert m["threshold"] == pytest.approx(load_bundle(out / "bundles" / "cnn").threshold)
+    assert (tmp_path / "roc.png").is_file() and (tmp_path / "confusion.png").is_file()
+
+
+def test_second_run_reuses_the_finished_runs(images, cv_run, monkeypatch):
+    img, labels = images
+    out, first = cv_run
+    metas = sorted(out.glob("folds/*/*/bundle/bundle.json")) + sorted(out.glob("final/*/bundle/bundle.json"))
+    assert len(metas) == 9  # 2 folds + final, 3 runs each
+    before = {p: p.stat().st_mtime_ns for p in metas}
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(train_mod, "train", no_training)
+    t0 = time.perf_counter()
+    again = cross_validate(img, labels, out, _opts())
+    assert time.perf_counter() - t0 < 30
+    assert {p: p.stat().st_mtime_ns for p in metas} == before
+    for name in MODELS:
+        for key in ("auc", "auc_ci", "sensitivity", "specificity", "folds", "delong_pairwise", "max_sensitivity"):
+            assert again["models"][name][key] == first["models"][name][key], (name, key)
+    # another config for an existing run folder is an error, not a silent reuse
+    with pytest.raises(InputError, match="cannot resume with a different config; changed: optim.epochs"):
+        cross_validate(img, labels, out, _opts(epochs=2))
+
+
+# ---------------------------------------------------------------- CLI
+def test_cli_cv_missing_labels(images, tmp_path, capsys):
+    img, _ = images
+    missing = tmp_path / "missing.csv"
+    assert cli(["cv", "--images", str(img), "--labels", str(missing), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"ichdet: error: {missing}: labels CSV not found\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_cv_too_few_images_for_the_folds(images, tmp_path, capsys):
+    img, labels = images
+    few = tmp_path / "few"
+    few.mkdir()
+    recs = _csv(labels)
+    keep = [r for r in recs if r["hemorrhage"] == "1"][:3] + [r for r in recs if r["hemorrhage"] == "0"][:3]
+    for r in keep:
+        shutil.copy(img / f"{r['id']}.png", few / f"{r['id']}.png")
+    (tmp_path / "few.csv").write_text("id,patient,hemorrhage\n" + "".join(
+        f"{r['id']},{r['id']},{r['hemorrhage']}\n" for r in keep))
+    assert cli(["cv", "--images", str(few), "--labels", str(tmp_path / "few.csv"), "--folds", "5",
+                "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == ("ichdet: error: 5-fold cross-validation needs at least 5 positive and "
+                                       "negative patients; the images have 3 positive and 3 negative\n")

@@ -1,0 +1,87 @@
+"""`ichdet demo` end to end on a tiny profile: every row of both tables filled, bundles kept, resumable."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ichdet.bundle import load_bundle
+from ichdet.demo import PROPOSED, ROWS_3D, TRAIN_ORDER, Profile, run_demo
+
+FAST = ["threads=1", "autocast_bf16=false", "channels_last=false", "optim.batch_size=4", "optim.val_samples=24"]
+TINY = Profile(
+    scans=30, size=64, slices=8, difficulty=0.2,
+    sets={"3d_slice_cnn": ["data.size=64", "model.kwargs={base_width: 2, feature_dim: 16}", "optim.epochs=1",
+                           "optim.steps_per_epoch=2", *FAST],
+          "3d_lstm": ["data.size=64", "model.kwargs.hidden=8", "optim.epochs=1", "optim.steps_per_epoch=2", *FAST],
+          "3d_e2e": ["data.size=64", "model.kwargs.hidden=8", "model.kwargs.encoder_kw.base_width=2",
+                     "model.kwargs.encoder_kw.feature_dim=16",
+                     "optim.epochs=1", "optim.steps_per_epoch=2", *FAST]},
+    cv_folds=2, cv_epochs={"cnn": 1, "alexnet": 1}, cv_images=16, cv_size=64,
+    cv_sets=["threads=1", "autocast_bf16=false", "channels_last=false"],
+)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_demo(out, seed=3, show_progress=False, profile=TINY)
+
+
+def test_every_3d_row_is_filled_on_the_test_split(demo):
+    out, result = demo
+    assert list(result["models"]) == list(ROWS_3D)
+    splits = load_bundle(out / "runs" / PROPOSED / "bundle").training_splits()
+    test = sorted(s for s, v in splits.items() if v == "test")
+    assert result["data"]["test_scans"] == len(test) > 0
+    for name, m in result["models"].items():
+        assert 0.0 <= m["auc"] <= 1.0 and m["auc_ci"][0] <= m["auc"] <= m["auc_ci"][1], name
+        assert m["seconds_per_scan"] > 0
+        assert (m["delong_p"] is None) == (name == PROPOSED)
+        assert m["n_pos"] + m["n_neg"] == len(test)
+        assert m["threshold"] == pytest.approx(load_bundle(out / "runs" / name / "bundle").threshold)
+
+
+def test_report_has_both_tables_figures_and_the_synthetic_warning(demo):
+    out, result = demo
+    md = (out / "report" / "report.md").read_text()
+    html = (out / "report" / "index.html").read_text()
+    for text in (md, html):
+        assert "SYNTHETIC" in text
+        assert text.index("SYNTHETIC") < text.index("3D: whole-scan")
+        for label in ROWS_3D.values():
+            assert label.split(":")[0] in text
+        assert "AlexNet-SVM" in text and "ichdet prepare rsna" in text
+    for fig in ("roc_3d_slice_baselines.png", "roc_3d_lstm.png", "roc_2d.png"):
+        assert (out / "report" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((out / "report" / "metrics.json").read_text())
+    assert saved["models"][PROPOSED]["auc"] == pytest.approx(result["models"][PROPOSED]["auc"])
+    assert set(saved["cv"]["models"]) == {"cnn", "alexnet", "alexnet-svm"}
+
+
+def test_cv_auc_matches_its_predictions(demo):
+    out, result = demo
+    rows = [line.split(",") for line in (out / "cv" / "predictions.csv").read_text().splitlines()[1:]]
+    for name, m in result["cv"]["models"].items():
+        y = np.array([int(r[3]) for r in rows if r[0] == name])
+        p = np.array([float(r[4]) for r in rows if r[0] == name])
+        assert len(y) == 16
+        assert m["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
+
+
+def test_every_model_is_kept_as_a_loadable_bundle(demo):
+    out, result = demo
+    names = set(TRAIN_ORDER) | {"2d_cnn", "2d_alexnet", "2d_alexnet_svm"}
+    assert set(result["bundles"]) == names
+    assert load_bundle(out / "bundles" / PROPOSED).meta["model"]["name"] == "scan_lstm"
+    assert load_bundle(out / "bundles" / "2d_alexnet_svm").kind == "alexnet_svm"
+
+
+def test_a_second_run_reuses_every_trained_model(demo):
+    out, first = demo
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/bundle/bundle.json")}
+    again = run_demo(out, seed=3, show_progress=False, profile=TINY)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert again["models"][PROPOSED]["auc"] == pytest.approx(first["models"][PROPOSED]["auc"])
