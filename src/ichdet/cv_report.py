@@ -60,7 +60,7 @@ def write_cv_outputs(out: Path, oof: Mapping[str, Mapping[str, list]], labels: M
         if name in bundles:
             m["bundle"] = bundles[name]
     write_oof_csv(out / "predictions.csv", oof)
-    roc_figure(roc_curves(y, scores, models, labels), out / "roc.png",
+    roc_figure(roc_curves(y, scores, models, labels, band=len(scores) == 1), out / "roc.png",
                title=f"{opts.folds}-fold cross-validation, pooled out-of-fold ROC")
     result = {"ichdet_version": ichdet.__version__,
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -110,5 +110,5 @@ def cv_section(result: Mapping[str, Any], labels: Mapping[str, str], roc: str) -
             "the models on the same images.")
     return Section("2D: CNN vs AlexNet vs AlexNet-SVM (cross-validation)", [text],
                    [Table("cv", cv_table_rows(result, labels), cols)],
-                   [FigureRef("Pooled out-of-fold ROC curves with 95% bootstrap bands; markers at the decision "
+                   [FigureRef("Pooled out-of-fold ROC curves (95% CIs of the AUC in the table); markers at the decision "
                               "threshold.", roc)])

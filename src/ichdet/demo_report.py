@@ -43,7 +43,7 @@ def section_3d(result: Mapping[str, Any]) -> Section:
             "the aggregation on a prepared scan, on this CPU (`ichdet evaluate` times reading and "
             "preparing too)."]
     figs = [FigureRef("Slice-based baselines: maximum and 95th-percentile slice probability and the SVM on "
-                      "padded slice features (the paper's figure 3), with 95% bootstrap bands.",
+                      "padded slice features (the paper's figure 3); markers at the operating point.",
                       "roc_3d_slice_baselines.png"),
             FigureRef("CNN + BiLSTM after LSTM training and after end-to-end training, and end-to-end without "
                       "staging (the paper's figure 4).", "roc_3d_lstm.png")]
