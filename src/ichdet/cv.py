@@ -140,8 +140,7 @@ def _log(msg: str) -> None:
     print(f"cv: {msg}", file=sys.stderr, flush=True)
 
 
-def _train_all(manifest: Path, rows: Sequence[ManifestRow], folder: Path, models: list[str], opts: CVOptions,
-               cache: Path) -> dict[str, Path]:
+def _train_all(manifest: Path, folder: Path, models: list[str], opts: CVOptions, cache: Path) -> dict[str, Path]:
     from ichdet.engine.train import train_or_resume
 
     n_train = sum(1 for r in read_manifest(manifest) if r.extra.get("split") == "train")
@@ -181,7 +180,7 @@ def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts
         folder = out / "folds" / str(f)
         fm = fold_manifest(rows, manifest.parent, fold_of, f, opts.val_fraction, opts.seed, folder / "manifest.csv")
         _log(f"fold {f + 1}/{opts.folds}: training {', '.join(models)}")
-        for name, bundle in _train_all(fm, rows, folder, models, opts, cache).items():
+        for name, bundle in _train_all(fm, folder, models, opts, cache).items():
             ids, y, p, t = _score_fold(bundle, fm, cache)
             o = oof[name]
             o["ids"] += ids
@@ -193,7 +192,7 @@ def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts
     if opts.final:
         _log("training every model on all images")
         fm = fold_manifest(rows, manifest.parent, None, None, opts.val_fraction, opts.seed, out / "final" / "manifest.csv")
-        for name, bundle in _train_all(fm, rows, out / "final", models, opts, cache).items():
+        for name, bundle in _train_all(fm, out / "final", models, opts, cache).items():
             with atomic_path(out / "bundles" / name) as tmp:
                 shutil.copytree(bundle, tmp)
             bundles[name] = str(out / "bundles" / name)

@@ -60,8 +60,8 @@ class Profile:
     cv_size: int | None = None
 
 
-QUICK = Profile(scans=200, size=256, slices=16, difficulty=0.15,
-                sets={"3d_slice_cnn": ["optim.epochs=16"],  # the slice CNN idles ~5 epochs before it learns
+QUICK = Profile(scans=200, size=256, slices=16, difficulty=0.3,
+                sets={"3d_slice_cnn": ["optim.epochs=12"],
                       "3d_lstm": ["optim.epochs=4", "optim.steps_per_epoch=40"],
                       "3d_e2e": ["optim.epochs=4", "optim.steps_per_epoch=40"]},
                 cv_folds=3, cv_epochs={"cnn": 30, "alexnet": 6}, cv_images=120)

@@ -81,3 +81,12 @@ def test_missing_and_broken_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("optim: [1,\n")
     with pytest.raises(InputError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_shipped_experiments_load_by_name():
+    by_name = load_config("quick/3d_slice_cnn", ["data.manifest=x.csv"])
+    by_path = load_config(CONFIGS / "quick" / "3d_slice_cnn.yaml", ["data.manifest=x.csv"])
+    assert by_name == by_path and by_name.data.size == 128
+    with pytest.raises(InputError, match=r"^no config file '3d_nothing', nor a shipped experiment of that name \(known: "
+                                         r"2d_alexnet, 2d_alexnet_svm, 2d_cnn, "):
+        load_config("3d_nothing")
