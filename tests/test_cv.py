@@ -318,3 +318,19 @@ def test_cli_cv_too_few_images_for_the_folds(images, tmp_path, capsys):
                 "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err == ("ichdet: error: 5-fold cross-validation needs at least 5 positive and "
                                        "negative patients; the images have 3 positive and 3 negative\n")
+
+
+def test_label_column_choice_reaches_the_folder_reader(images, tmp_path):
+    img, labels = images
+    rows = _csv(labels)
+    two = tmp_path / "two_labels.csv"
+    with open(two, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "any", "subdural"])
+        w.writerows([r["id"], r["hemorrhage"], r["hemorrhage"]] for r in rows)
+    with pytest.raises(InputError, match=r"several 0/1 columns could be the label: any, subdural; pass --label-column"):
+        cross_validate(img, two, tmp_path / "a", _opts())
+    with pytest.raises(InputError, match=r"^50-fold cross-validation needs at least 50 positive and negative patients"):
+        cross_validate(img, two, tmp_path / "b", _opts(folds=50, label_column="any"))
+    assert [r.label for r in read_manifest(tmp_path / "b" / "data" / "manifest.csv")] == \
+        [int(r["hemorrhage"]) for r in sorted(rows, key=lambda r: r["id"])]

@@ -105,7 +105,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
     models = list(MODELS) if args.model == "all" else [args.model]
     opts = CVOptions(models=models, folds=args.folds, seed=args.seed, weights=args.weights or "", epochs=args.epochs,
                      size=args.size, quick=args.quick, final=not args.no_final, overrides=list(args.set or []),
-                     show_progress=not args.quiet)
+                     show_progress=not args.quiet, label_column=args.label_column, id_column=args.id_column,
+                     patient_column=args.patient_column)
     result = cross_validate(args.images, args.labels, args.out, opts)
     for name, m in result["models"].items():
         lo, hi = m["auc_ci"]
@@ -167,6 +168,10 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
                                    "roc.png; then every model trained on all images as OUT/bundles/NAME.")
     p.add_argument("--images", required=True, help="image folder")
     p.add_argument("--labels", required=True, help="labels CSV: id (file stem), a 0/1 label column, optional patient column")
+    p.add_argument("--label-column", help="the 0/1 label column (default: the only 0/1 column besides the id)")
+    p.add_argument("--id-column", help="the id column matching file stems (default: the first column)")
+    p.add_argument("--patient-column", help="group folds by this column (default: a column named patient, "
+                                            "patient_id or subject, else each image is its own patient)")
     p.add_argument("--model", choices=["cnn", "alexnet", "alexnet-svm", "all"], default="all")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)

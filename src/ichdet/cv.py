@@ -58,6 +58,9 @@ class CVOptions:
     final: bool = True  # also train every model on all images -> OUT/bundles/NAME
     overrides: list[str] = field(default_factory=list)
     show_progress: bool = True
+    label_column: str | None = None  # labels CSV columns (default: found as `ichdet prepare folder` finds them)
+    id_column: str | None = None
+    patient_column: str | None = None  # default: a column named patient, patient_id, subject, ...
 
 
 def patient_column(labels_csv: Path) -> str | None:
@@ -172,7 +175,8 @@ def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts
     models = _order(opts.models)
     cache = out / "cache"
     manifest = prepare_folder(images, out / "data" / "manifest.csv", labels=labels, images=images,
-                              patient_column=patient_column(labels))
+                              label_column=opts.label_column, id_column=opts.id_column,
+                              patient_column=opts.patient_column or patient_column(labels))
     rows = read_manifest(manifest)
     fold_of = assign_folds(rows, opts.folds, opts.seed)
     oof: dict[str, dict[str, Any]] = {m: {"ids": [], "y": [], "p": [], "t": [], "fold": []} for m in models}
