@@ -72,6 +72,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _summary_line(name: str, m: dict, what: str, where: str) -> str:
+    """One model's metrics entry as one line: AUC with its CI, then the figures at a threshold."""
+    lo, hi = m["auc_ci"]
+    return (f"{name}: {what} {m['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), {where}sensitivity {m['sensitivity']:.3f}, "
+            f"specificity {m['specificity']:.3f}, accuracy {m['accuracy']:.3f}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -91,10 +98,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             result = evaluate_images(args.model, args.images, args.labels, args.out, progress=progress)
     for name, m in result["models"].items():
-        lo, hi = m["auc_ci"]
-        print(f"{name}: AUC {m['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), at threshold {m['threshold']:.4g}: "
-              f"sensitivity {m['sensitivity']:.3f}, specificity {m['specificity']:.3f}, accuracy {m['accuracy']:.3f} "
-              f"({m['n_pos']} positive, {m['n_neg']} negative cases)")
+        print(_summary_line(name, m, "AUC", f"at threshold {m['threshold']:.4g}: ")
+              + f" ({m['n_pos']} positive, {m['n_neg']} negative cases)")
     print(f"wrote {args.out}/metrics.json, predictions.csv, roc.png, confusion.png")
     return EXIT_OK
 
@@ -109,9 +114,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
                      patient_column=args.patient_column)
     result = cross_validate(args.images, args.labels, args.out, opts)
     for name, m in result["models"].items():
-        lo, hi = m["auc_ci"]
-        print(f"{name}: pooled out-of-fold AUC {m['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), accuracy {m['accuracy']:.3f}, "
-              f"sensitivity {m['sensitivity']:.3f}, specificity {m['specificity']:.3f}")
+        print(_summary_line(name, m, "pooled out-of-fold AUC", "at the classifier's decision: "))
     print(f"wrote {args.out}/metrics.json, report.md, roc.png" + ("" if args.no_final else f"; bundles in {args.out}/bundles/"))
     return EXIT_OK
 
@@ -121,9 +124,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(args.out, quick=args.quick, seed=args.seed, data=args.data, show_progress=not args.quiet)
     for name, m in result["models"].items():
-        lo, hi = m["auc_ci"]
-        print(f"{name:16s} AUC {m['auc']:.3f} ({lo:.3f}-{hi:.3f})  sens {m['sensitivity']:.2f} spec {m['specificity']:.2f}"
-              f"  {m['seconds_per_scan']:.2f} s/scan")
+        print(_summary_line(name, m, "test AUC", "at the operating point: ") + f", {m['seconds_per_scan']:.2f} s/scan")
     print(f"report: {Path(args.out) / 'report' / 'index.html'}  bundles: {Path(args.out) / 'bundles'}")
     return EXIT_OK
 
