@@ -85,3 +85,14 @@ def test_a_second_run_reuses_every_trained_model(demo):
     again = run_demo(out, seed=3, show_progress=False, profile=TINY)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again["models"][PROPOSED]["auc"] == pytest.approx(first["models"][PROPOSED]["auc"])
+
+
+def test_demo_on_a_given_manifest_skips_the_synthetic_cohort(demo):
+    out, first = demo
+    manifest = out / "cohort" / "manifest.csv"
+    again = run_demo(out, seed=3, show_progress=False, profile=TINY, data=manifest)  # same runs: all reused
+    assert again["synthetic"] is False and again["seconds"]["synth"] == 0.0
+    assert again["data"]["manifest"] == str(manifest.resolve()) and "scans" not in again["data"]
+    md = (out / "report" / "report.md").read_text()
+    assert "SYNTHETIC" not in md and f"Data: {manifest.resolve()}" in md
+    assert again["models"][PROPOSED]["auc"] == pytest.approx(first["models"][PROPOSED]["auc"])
