@@ -109,6 +109,6 @@ def cv_section(result: Mapping[str, Any], labels: Mapping[str, str], roc: str) -
             "specificity are at each classifier's own decision (score ≥ 0.5). DeLong p-values compare "
             "the models on the same images.")
     return Section("2D: CNN vs AlexNet vs AlexNet-SVM (cross-validation)", [text],
-                   [Table("cv", cv_table_rows(result, labels), cols)],
+                   [Table("2D models, pooled out-of-fold scores", cv_table_rows(result, labels), cols)],
                    [FigureRef("Pooled out-of-fold ROC curves (95% CIs of the AUC in the table); markers at the decision "
                               "threshold.", roc)])

@@ -48,7 +48,7 @@ def section_3d(result: Mapping[str, Any]) -> Section:
             FigureRef("CNN + BiLSTM after LSTM training and after end-to-end training, and end-to-end without "
                       "staging (the paper's figure 4).", "roc_3d_lstm.png")]
     return Section("3D: whole-scan classification (CNN + BiLSTM vs slice aggregation)", text,
-                   [Table("3d", _rows_3d(result["models"]), cols)], figs)
+                   [Table("3D models on the held-out test scans", _rows_3d(result["models"]), cols)], figs)
 
 
 def _notes(result: Mapping[str, Any]) -> list[str]:
