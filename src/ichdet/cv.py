@@ -201,7 +201,10 @@ def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts
                 shutil.copytree(bundle, tmp)
             bundles[name] = str(out / "bundles" / name)
     wanted = [m for m in models if m in opts.models]
-    return write_cv_outputs(out, {m: oof[m] for m in wanted}, {m: LABELS[m] for m in wanted}, opts, bundles,
+    labels = {m: LABELS[m] for m in wanted}
+    if not opts.weights and "alexnet" in labels:
+        labels["alexnet"] = "AlexNet, from random weights"  # not the paper's transfer learning
+    return write_cv_outputs(out, {m: oof[m] for m in wanted}, labels, opts, bundles,
                             n_images=len(rows), n_patients=len({r.patient_id for r in rows}))
 
 

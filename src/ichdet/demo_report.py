@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ichdet.cv import LABELS as CV_LABELS
 from ichdet.cv_report import cv_section
 from ichdet.report import Column, FigureRef, Section, Table, fmt_auc_ci, fmt_num, fmt_p, fmt_pct, fmt_seconds, write_report
 
@@ -64,7 +63,7 @@ def _notes(result: Mapping[str, Any]) -> list[str]:
 def write_demo_report(report: Path, result: Mapping[str, Any]) -> tuple[Path, Path]:
     sections = [section_3d(result)]
     if result.get("cv"):
-        labels = {n: CV_LABELS.get(n, n) for n in result["cv"]["models"]}
+        labels = {n: m.get("label", n) for n, m in result["cv"]["models"].items()}
         sections.append(cv_section(result["cv"], labels, "roc_2d.png"))
     sec = result["seconds"]
     bundles = ", ".join(f"`{n}`" for n in result["bundles"])
