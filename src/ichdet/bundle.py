@@ -112,6 +112,16 @@ def save_bundle(out: str | Path, *, model: torch.nn.Module, model_name: str, mod
     return out
 
 
+def copy_bundle(src: str | Path, dst: str | Path) -> Path:
+    """Copy a bundle folder to `dst` atomically (replacing what is there); returns `dst`."""
+    import shutil
+
+    read_bundle_meta(src)  # only bundles are copied
+    with atomic_path(dst) as tmp:
+        shutil.copytree(src, tmp)
+    return Path(dst)
+
+
 def read_bundle_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     meta_path = path / META

@@ -27,6 +27,15 @@ def operating_stats(y: np.ndarray, s: np.ndarray, threshold: float | np.ndarray)
     return out
 
 
+def model_entry(y: np.ndarray, s: np.ndarray, threshold: float | np.ndarray, n_boot: int = 2000,
+                seed: int = 0) -> dict[str, Any]:
+    """One model's metrics: `operating_stats` plus the stratified-bootstrap AUC CI (``auc_ci_bootstrap``)."""
+    m = operating_stats(y, s, threshold)
+    boot = auc_ci(y, s, method="bootstrap", n_boot=n_boot, seed=seed)
+    m["auc_ci_bootstrap"] = [boot["low"], boot["high"]]
+    return m
+
+
 def compare(y: Sequence[int], scores: Mapping[str, Sequence[float]], thresholds: Mapping[str, Any],
             reference: str | None = None, n_boot: int = 2000, seed: int = 0) -> dict[str, dict[str, Any]]:
     """{model: metrics} for models scored on the same cases (same order). Each entry: `summarize`'s
@@ -41,9 +50,7 @@ def compare(y: Sequence[int], scores: Mapping[str, Sequence[float]], thresholds:
             raise InputError(f"model {name!r} has {s.size} scores for {y.size} cases")
     out: dict[str, dict[str, Any]] = {}
     for name, s in arrays.items():
-        m = operating_stats(y, s, thresholds[name])
-        boot = auc_ci(y, s, method="bootstrap", n_boot=n_boot, seed=seed)
-        m["auc_ci_bootstrap"] = [boot["low"], boot["high"]]
+        m = model_entry(y, s, thresholds[name], n_boot, seed)
         m["delong_pairwise"] = {o: delong_test(y, s, arrays[o])["p"] for o in arrays if o != name}
         if reference is not None:
             if name == reference:

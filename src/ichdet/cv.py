@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +24,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ichdet.bundle import load_bundle
+from ichdet.bundle import copy_bundle, load_bundle
 from ichdet.cache import PreparedCache
 from ichdet.datasets.manifest import ManifestRow, read_manifest, write_manifest
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import split_by_patient
 from ichdet.errors import InputError
-from ichdet.fileio import atomic_path, write_text_atomic
+from ichdet.fileio import write_text_atomic
 
 MODELS = {"cnn": "2d_cnn", "alexnet": "2d_alexnet", "alexnet-svm": "2d_alexnet_svm"}  # name -> experiment
 LABELS = {"cnn": "CNN from scratch", "alexnet": "AlexNet, fine-tuned", "alexnet-svm": "AlexNet-SVM"}
@@ -197,9 +196,7 @@ def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts
         _log("training every model on all images")
         fm = fold_manifest(rows, manifest.parent, None, None, opts.val_fraction, opts.seed, out / "final" / "manifest.csv")
         for name, bundle in _train_all(fm, out / "final", models, opts, cache).items():
-            with atomic_path(out / "bundles" / name) as tmp:
-                shutil.copytree(bundle, tmp)
-            bundles[name] = str(out / "bundles" / name)
+            bundles[name] = str(copy_bundle(bundle, out / "bundles" / name))
     wanted = [m for m in models if m in opts.models]
     labels = {m: LABELS[m] for m in wanted}
     if not opts.weights and "alexnet" in labels:

@@ -15,15 +15,13 @@ from ichdet.metrics import roc_auc
 from ichdet.report import Column, FigureRef, Section, Table, fmt_auc_ci, fmt_p, fmt_pct, roc_figure, write_report
 
 
-def _aligned(oof: Mapping[str, Mapping[str, list]]) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
-    """Every model's out-of-fold scores in one case order (the first model's)."""
-    first = next(iter(oof.values()))
-    ids, y = list(first["ids"]), np.asarray(first["y"], dtype=np.int64)
-    scores = {}
+def _aligned(oof: Mapping[str, Mapping[str, list]], key: str, ids: list[str]) -> dict[str, np.ndarray]:
+    """Every model's per-case values `key` ("p" scores, "t" thresholds) in the case order `ids`."""
+    out = {}
     for name, o in oof.items():
         pos = {sid: i for i, sid in enumerate(o["ids"])}
-        scores[name] = np.asarray([o["p"][pos[s]] for s in ids], dtype=np.float64)
-    return ids, y, scores
+        out[name] = np.asarray([o[key][pos[s]] for s in ids], dtype=np.float64)
+    return out
 
 
 def per_fold(o: Mapping[str, list], threshold: float) -> list[dict[str, Any]]:
@@ -44,13 +42,12 @@ def write_cv_outputs(out: Path, oof: Mapping[str, Mapping[str, list]], labels: M
                      bundles: Mapping[str, str], n_images: int, n_patients: int) -> dict[str, Any]:
     from ichdet.cv import DECISION_THRESHOLD, write_oof_csv
 
-    ids, y, scores = _aligned(oof)
-    thresholds = {m: DECISION_THRESHOLD for m in scores}
-    models = compare(y, scores, thresholds)
+    first = next(iter(oof.values()))  # every model's cases, in the first model's order
+    ids, y = list(first["ids"]), np.asarray(first["y"], dtype=np.int64)
+    scores, fold_thresholds = _aligned(oof, "p", ids), _aligned(oof, "t", ids)
+    models = compare(y, scores, {m: DECISION_THRESHOLD for m in scores})
     for name, m in models.items():
-        t = np.asarray(oof[name]["t"], dtype=np.float64)
-        pos = {sid: i for i, sid in enumerate(oof[name]["ids"])}
-        ms = operating_stats(y, scores[name], t[[pos[s] for s in ids]])
+        ms = operating_stats(y, scores[name], fold_thresholds[name])
         m["decision"] = "score >= 0.5 (the classifier's own decision)"
         m["max_sensitivity"] = {k: ms[k] for k in ("threshold", "sensitivity", "specificity", "accuracy",
                                                      "sensitivity_ci", "specificity_ci", "accuracy_ci")}

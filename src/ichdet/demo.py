@@ -25,7 +25,6 @@ import numpy as np
 
 import ichdet
 from ichdet.errors import InputError
-from ichdet.fileio import atomic_path
 
 PROPOSED = "3d_lstm2_e2e"  # the paper's full model: two BiLSTMs, staged then end-to-end
 TRAIN_ORDER = ("3d_slice_cnn", "3d_slice_max", "3d_slice_p95", "3d_feature_svm", "3d_lstm1_frozen",
@@ -161,15 +160,15 @@ def run_2d(out: Path, manifest: Path, profile: Profile, seed: int, show_progress
 
 def keep_bundles(out: Path, cv_result: dict[str, Any] | None) -> dict[str, str]:
     """Copy every trained model to OUT/bundles/NAME (3D experiment names; 2d_cnn, 2d_alexnet, 2d_alexnet_svm)."""
+    from ichdet.bundle import copy_bundle
+
     sources = {name: out / "runs" / name / "bundle" for name in TRAIN_ORDER}
     if cv_result is not None:
         sources.update({f"2d_{n.replace('-', '_')}": out / "cv" / "bundles" / n for n in ("cnn", "alexnet", "alexnet-svm")})
     kept = {}
     for name, src in sources.items():
         if (src / "bundle.json").is_file():
-            with atomic_path(out / "bundles" / name) as tmp:
-                shutil.copytree(src, tmp)
-            kept[name] = str(out / "bundles" / name)
+            kept[name] = str(copy_bundle(src, out / "bundles" / name))
     return kept
 
 

@@ -25,7 +25,7 @@ from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import SPLIT_COLUMN
 from ichdet.errors import InputError
 from ichdet.fileio import write_text_atomic
-from ichdet.metrics import auc_ci, binary_stats, reliability_curve, roc_band, summarize
+from ichdet.metrics import reliability_curve
 
 SPLIT_CHOICES = ("auto", "test", "all")
 Progress = Callable[[int, int], None]
@@ -95,25 +95,14 @@ def score_bundle(bundle: Bundle, cohort: PreparedCohort, scan_ids: Sequence[str]
 
 def model_metrics(s: Scores, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     """The metrics-JSON entry of one model (design.md schema + bootstrap CI, calibration)."""
-    out = summarize(s.labels, s.scores, s.threshold)
-    boot = auc_ci(s.labels, s.scores, method="bootstrap", n_boot=n_boot, seed=seed)
-    out["auc_ci_bootstrap"] = [boot["low"], boot["high"]]
+    from ichdet.comparison import model_entry
+
+    out = model_entry(s.labels, s.scores, s.threshold, n_boot, seed)
     out["operating_point"] = "max_sensitivity (chosen on validation data, applied unchanged)"
     out["seconds_per_scan"] = s.seconds_per_scan
     if np.all((s.scores >= 0) & (s.scores <= 1)):
         out["reliability"] = reliability_curve(s.labels, s.scores, n_bins=10)
     return out
-
-
-def roc_curve_entry(s: Scores, auc: float, auc_ci_: Sequence[float], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """A `ichdet.report.roc_figure` curve: empirical ROC, bootstrap band, the operating point."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, _ = roc_curve(s.labels, s.scores)
-    st = binary_stats(s.labels, s.scores, s.threshold)
-    return {"name": s.name, "fpr": fpr, "tpr": tpr, "auc": auc, "auc_ci": list(auc_ci_),
-            "band": roc_band(s.labels, s.scores, n_boot=n_boot, seed=seed),
-            "point": {"fpr": 1 - st["specificity"], "tpr": st["sensitivity"]}}
 
 
 def write_predictions(path: Path, s: Scores, cohort: PreparedCohort | None = None) -> Path:
@@ -142,6 +131,7 @@ def evaluate_bundle(model: str | Path, manifest: str | Path, out: str | Path, sp
                     cache: str | Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Score a bundle on a manifest's held-out scans and write the evaluation folder:
     metrics.json, predictions.csv, roc.png (with its 95% bootstrap band), confusion.png."""
+    from ichdet.comparison import roc_curves
     from ichdet.report import confusion_figure, reliability_figure, roc_figure
 
     bundle = load_bundle(model)
@@ -157,7 +147,8 @@ def evaluate_bundle(model: str | Path, manifest: str | Path, out: str | Path, sp
     out.mkdir(parents=True, exist_ok=True)
     m = model_metrics(s)
     write_predictions(out / "predictions.csv", s, cohort)
-    roc_figure([roc_curve_entry(s, m["auc"], m["auc_ci"])], out / "roc.png", title=f"{s.name}: ROC, 95% bootstrap band")
+    roc_figure(roc_curves(s.labels, {s.name: s.scores}, {s.name: m}, n_boot=1000), out / "roc.png",
+               title=f"{s.name}: ROC, 95% bootstrap band")
     confusion_figure(m["tp"], m["fp"], m["tn"], m["fn"], out / "confusion.png",
                      title=f"{s.name} at threshold {s.threshold:.3g} (chosen on validation data)")
     if "reliability" in m:

@@ -26,16 +26,17 @@ from ichdet.engine.run import Run
 from ichdet.engine.scoring import sample_features, score_scans, score_slices, slice_features
 from ichdet.engine.tasks import ScanTask, SliceTask
 from ichdet.errors import InputError
-from ichdet.metrics import binary_stats, roc_auc, threshold_for_sensitivity
+from ichdet.metrics import operating_point as choose_operating_point
+from ichdet.metrics import roc_auc
 from ichdet.models import create_model
 from ichdet.models.finetune import set_trainable
 
 
 def operating_point(y: np.ndarray, scores: np.ndarray, target: float, level: str) -> dict[str, Any]:
     """Maximal-sensitivity point chosen on validation scores, with the validation figures at it."""
-    t = threshold_for_sensitivity(y, scores, target)
-    stats = binary_stats(y, scores, t)
-    return {"method": "max_sensitivity", "target_sensitivity": target, "threshold": t, "chosen_on": "validation",
+    stats = choose_operating_point(y, scores, "max_sensitivity", target)
+    method = stats.pop("method")
+    return {"method": method, "target_sensitivity": target, "threshold": stats["threshold"], "chosen_on": "validation",
             "level": level, "validation": {"auc": roc_auc(y, scores), **stats}}
 
 
