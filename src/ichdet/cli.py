@@ -129,6 +129,94 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ichdet.bundle import load_bundle
+    from ichdet.inference import Predictor, format_table, predict_inputs
+    from ichdet.inference.result import results_document, write_results
+
+    if args.heatmaps and not args.out:
+        raise InputError("--heatmaps needs --out DIR (the overlays and contact sheets go there)")
+    bundle = load_bundle(args.model)
+    onnx_path = args.onnx
+    if args.runtime == "onnx" and onnx_path is None:
+        onnx_path = bundle.path / "model.onnx"
+        if not onnx_path.is_file():
+            raise InputError(f"no ONNX file at {onnx_path}: run `ichdet export --model {args.model} --onnx {onnx_path}` "
+                             "or pass --onnx FILE")
+    predictor = Predictor(bundle, runtime=args.runtime, precision=args.precision, onnx_path=onnx_path, top_k=args.top)
+    with tqdm(unit="scan", desc="predict", disable=True if args.quiet else None, leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        results, errors = predict_inputs(predictor, args.inputs, series_uid=args.series,
+                                         heatmaps=Path(args.out) / "heatmaps" if args.heatmaps else None,
+                                         progress=progress)
+    model = {"bundle": str(bundle.path), "name": bundle.name, "kind": bundle.kind, "threshold": bundle.threshold,
+             "runtime": predictor.runtime.describe()}
+    document = results_document(results, errors, model)
+    if args.out:
+        write_results(Path(args.out), document)
+    if args.json:
+        print(json.dumps(document, indent=2))
+    elif results:
+        print(format_table(results))
+    if len(results) + len(errors) == 1 and errors:  # one input, bad: one line, exit 2
+        raise InputError(errors[0]["error"], errors[0]["input"])
+    for e in errors:
+        print(f"ichdet: error: {e['input']}: {e['error']}", file=sys.stderr)
+    if args.out:
+        print(f"wrote {Path(args.out) / 'predictions.json'} and predictions.csv"
+              + (f"; heatmaps in {Path(args.out) / 'heatmaps'}" if args.heatmaps else ""), file=sys.stderr)
+    return EXIT_INPUT if errors else EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ichdet.bundle import load_bundle
+    from ichdet.inference.export import export_onnx, verify_onnx
+
+    bundle = load_bundle(args.model)
+    path = export_onnx(bundle, args.onnx)
+    diff = verify_onnx(bundle, path)
+    size = path.stat().st_size / 1e6
+    print(f"onnx: {path} ({size:.1f} MB); onnxruntime vs PyTorch on random slices: max |difference| {diff:.1e}")
+    return EXIT_OK
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="run a model bundle on scans: probability, decision, suspicious slices, heatmaps",
+                       description="INPUT: a DICOM series folder or zip, a NIfTI file, a PNG/JPEG or single DICOM image, "
+                                   "or a folder of many studies (one result per study; a bad study is reported and "
+                                   "skipped). Prints a table (or JSON with --json). Exit 0 when every input gave a "
+                                   "result, 2 when any was bad input (the others still get results).")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="scan(s) or folder(s) of studies")
+    p.add_argument("--model", required=True, help="bundle folder")
+    p.add_argument("--out", help="write predictions.json and predictions.csv here (and heatmaps/)")
+    p.add_argument("--heatmaps", action="store_true",
+                   help="Grad-CAM overlays of the most suspicious slices and a contact sheet per scan (needs --out)")
+    p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
+    p.add_argument("--series", help="SeriesInstanceUID to read (default: the largest axial CT series of each study)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="torch (default) or onnx (onnxruntime on the file `ichdet export` wrote)")
+    p.add_argument("--onnx", help="the ONNX file for --runtime onnx (default: BUNDLE/model.onnx)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="torch runtime arithmetic (default fp32; bf16 is faster on CPUs with AMX/AVX-512 BF16)")
+    p.add_argument("--top", type=int, default=3, help="suspicious slices to report and draw (default 3)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a bundle's network as ONNX (for predict --runtime onnx)",
+                       description="Export the network of a bundle to ONNX (dynamic slice count; the bundle's "
+                                   "metadata embedded) and check onnxruntime against PyTorch on random slices.")
+    p.add_argument("--model", required=True, help="bundle folder")
+    p.add_argument("--onnx", required=True, help="file to write, e.g. BUNDLE/model.onnx")
+    p.set_defaults(func=cmd_export)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="every experiment of both papers on a synthetic cohort -> an HTML/Markdown report",
                        description="Synthetic cohort -> the 3D experiments (slice max/p95, feature SVM, 1- and 2-LSTM "
@@ -251,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_cv(sub)
     _add_demo(sub)
+    _add_predict(sub)
+    _add_export(sub)
     return parser
 
 

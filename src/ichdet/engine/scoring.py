@@ -64,26 +64,43 @@ def scan_probability(model: torch.nn.Module, image: np.ndarray, context: int = 0
     return float(positive_probability(model(seq.unsqueeze(0)))[0])
 
 
-def score_scans(kind: str, model: torch.nn.Module, cohort: PreparedCohort, scan_ids: Sequence[str],
-                context: int = 0, aggregate: str = "max", svm: Any = None) -> np.ndarray:
-    """One score per scan (higher = bleed) for a bundle `kind`:
+def kind_score(kind: str, slice_probability: np.ndarray | None, features: np.ndarray | None = None,
+               scan_probability: float | None = None, aggregate: str = "max", svm: Any = None
+               ) -> tuple[float, np.ndarray | None]:
+    """A bundle kind's scan score (higher = bleed) and the per-slice probabilities a reader sees,
+    from what the network gave for one scan: slice_probability (Z,) of the slice head, slice
+    features (Z, F), and the scan model's probability.
+
     "scan": the scan model's probability; "slice"/"aggregate": the maximum (or 95th percentile)
     of slice probabilities; "feature_svm": the SVM's probability on padded slice features;
-    "alexnet_svm": the maximum over slices of the SVM's slice probability."""
+    "alexnet_svm": the maximum over slices of the SVM's slice probability (which are then the
+    slice probabilities)."""
+    if kind == "scan":
+        return float(scan_probability), slice_probability
+    if kind in ("slice", "aggregate"):
+        return (slice_p95(slice_probability) if aggregate == "p95" else slice_max(slice_probability)), slice_probability
+    if kind == "feature_svm":
+        return float(svm.predict_proba([features])[0, 1]), slice_probability
+    if kind == "alexnet_svm":
+        p = np.asarray(svm.predict_proba(features)[:, 1], dtype=np.float64)
+        return float(p.max()), p
+    raise InputError(f"cannot score scans for bundle kind {kind!r}")
+
+
+def score_scans(kind: str, model: torch.nn.Module, cohort: PreparedCohort, scan_ids: Sequence[str],
+                context: int = 0, aggregate: str = "max", svm: Any = None) -> np.ndarray:
+    """One score per scan (higher = bleed) for a bundle `kind` (see `kind_score`), computing only
+    the network outputs that kind needs."""
     scores = []
     for sid in scan_ids:
         image = cohort[sid].image
         if kind == "scan":
-            scores.append(scan_probability(model, image, context))
-        elif kind in ("slice", "aggregate"):
-            p = slice_probabilities(model, image, context)
-            scores.append(slice_p95(p) if aggregate == "p95" else slice_max(p))
-        elif kind == "feature_svm":
-            scores.append(float(svm.predict_proba([slice_features(model, image, context)])[0, 1]))
-        elif kind == "alexnet_svm":
-            scores.append(float(svm.predict_proba(slice_features(model, image, context))[:, 1].max()))
+            score, _ = kind_score(kind, None, scan_probability=scan_probability(model, image, context))
+        elif kind in ("feature_svm", "alexnet_svm"):
+            score, _ = kind_score(kind, None, slice_features(model, image, context), svm=svm)
         else:
-            raise InputError(f"cannot score scans for bundle kind {kind!r}")
+            score, _ = kind_score(kind, slice_probabilities(model, image, context), aggregate=aggregate)
+        scores.append(score)
     return np.asarray(scores, dtype=np.float64)
 
 

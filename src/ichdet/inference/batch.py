@@ -1,0 +1,78 @@
+"""Predict on many inputs: studies found in each, read one ahead in a background thread while the
+model runs, and every failure recorded against its study while the others go on."""
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from ichdet.errors import InputError
+from ichdet.inference.predictor import Predictor
+from ichdet.inference.result import ScanPrediction
+from ichdet.inference.studies import Study, find_studies
+
+Progress = Callable[[int, int], None]
+
+
+def study_slug(label: str, taken: set[str]) -> str:
+    """A file-name-safe, unique folder name for a study's heatmaps."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", label.strip("/\\")).strip("._")[-120:] or "study"
+    slug, k = base, 2
+    while slug in taken:
+        slug, k = f"{base}_{k}", k + 1
+    taken.add(slug)
+    return slug
+
+
+def _error(label: str, e: BaseException) -> dict[str, str]:
+    if isinstance(e, InputError):
+        msg = str(e)
+        return {"input": label, "error": msg[len(label) + 2:] if msg.startswith(label + ": ") else msg}
+    return {"input": label, "error": f"internal error ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})"}
+
+
+def predict_inputs(predictor: Predictor, inputs: Sequence[str | Path], series_uid: str | None = None,
+                   heatmaps: str | Path | None = None, progress: Progress | None = None
+                   ) -> tuple[list[ScanPrediction], list[dict[str, str]]]:
+    """Every study under `inputs` -> (results in study order, errors [{"input", "error"}])."""
+    studies: list[Study] = []
+    errors: list[dict[str, str]] = []
+    for inp in inputs:
+        try:
+            studies += find_studies(inp)
+        except InputError as e:
+            errors.append(_error(str(inp), e))
+    results: list[ScanPrediction] = []
+    taken: set[str] = set()
+    for i, (study, outcome) in enumerate(_prepared(predictor, studies, series_uid)):
+        try:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            volume, image, seconds = outcome
+            where = None if heatmaps is None else Path(heatmaps) / study_slug(study.label, taken)
+            results.append(predictor.finish(volume, image, seconds, study.label, where))
+        except (InputError, OSError, ValueError, RuntimeError, MemoryError) as e:
+            errors.append(_error(study.label, e))
+        if progress is not None:
+            progress(i + 1, len(studies))
+    return results, errors
+
+
+def _prepared(predictor: Predictor, studies: list[Study], series_uid: str | None) -> Iterator[tuple[Study, object]]:
+    """(study, (volume, image, seconds) or the exception) for each study, reading one ahead."""
+    def load(study: Study):
+        t0 = time.perf_counter()
+        volume, image = predictor.prepare(study.source, series_uid)
+        return volume, image, time.perf_counter() - t0
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ichdet-read") as pool:
+        pending: Future | None = pool.submit(load, studies[0]) if studies else None
+        for i, study in enumerate(studies):
+            current = pending
+            pending = pool.submit(load, studies[i + 1]) if i + 1 < len(studies) else None
+            try:
+                yield study, current.result()
+            except Exception as e:  # noqa: BLE001 - handed to the caller, who records it for this study
+                yield study, e

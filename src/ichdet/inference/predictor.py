@@ -1,0 +1,147 @@
+"""`Predictor`: a bundle + a runtime -> `ScanPrediction` for a path, a `Volume` or a HU array.
+
+    read (DICOM folder/zip, NIfTI, image) -> prepare_volume(bundle.prep) -> slice sequence
+    (Z', C', S, S) -> runtime -> kind_score -> probability, decision, per-slice probabilities
+    -> optional Grad-CAM heatmaps of the most suspicious slices
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ichdet.bundle import Bundle
+from ichdet.datasets.scans import volume_to_sequence
+from ichdet.engine.scoring import kind_score
+from ichdet.errors import InputError
+from ichdet.inference.result import ScanPrediction
+from ichdet.inference.runtime import SLICE_BATCH, OnnxRuntime, TorchRuntime, weights_digest
+from ichdet.io import Volume, read_dicom_series, read_volume
+from ichdet.preprocess import prepare_volume
+
+RUNTIMES = ("torch", "onnx")
+DEFAULT_RUNTIME = "torch"
+DEFAULT_PRECISION = "fp32"
+TOP_SLICES = 3  # prepared slices reported (and given heatmaps) per scan
+
+
+def load_volume(x: Volume | str | Path | list[Path] | np.ndarray, series_uid: str | None = None) -> Volume:
+    """What `predict` accepts -> a Volume: a path (anything `read_volume` reads), a list of DICOM
+    files, a Volume, or a bare HU array (Z, H, W) of unknown geometry (1 mm)."""
+    if isinstance(x, Volume):
+        return x
+    if isinstance(x, (str, Path, list)):
+        with warnings.catch_warnings():  # the reader's warnings travel in volume.info["warnings"]
+            warnings.simplefilter("ignore")
+            return read_dicom_series(x, series_uid=series_uid) if isinstance(x, list) else read_volume(x, series_uid=series_uid)
+    if isinstance(x, np.ndarray):
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3 or min(x.shape) == 0:
+            raise InputError(f"a HU array for predict must be (Z, H, W) or (H, W), got shape {x.shape}")
+        return Volume(x.astype(np.float32), (1.0, 1.0, 1.0), np.eye(4))
+    raise InputError(f"predict takes a path, a Volume or a HU array, got {type(x).__name__}")
+
+
+def _top_prepared(p: np.ndarray, k: int) -> list[int]:
+    """Indices of the k highest values, highest first (ties: the lower index first)."""
+    order = np.lexsort((np.arange(p.size), -p))
+    return [int(i) for i in order[:k]]
+
+
+class Predictor:
+    """Runs one bundle on scans.
+
+    runtime: "torch" (precision "fp32" or "bf16", channels-last) or "onnx" (`onnx_path`, the file
+    `ichdet export` wrote; it must come from this bundle's weights).
+    """
+
+    def __init__(self, bundle: Bundle, runtime: str = DEFAULT_RUNTIME, precision: str = DEFAULT_PRECISION,
+                 onnx_path: str | Path | None = None, batch: int = SLICE_BATCH, top_k: int = TOP_SLICES):
+        if runtime not in RUNTIMES:
+            raise InputError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        if not isinstance(top_k, int) or top_k < 1:
+            raise InputError(f"top_k must be a positive integer, got {top_k!r}")
+        self.bundle, self.top_k = bundle, top_k
+        if runtime == "onnx":
+            if onnx_path is None:
+                raise InputError("--runtime onnx needs the ONNX file of this bundle (ichdet export --model B --onnx F)")
+            self.runtime: TorchRuntime | OnnxRuntime = OnnxRuntime(onnx_path, batch=batch)
+            if self.runtime.weights_sha256 != weights_digest(bundle.model):
+                raise InputError(f"this ONNX file was exported from other weights than bundle {bundle.path}; "
+                                 "export it again", onnx_path)
+        else:
+            self.runtime = TorchRuntime(bundle.model, bundle.kind, precision=precision, batch=batch)
+
+    def prepare(self, x: Volume | str | Path | np.ndarray, series_uid: str | None = None) -> tuple[Volume, np.ndarray]:
+        """Read and prepare: -> (volume, prepared image (C, Z', S, S) float32 in [0, 1])."""
+        volume = load_volume(x, series_uid)
+        return volume, prepare_volume(volume, self.bundle.prep)
+
+    def score(self, image: np.ndarray) -> tuple[float, np.ndarray]:
+        """Prepared image (C, Z', S, S) -> (scan probability, slice probabilities (Z',))."""
+        seq = volume_to_sequence(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), self.bundle.context)
+        out = self.runtime(seq)
+        b = self.bundle
+        probability, slices = kind_score(b.kind, out.slice_probability, out.features, out.scan_probability,
+                                         b.aggregate, b.svm)
+        return probability, np.asarray(slices if slices is not None else out.slice_probability, dtype=np.float64)
+
+    def predict(self, x: Volume | str | Path | np.ndarray, series_uid: str | None = None, name: str | None = None,
+                heatmaps: str | Path | None = None) -> ScanPrediction:
+        """One scan -> ScanPrediction; with `heatmaps` (a folder), Grad-CAM overlays of the most
+        suspicious slices and a contact sheet are written there."""
+        t0 = time.perf_counter()
+        volume, image = self.prepare(x, series_uid)
+        label = name if name is not None else (str(x) if isinstance(x, (str, Path)) else "<array>")
+        return self.finish(volume, image, time.perf_counter() - t0, label, heatmaps)
+
+    def finish(self, volume: Volume, image: np.ndarray, prepare_seconds: float, name: str,
+               heatmaps: str | Path | None = None) -> ScanPrediction:
+        """A prepared scan -> ScanPrediction (`prepare_seconds` counts into its `seconds`)."""
+        t0 = time.perf_counter()
+        probability, prepared = self.score(image)
+        seconds = prepare_seconds + time.perf_counter() - t0
+        n = volume.shape[0]
+        merged = image.shape[1] != n  # the 2x2x2 filter merged slice pairs
+        per_slice = np.repeat(prepared, 2)[:n] if merged else prepared
+        top = _top_prepared(prepared, self.top_k)
+        result = ScanPrediction(
+            input=name, series_uid=volume.series_uid, probability=float(probability), threshold=self.bundle.threshold,
+            decision=bool(probability >= self.bundle.threshold), slice_probabilities=[float(v) for v in per_slice],
+            top_slices=[self._slice_entry(volume, i, float(prepared[k])) for k in top
+                        for i in ((2 * k, 2 * k + 1) if merged else (k,)) if i < n],
+            seconds=seconds, shape=volume.shape, runtime=self.runtime.describe(),
+            warnings=self._warnings(volume))
+        if heatmaps is not None:
+            result.heatmaps = self.heatmaps(image, prepared, top, Path(heatmaps), volume, result.input)
+        return result
+
+    @staticmethod
+    def _slice_entry(volume: Volume, index: int, probability: float) -> dict[str, Any]:
+        entry: dict[str, Any] = {"index": index, "probability": probability,
+                                 "z_mm": round(float((volume.affine @ np.array([0.0, 0.0, index, 1.0]))[2]), 3)}
+        if len(volume.source) == volume.shape[0] and volume.info.get("units") != "display":
+            entry["file"] = Path(volume.source[index]).name
+        return entry
+
+    def _warnings(self, volume: Volume) -> list[str]:
+        notes = [str(w) for w in volume.info.get("warnings", [])]
+        if self.bundle.kind == "scan" and volume.shape[0] == 1:
+            notes.append("a scan model given a single image: its probability means little")
+        return notes
+
+    def heatmaps(self, image: np.ndarray, prepared: np.ndarray, top: list[int], out: Path, volume: Volume,
+                 title: str) -> dict[str, Any]:
+        """Grad-CAM (MONAI, on the slice encoder) of prepared slices `top` -> overlay PNGs + contact sheet."""
+        from ichdet.inference.heatmaps import gradcam, write_heatmaps
+
+        seq = volume_to_sequence(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), self.bundle.context)
+        cams = gradcam(self.bundle.model, self.bundle.kind, seq[top])
+        n, merged = volume.shape[0], image.shape[1] != volume.shape[0]
+        labels = [(f"slices {2 * k}-{min(2 * k + 1, n - 1)}" if merged else f"slice {k}") for k in range(image.shape[1])]
+        return write_heatmaps(out, image, dict(zip(top, cams)), prepared, title=title, z_labels=labels)

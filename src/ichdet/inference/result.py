@@ -1,0 +1,85 @@
+"""`ScanPrediction`: what `predict` says about one scan, as JSON (design.md schema) and as a table row."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+
+@dataclass
+class ScanPrediction:
+    """One scan's result.
+
+    probability: the bundle's scan score, P(bleed) for every shipped kind.
+    decision: probability >= threshold (the bundle's operating point, chosen on validation data).
+    slice_probabilities: one per slice of the input volume, index 0 the most inferior slice. With
+        the bundle's 2x2x2 filter, the two slices of each merged pair share their value.
+    top_slices: the most suspicious slices, most suspicious first:
+        [{"index", "probability", "z_mm", "file"}] ("file" only for DICOM input).
+    subtypes: subtype probabilities when the bundle has a subtype head, else None.
+    seconds: read + preprocessing + model, end to end (heatmaps not included).
+    """
+
+    input: str
+    series_uid: str
+    probability: float
+    threshold: float
+    decision: bool
+    slice_probabilities: list[float]
+    top_slices: list[dict[str, Any]]
+    subtypes: dict[str, float] | None = None
+    seconds: float = 0.0
+    shape: tuple[int, int, int] = (0, 0, 0)
+    runtime: str = ""
+    warnings: list[str] = field(default_factory=list)
+    heatmaps: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The design's JSON entry (plus shape, runtime, warnings and heatmap paths)."""
+        return {"input": self.input, "series_uid": self.series_uid, "probability": self.probability,
+                "threshold": self.threshold, "decision": self.decision,
+                "slice_probabilities": self.slice_probabilities, "top_slices": self.top_slices,
+                "subtypes": self.subtypes, "seconds": self.seconds, "shape": list(self.shape),
+                "runtime": self.runtime, "warnings": self.warnings, "heatmaps": self.heatmaps}
+
+
+def format_table(predictions: Sequence[ScanPrediction], errors: Sequence[dict[str, str]] = ()) -> str:
+    """A plain-text table for the terminal, one row per scan, then one line per failed input."""
+    header = ("input", "slices", "P(bleed)", "threshold", "decision", "most suspicious slices", "seconds")
+    rows = [header]
+    for p in predictions:
+        top = ", ".join(f"{t['index']} ({t['probability']:.2f})" for t in p.top_slices[:3])
+        rows.append((p.input, str(p.shape[0]), f"{p.probability:.3f}", f"{p.threshold:.3f}",
+                     "BLEED" if p.decision else "no bleed", top or "-", f"{p.seconds:.2f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i in (0, 4, 5) else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += [f"error: {e['input']}: {e['error']}" for e in errors]
+    return "\n".join(lines)
+
+
+def results_document(predictions: Sequence[ScanPrediction], errors: Sequence[dict[str, str]],
+                     model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The `predict --json` document: {"model": ..., "scans": [...], "errors": [{"input", "error"}]}."""
+    return {**({"model": model} if model else {}), "scans": [p.to_dict() for p in predictions], "errors": list(errors)}
+
+
+def write_results(out: Path, document: dict[str, Any]) -> list[Path]:
+    """OUT/predictions.json (the --json document) and OUT/predictions.csv (one row per scan), atomically."""
+    import csv
+    import io
+    import json
+
+    from ichdet.fileio import write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["input", "series_uid", "probability", "threshold", "decision", "top_slices", "n_slices", "seconds", "error"])
+    for s in document["scans"]:
+        w.writerow([s["input"], s["series_uid"], repr(s["probability"]), repr(s["threshold"]), int(s["decision"]),
+                    " ".join(str(t["index"]) for t in s["top_slices"]), s["shape"][0], f"{s['seconds']:.3f}", ""])
+    for e in document["errors"]:
+        w.writerow([e["input"], "", "", "", "", "", "", "", e["error"]])
+    return [write_text_atomic(out / "predictions.json", json.dumps(document, indent=2) + "\n"),
+            write_text_atomic(out / "predictions.csv", buf.getvalue())]
