@@ -1,10 +1,12 @@
-"""What every benchmark script shares: machine facts, the atomic JSON write, ratios and table cells."""
+"""What every benchmark script shares: machine facts, the atomic JSON write, ratios, table cells and
+the measured matrix-multiply peak."""
 from __future__ import annotations
 
 import json
 import os
 import platform
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -78,3 +80,35 @@ def fmt(v, digits=3):
     if isinstance(v, float):
         return f"{v:.{digits}f}"
     return str(v)
+
+
+MATMUL_WARMUP_S = 0.3  # matmul peak: warm-up seconds per size (thread pool, kernel choice, caches)
+MATMUL_MIN_TIMED_S = 0.5  # ... and at least this long timed per size
+
+
+def matmul_peak(dtype, sizes: tuple[int, ...], repeats: int, warmup_s: float = MATMUL_WARMUP_S,
+                min_timed_s: float = MATMUL_MIN_TIMED_S) -> dict:
+    """Best achieved GFLOP/s of ``torch.mm`` on square `dtype` matrices of each size in `sizes`
+    (best of >= `repeats` calls and >= `min_timed_s` seconds after `warmup_s` of warm-up);
+    GFLOP/s = 2 n^3 / t. -> {"gflops": best over sizes, "n": its size, "per_size_gflops": {...}}."""
+    import torch
+
+    per_size = {}
+    for n in sizes:
+        g = torch.Generator().manual_seed(n)
+        a = torch.randn(n, n, generator=g).to(dtype)
+        b = torch.randn(n, n, generator=g).to(dtype)
+        t_end = time.perf_counter() + warmup_s  # warm-up: thread pool, kernel choice, caches
+        torch.mm(a, b)
+        while time.perf_counter() < t_end:
+            torch.mm(a, b)
+        best, k, t_end = float("inf"), 0, time.perf_counter() + min_timed_s
+        while k < repeats or time.perf_counter() < t_end:  # best of >= `repeats` calls and >= min_timed_s
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t0)
+            k += 1
+        per_size[str(n)] = 2.0 * n**3 / best / 1e9
+        del a, b
+    best_n = max(per_size, key=per_size.get)
+    return {"gflops": per_size[best_n], "n": int(best_n), "per_size_gflops": per_size}

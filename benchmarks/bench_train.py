@@ -47,7 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_common import base_machine_info, cpu_model_and_flags, fmt, ratio, version, write_json_atomic
+from bench_common import (MATMUL_MIN_TIMED_S, MATMUL_WARMUP_S, base_machine_info, cpu_model_and_flags, fmt, matmul_peak,
+                          ratio, version, write_json_atomic)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -67,8 +68,6 @@ LR = 1e-4  # Adam learning rate of the paper's slice-CNN recipe
 PEAK_GOAL = 0.35  # achieved FLOP/s of the training step, as a fraction of the matmul peak
 STALL_GOAL = 0.10  # fraction of step time waiting on data
 AUG_MAX_DEG = 15.0
-MATMUL_WARMUP_S = 0.3
-MATMUL_MIN_TIMED_S = 0.5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,32 +127,6 @@ def count_train_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tup
     except Exception:  # noqa: BLE001  (optional cross-check only; the module may not exist yet)
         cross = None
     return total, "torch.utils.flop_counter.FlopCounterMode (forward + loss + backward)", cross
-
-
-# ----------------------------------------------------------------------------------------------
-# matmul peak
-# ----------------------------------------------------------------------------------------------
-def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...], repeats: int, warmup_s: float = MATMUL_WARMUP_S,
-                min_timed_s: float = MATMUL_MIN_TIMED_S) -> dict:
-    per_size = {}
-    for n in sizes:
-        g = torch.Generator().manual_seed(n)
-        a = torch.randn(n, n, generator=g).to(dtype)
-        b = torch.randn(n, n, generator=g).to(dtype)
-        t_end = time.perf_counter() + warmup_s  # warm-up: thread pool, kernel choice, caches
-        torch.mm(a, b)
-        while time.perf_counter() < t_end:
-            torch.mm(a, b)
-        best, k, t_end = float("inf"), 0, time.perf_counter() + min_timed_s
-        while k < repeats or time.perf_counter() < t_end:  # best of >= `repeats` calls and >= 0.5 s
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - t0)
-            k += 1
-        per_size[str(n)] = 2.0 * n**3 / best / 1e9
-        del a, b
-    best_n = max(per_size, key=per_size.get)
-    return {"gflops": per_size[best_n], "n": int(best_n), "per_size_gflops": per_size}
 
 
 # ----------------------------------------------------------------------------------------------
