@@ -24,7 +24,7 @@ def test_shapes_and_attributes():
     assert f.shape == (2, 16) and model.feature_dim == 16
     assert model(x).shape == (2, 3)
     assert model.lstm.bidirectional and model.lstm.num_layers == 2 and model.lstm.hidden_size == 8
-    assert model.in_channels == 1 and model.gradcam_layer == "encoder.features.unit3.conv1"
+    assert model.in_channels == 1 and model.gradcam_layer == "encoder.features.unit2.conv2"
 
 
 def test_paper_defaults():

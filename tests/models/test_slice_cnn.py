@@ -25,7 +25,7 @@ def test_paper_structure():
     assert [type(m).__name__ for m in model.head] == ["Dropout", "Linear"]
     drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert len(drops) == 2 and all(d.p == 0.5 for d in drops)
-    assert model.gradcam_layer == "features.unit6.conv1"
+    assert model.gradcam_layer == "features.unit5.conv2"
     assert isinstance(model.get_submodule(model.gradcam_layer), nn.Conv2d)
 
 

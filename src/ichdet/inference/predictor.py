@@ -143,5 +143,6 @@ class Predictor:
         seq = volume_to_sequence(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), self.bundle.context)
         cams = gradcam(self.bundle.model, self.bundle.kind, seq[top])
         n, merged = volume.shape[0], image.shape[1] != volume.shape[0]
-        labels = [(f"slices {2 * k}-{min(2 * k + 1, n - 1)}" if merged else f"slice {k}") for k in range(image.shape[1])]
+        labels = [(f"slices {2 * k}-{2 * k + 1}" if merged and 2 * k + 1 < n else f"slice {2 * k if merged else k}")
+                  for k in range(image.shape[1])]
         return write_heatmaps(out, image, dict(zip(top, cams)), prepared, title=title, z_labels=labels)

@@ -47,7 +47,7 @@ def format_table(predictions: Sequence[ScanPrediction], errors: Sequence[dict[st
     header = ("input", "slices", "P(bleed)", "threshold", "decision", "most suspicious slices", "seconds")
     rows = [header]
     for p in predictions:
-        top = ", ".join(f"{t['index']} ({t['probability']:.2f})" for t in p.top_slices[:3])
+        top = ", ".join(f"{a}{'' if a == b else f'-{b}'} ({q:.2f})" for a, b, q in _slice_runs(p.top_slices)[:3])
         rows.append((p.input, str(p.shape[0]), f"{p.probability:.3f}", f"{p.threshold:.3f}",
                      "BLEED" if p.decision else "no bleed", top or "-", f"{p.seconds:.2f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -56,6 +56,18 @@ def format_table(predictions: Sequence[ScanPrediction], errors: Sequence[dict[st
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines += [f"error: {e['input']}: {e['error']}" for e in errors]
     return "\n".join(lines)
+
+
+def _slice_runs(top: Sequence[dict[str, Any]]) -> list[tuple[int, int, float]]:
+    """Top-slice entries -> (first, last, probability), merging neighbours that share a value
+    (the two slices of a pair the 2x2x2 filter merged)."""
+    runs: list[tuple[int, int, float]] = []
+    for t in top:
+        if runs and t["index"] == runs[-1][1] + 1 and t["probability"] == runs[-1][2]:
+            runs[-1] = (runs[-1][0], t["index"], runs[-1][2])
+        else:
+            runs.append((t["index"], t["index"], t["probability"]))
+    return runs
 
 
 def results_document(predictions: Sequence[ScanPrediction], errors: Sequence[dict[str, str]],

@@ -92,7 +92,7 @@ def resolve_inputs(path: str | Path | Sequence[str | Path]) -> Iterator[tuple[li
         for f in files:
             if not f.is_file():
                 raise InputError("no such file", f)
-        yield files, f"{len(files)} files"
+        yield files, str(files[0]) if len(files) == 1 else f"{len(files)} files"
         return
     p = Path(path)
     if not p.exists():

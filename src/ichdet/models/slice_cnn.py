@@ -70,7 +70,9 @@ class SliceCNN(nn.Module):
             fc2=nn.Linear(feature_dim, feature_dim), relu2=nn.ReLU(),
         ))
         self.head = nn.Sequential(OrderedDict(drop=nn.Dropout(dropout), linear=nn.Linear(feature_dim, num_classes)))
-        self.gradcam_layer = f"features.unit{n_units + 1}.conv1"
+        # Grad-CAM reads the last conv before the final pooling: S/16 maps (16 x 16 at 256 px). The
+        # sixth unit's conv would give S/32 (8 x 8), too coarse to show where a small bleed is.
+        self.gradcam_layer = f"features.unit{n_units}.conv2"
         self._init_weights()
 
     def _width(self, i: int) -> int:
