@@ -139,13 +139,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.heatmaps and not args.out:
         raise InputError("--heatmaps needs --out DIR (the overlays and contact sheets go there)")
     bundle = load_bundle(args.model)
-    onnx_path = args.onnx
-    if args.runtime == "onnx" and onnx_path is None:
-        onnx_path = bundle.path / "model.onnx"
-        if not onnx_path.is_file():
-            raise InputError(f"no ONNX file at {onnx_path}: run `ichdet export --model {args.model} --onnx {onnx_path}` "
-                             "or pass --onnx FILE")
-    predictor = Predictor(bundle, runtime=args.runtime, precision=args.precision, onnx_path=onnx_path, top_k=args.top)
+    predictor = Predictor(bundle, runtime=args.runtime, precision=args.precision, onnx_path=args.onnx, top_k=args.top)
     with tqdm(unit="scan", desc="predict", disable=True if args.quiet else None, leave=False) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -198,9 +192,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="Grad-CAM overlays of the most suspicious slices and a contact sheet per scan (needs --out)")
     p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
     p.add_argument("--series", help="SeriesInstanceUID to read (default: the largest axial CT series of each study)")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="torch (default) or onnx (onnxruntime on the file `ichdet export` wrote)")
-    p.add_argument("--onnx", help="the ONNX file for --runtime onnx (default: BUNDLE/model.onnx)")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                   help="auto (default): onnxruntime when BUNDLE/model.onnx holds this bundle's weights (the fastest "
+                        "runtime with PyTorch's outputs), else PyTorch; torch; onnx")
+    p.add_argument("--onnx", help="the ONNX file (default: BUNDLE/model.onnx)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="torch runtime arithmetic (default fp32; bf16 is faster on CPUs with AMX/AVX-512 BF16)")
     p.add_argument("--top", type=int, default=3, help="suspicious slices to report and draw (default 3)")

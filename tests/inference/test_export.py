@@ -66,8 +66,11 @@ def test_onnx_of_other_weights_or_no_onnx(bundles, exported, tmp_path):
         other.model.head.linear.bias.add_(1.0)  # ...and now different weights
     with pytest.raises(InputError, match="exported from other weights than bundle .*; export it again$"):
         Predictor(other, runtime="onnx", onnx_path=exported["slice"])
-    with pytest.raises(InputError, match=r"^--runtime onnx needs the ONNX file of this bundle"):
+    with pytest.raises(InputError) as e:
         Predictor(other, runtime="onnx")
+    where = bundles["aggregate"] / "model.onnx"
+    assert str(e.value) == (f"no ONNX file at {where}: run `ichdet export --model {bundles['aggregate']} --onnx "
+                            f"{where}` or pass the file")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00" * 100)
     with pytest.raises(InputError, match=f"^{junk}: onnxruntime cannot load this file"):
@@ -91,4 +94,20 @@ def test_cli_export_and_predict_onnx(cohort, bundles, tmp_path, capsys):
     assert run(["predict", scan, "--model", str(bundles["slice"]), "--runtime", "onnx"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"ichdet: error: no ONNX file at {bundles['slice'] / 'model.onnx'}: run `ichdet export --model "
-                   f"{bundles['slice']} --onnx {bundles['slice'] / 'model.onnx'}` or pass --onnx FILE")
+                   f"{bundles['slice']} --onnx {bundles['slice'] / 'model.onnx'}` or pass the file")
+
+
+def test_auto_runtime_takes_the_bundles_own_onnx(bundles, exported, tmp_path):
+    """`auto` uses onnxruntime only on an export of exactly these weights, and only for fp32."""
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundles["scan"], copy)
+    b = ichdet.load_bundle(copy)
+    assert isinstance(Predictor(b).runtime, TorchRuntime)  # no model.onnx yet
+    shutil.copy(exported["scan"], copy / "model.onnx")
+    assert isinstance(Predictor(b).runtime, OnnxRuntime)
+    assert isinstance(Predictor(b, precision="bf16").runtime, TorchRuntime)
+    assert isinstance(Predictor(b, runtime="torch").runtime, TorchRuntime)
+    shutil.copy(exported["slice"], copy / "model.onnx")  # another bundle's export: not used
+    assert isinstance(Predictor(b).runtime, TorchRuntime)

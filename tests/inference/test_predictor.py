@@ -123,7 +123,7 @@ def test_bad_input_is_one_clear_error(bundles, tmp_path):
         b.predict(np.zeros((1, 2, 3, 4)))
     with pytest.raises(InputError, match="^predict takes a path, a Volume or a HU array, got int$"):
         b.predict(3)
-    with pytest.raises(InputError, match="^runtime must be one of torch, onnx, got 'tf'$"):
+    with pytest.raises(InputError, match="^runtime must be one of auto, torch, onnx, got 'tf'$"):
         Predictor(b, runtime="tf")
     with pytest.raises(InputError, match="^precision must be one of fp32, bf16, got 'fp16'$"):
         Predictor(b, precision="fp16")

@@ -29,3 +29,18 @@ def test_model_flops_positive_and_training_larger():
     x = torch.rand(1, 1, 64, 64)
     fwd = count_flops(model, x)
     assert fwd > 0 and count_flops(model, x, backward=True) > fwd
+
+
+def test_lstm_flops_by_formula():
+    """FlopCounterMode sees nothing inside aten::lstm; count_flops adds 2 * 4H(I + H) per layer,
+    direction and step, from what the LSTM received (padded batch or packed sequence)."""
+    from ichdet.models.flops import lstm_flops
+
+    lstm = nn.LSTM(6, 5, num_layers=2, bidirectional=True, batch_first=True)
+    per_step = 2 * (2 * 4 * 5 * (6 + 5)) + 2 * (2 * 4 * 5 * (10 + 5))
+    assert lstm_flops(lstm, 7) == 7 * per_step
+    assert count_flops(lstm, torch.rand(2, 7, 6)) == 14 * per_step
+    packed = nn.utils.rnn.pack_padded_sequence(torch.rand(2, 7, 6), [7, 3], batch_first=True)
+    assert count_flops(lstm, (packed,)) == 10 * per_step
+    x = torch.rand(1, 4, 6, requires_grad=True)
+    assert count_flops(lstm, x, backward=True) >= 3 * 4 * per_step

@@ -23,8 +23,9 @@ from ichdet.inference.runtime import SLICE_BATCH, OnnxRuntime, TorchRuntime, wei
 from ichdet.io import Volume, read_dicom_series, read_volume
 from ichdet.preprocess import prepare_volume
 
-RUNTIMES = ("torch", "onnx")
-DEFAULT_RUNTIME = "torch"
+RUNTIMES = ("auto", "torch", "onnx")
+DEFAULT_RUNTIME = "auto"
+ONNX_FILE = "model.onnx"  # where `auto` looks for the bundle's ONNX export
 DEFAULT_PRECISION = "fp32"
 TOP_SLICES = 3  # prepared slices reported (and given heatmaps) per scan
 
@@ -47,6 +48,17 @@ def load_volume(x: Volume | str | Path | list[Path] | np.ndarray, series_uid: st
     raise InputError(f"predict takes a path, a Volume or a HU array, got {type(x).__name__}")
 
 
+def _usable_onnx(bundle: Bundle, path: Path) -> bool:
+    """An ONNX file of exactly these weights exists and onnxruntime is installed."""
+    if not path.is_file():
+        return False
+    try:
+        import onnxruntime  # noqa: F401
+        return OnnxRuntime(path).weights_sha256 == weights_digest(bundle.model)
+    except (ImportError, InputError):
+        return False
+
+
 def _top_prepared(p: np.ndarray, k: int) -> list[int]:
     """Indices of the k highest values, highest first (ties: the lower index first)."""
     order = np.lexsort((np.arange(p.size), -p))
@@ -56,21 +68,28 @@ def _top_prepared(p: np.ndarray, k: int) -> list[int]:
 class Predictor:
     """Runs one bundle on scans.
 
-    runtime: "torch" (precision "fp32" or "bf16", channels-last) or "onnx" (`onnx_path`, the file
-    `ichdet export` wrote; it must come from this bundle's weights).
+    runtime: "auto" (default: onnxruntime on the bundle's `model.onnx` when that file exists, was
+    exported from these weights and onnxruntime is installed, since it is the fastest runtime
+    whose outputs equal PyTorch fp32's (benchmarks/bench_infer.py); otherwise PyTorch fp32),
+    "torch" (precision "fp32" or "bf16", channels-last) or "onnx" (`onnx_path`, default
+    BUNDLE/model.onnx, the file `ichdet export` wrote; it must come from this bundle's weights).
     """
 
     def __init__(self, bundle: Bundle, runtime: str = DEFAULT_RUNTIME, precision: str = DEFAULT_PRECISION,
-                 onnx_path: str | Path | None = None, batch: int = SLICE_BATCH, top_k: int = TOP_SLICES):
+                 onnx_path: str | Path | None = None, batch: int | None = None, top_k: int = TOP_SLICES):
         if runtime not in RUNTIMES:
             raise InputError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         self.bundle, self.top_k = bundle, top_k
+        onnx_path = Path(onnx_path) if onnx_path is not None else bundle.path / ONNX_FILE
+        if runtime == "auto":
+            runtime = "onnx" if precision == "fp32" and _usable_onnx(bundle, onnx_path) else "torch"
         if runtime == "onnx":
-            if onnx_path is None:
-                raise InputError("--runtime onnx needs the ONNX file of this bundle (ichdet export --model B --onnx F)")
-            self.runtime: TorchRuntime | OnnxRuntime = OnnxRuntime(onnx_path, batch=batch)
+            if not onnx_path.is_file():
+                raise InputError(f"no ONNX file at {onnx_path}: run `ichdet export --model {bundle.path} --onnx "
+                                 f"{onnx_path}` or pass the file")
+            self.runtime: TorchRuntime | OnnxRuntime = OnnxRuntime(onnx_path, batch=batch or SLICE_BATCH)
             if self.runtime.weights_sha256 != weights_digest(bundle.model):
                 raise InputError(f"this ONNX file was exported from other weights than bundle {bundle.path}; "
                                  "export it again", onnx_path)

@@ -1,0 +1,94 @@
+"""benchmarks/bench_infer.py: a quick run (tiny model, one 8-slice 64 x 64 scan) writes the documented JSON."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "bench_infer.py"
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+
+VARIANTS = ["eager-fp32", "eager-fp32-cl", "bf16", "onnx"]
+ROW_KEYS = {"case", "metric", "unit", "ichdet", "peer", "peer_value", "ratio", "goal", "goal_met", "input", "variant"}
+
+
+def test_bench_infer_quick(tmp_path):
+    out = tmp_path / "bench_infer.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--quick", "--variants", ",".join(VARIANTS),
+                           "--cases", "synthetic"], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "end_to_end_seconds" in proc.stdout and "model_gflops" in proc.stdout  # the table
+    d = json.loads(out.read_text())
+    assert set(d) >= {"machine", "settings", "peaks", "summary", "skipped", "results", "fastest_agreeing_variant"}
+    for key in ("cpu_model", "logical_cores", "python", "torch", "onnxruntime", "numpy", "torch_threads"):
+        assert key in d["machine"]
+    s = d["settings"]
+    assert s["quick"] is True and s["repeats"] == 1 and s["variants"] == VARIANTS and s["cases"] == ["synthetic"]
+    assert s["peak_rss_mb"] > 0 and s["model"]["model"] == "scan_lstm"
+    assert d["peaks"]["fp32_gflops"] > 0 and d["peaks"]["bf16_gflops"] > 0
+    assert d["skipped"] == []  # both cases and variants were named: nothing left out
+
+    rows = d["results"]
+    for r in rows:
+        assert set(r) >= ROW_KEYS, sorted(ROW_KEYS - set(r))
+        assert isinstance(r["ichdet"], float) and r["ichdet"] >= 0
+        if r["ratio"] is not None:
+            assert r["ratio"] == pytest.approx(r["ichdet"] / r["peer_value"])
+
+    def one(metric, variant, **kw):
+        found = [r for r in rows if r["metric"] == metric and r["variant"] == variant
+                 and all(r.get(k) == v for k, v in kw.items())]
+        assert len(found) == 1, (metric, variant, kw, len(found))
+        return found[0]
+
+    for metric in ("read_seconds", "prepare_seconds"):
+        r = one(metric, None, input="synthetic")
+        assert 0 < r["ichdet"] and r["peer_value"] == pytest.approx(one("end_to_end_seconds", "eager-fp32")["ichdet"])
+
+    base = one("end_to_end_seconds", "eager-fp32")
+    assert base["ratio"] == pytest.approx(1.0) and base["ichdet"] == base["peer_value"]  # its own peer
+    assert one("model_seconds", "eager-fp32")["ratio"] == pytest.approx(1.0)
+    assert base["shape"] == [8, 64, 64] and base["flops_per_scan"] > 0
+    for v in VARIANTS:
+        e2e = one("end_to_end_seconds", v)
+        assert e2e["ichdet"] > 0 and e2e["peer_value"] == base["ichdet"] and len(e2e["wall_seconds"]) == 1
+        assert e2e["goal_met"] is None  # the 0.5 s goal is judged on the full 32-slice 512 x 512 scan only
+        assert one("model_seconds", v)["ichdet"] > 0
+        diff = one("max_abs_diff", v)
+        assert diff["peer_value"] == 0.0 and diff["ratio"] is None
+        assert diff["ichdet"] == pytest.approx(max(e2e["max_abs_prob_diff"], e2e["max_abs_slice_prob_diff"]))
+        if e2e["dtype"] == "fp32":  # eager fp32 layouts and onnxruntime: same numbers to float rounding
+            assert e2e["tolerance"] == 1e-4 and diff["ichdet"] <= 1e-4 and diff["goal_met"] is True
+            assert e2e["agrees"] is True
+        else:
+            assert e2e["tolerance"] == 2e-2
+    assert one("max_abs_diff", "eager-fp32")["ichdet"] == 0.0
+
+    flop_rows = [r for r in rows if r["metric"] == "model_gflops"]
+    assert {(r["variant"], r["peak_dtype"]) for r in flop_rows} == {
+        ("eager-fp32", "fp32"), ("eager-fp32-cl", "fp32"), ("onnx", "fp32"), ("bf16", "bf16"), ("bf16", "fp32")}
+    for r in flop_rows:
+        assert r["peer_value"] > 0 and r["peer_value"] == pytest.approx(d["peaks"][f"{r['peak_dtype']}_gflops"])
+        assert r["peer"].startswith(f"torch.mm {r['peak_dtype']} peak")
+        assert r["fraction_of_peak"] == r["ratio"] > 0
+        assert r["ichdet"] == pytest.approx(r["flops_per_scan"] / 1e9 / one("model_seconds", r["variant"])["ichdet"])
+    assert one("onnx_export_seconds", "onnx")["ichdet"] > 0
+    assert d["fastest_agreeing_variant"] in VARIANTS
+    assert d["summary"]["by_input"]["synthetic"]["default"]["variant"] == "eager-fp32-cl"
+
+
+def test_bench_infer_rejects_unknown_variant(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "x.json"), "--quick",
+                           "--variants", "eager-fp32,fp64"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown variant" in lines[0] and "fp64" in lines[0], proc.stderr
+    assert not (tmp_path / "x.json").exists()
