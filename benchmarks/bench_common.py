@@ -112,3 +112,33 @@ def matmul_peak(dtype, sizes: tuple[int, ...], repeats: int, warmup_s: float = M
         del a, b
     best_n = max(per_size, key=per_size.get)
     return {"gflops": per_size[best_n], "n": int(best_n), "per_size_gflops": per_size}
+
+
+def torch_machine_info(dists: tuple[str, ...]) -> dict:
+    """`base_machine_info` plus torch's threads, the CPU's matrix flags, the load average now,
+    oneDNN, and the versions of `dists`."""
+    import torch
+
+    _, flags = cpu_model_and_flags()
+    info = {**base_machine_info(), "torch_threads": torch.get_num_threads(),
+            "cpu_matrix_flags": sorted(f for f in flags if f.startswith(("avx512_bf16", "amx", "avx512f", "avx2", "fma")))}
+    try:
+        info["load_average_start"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    info["mkldnn"] = bool(torch.backends.mkldnn.is_available())
+    for dist in dists:
+        info[dist] = version(dist)
+    return info
+
+
+GOAL_CELL = {True: "met", False: "MISSED", None: "-"}
+
+
+def print_aligned(table: list[tuple]) -> None:
+    """Print rows (the first is the header) as left-aligned columns with a rule under the header."""
+    widths = [max(len(str(t[i])) for t in table) for i in range(len(table[0]))]
+    for k, t in enumerate(table):
+        print("  ".join(str(c).ljust(w) for c, w in zip(t, widths)))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))

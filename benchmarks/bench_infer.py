@@ -57,8 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_common import (MATMUL_MIN_TIMED_S, MATMUL_WARMUP_S, base_machine_info, cpu_model_and_flags, matmul_peak,
-                          ratio, version, write_json_atomic)
+from bench_common import (GOAL_CELL, MATMUL_MIN_TIMED_S, MATMUL_WARMUP_S, matmul_peak, print_aligned, ratio,
+                          torch_machine_info, write_json_atomic)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -206,20 +206,7 @@ def time_variant(pred, path: Path, seq, repeats: int, warmup: int) -> dict:
 # machine info, output
 # ----------------------------------------------------------------------------------------------
 def machine_info() -> dict:
-    import torch
-
-    _, flags = cpu_model_and_flags()
-    info = {**base_machine_info(), "torch_threads": torch.get_num_threads(),
-            "cpu_matrix_flags": sorted(f for f in flags if f.startswith(("avx512_bf16", "amx", "avx512f", "avx2", "fma")))}
-    try:
-        info["load_average_start"] = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        pass
-    info["mkldnn"] = bool(torch.backends.mkldnn.is_available())
-    for name, dist in (("numpy", "numpy"), ("torch", "torch"), ("onnxruntime", "onnxruntime"), ("onnx", "onnx"),
-                       ("onnxscript", "onnxscript"), ("pydicom", "pydicom"), ("psutil", "psutil"), ("ichdet", "ichdet")):
-        info[name] = version(dist)
-    return info
+    return torch_machine_info(("numpy", "torch", "onnxruntime", "onnx", "onnxscript", "pydicom", "psutil", "ichdet"))
 
 
 def fmt(v) -> str:
@@ -232,14 +219,9 @@ def fmt(v) -> str:
 
 def print_table(rows: list[dict]) -> None:
     head = ("input", "variant", "metric", "unit", "ichdet", "peer_value", "ratio", "goal")
-    table = [head] + [(r.get("input") or "-", r.get("variant") or "-", r["metric"], r["unit"].split(" (")[0],
-                       fmt(r["ichdet"]), fmt(r["peer_value"]), fmt(r["ratio"]),
-                       {True: "met", False: "MISSED", None: "-"}[r.get("goal_met")]) for r in rows]
-    widths = [max(len(str(t[i])) for t in table) for i in range(len(head))]
-    for k, t in enumerate(table):
-        print("  ".join(str(c).ljust(w) for c, w in zip(t, widths)))
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
+    print_aligned([head] + [(r.get("input") or "-", r.get("variant") or "-", r["metric"], r["unit"].split(" (")[0],
+                             fmt(r["ichdet"]), fmt(r["peer_value"]), fmt(r["ratio"]), GOAL_CELL[r.get("goal_met")])
+                            for r in rows])
 
 
 def peak_rss_mb() -> float:

@@ -47,8 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_common import (MATMUL_MIN_TIMED_S, MATMUL_WARMUP_S, base_machine_info, cpu_model_and_flags, fmt, matmul_peak,
-                          ratio, version, write_json_atomic)
+from bench_common import (GOAL_CELL, MATMUL_MIN_TIMED_S, MATMUL_WARMUP_S, fmt, matmul_peak, print_aligned,
+                          ratio, torch_machine_info, write_json_atomic)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -282,29 +282,13 @@ def time_loader(trainer: Trainer, ds: SliceSamples, workers: int, batch: int, wa
 # machine info, output
 # ----------------------------------------------------------------------------------------------
 def machine_info() -> dict:
-    _, flags = cpu_model_and_flags()
-    info = {**base_machine_info(), "torch_threads": torch.get_num_threads(),
-            "cpu_matrix_flags": sorted(f for f in flags if f.startswith(("avx512_bf16", "amx", "avx512f", "avx2", "fma")))}
-    try:
-        info["load_average_start"] = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        pass
-    info["mkldnn"] = bool(torch.backends.mkldnn.is_available())
-    for name, dist in (("numpy", "numpy"), ("torch", "torch"), ("monai", "monai"), ("psutil", "psutil"),
-                       ("ichdet", "ichdet")):
-        info[name] = version(dist)
-    return info
+    return torch_machine_info(("numpy", "torch", "monai", "psutil", "ichdet"))
 
 
 def print_table(rows: list[dict]) -> None:
     head = ("case", "metric", "ichdet", "peer", "peer_value", "ratio", "goal")
-    table = [head] + [(r["case"], r["metric"], fmt(r["ichdet"]), r["peer"], fmt(r["peer_value"]), fmt(r["ratio"]),
-                       {True: "met", False: "MISSED", None: "-"}[r.get("goal_met")]) for r in rows]
-    widths = [max(len(str(t[i])) for t in table) for i in range(len(head))]
-    for k, t in enumerate(table):
-        print("  ".join(str(c).ljust(w) for c, w in zip(t, widths)))
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
+    print_aligned([head] + [(r["case"], r["metric"], fmt(r["ichdet"]), r["peer"], fmt(r["peer_value"]), fmt(r["ratio"]),
+                             GOAL_CELL[r.get("goal_met")]) for r in rows])
 
 
 def _parse_list(s: str, cast=str) -> list:
