@@ -48,15 +48,17 @@ def load_volume(x: Volume | str | Path | list[Path] | np.ndarray, series_uid: st
     raise InputError(f"predict takes a path, a Volume or a HU array, got {type(x).__name__}")
 
 
-def _usable_onnx(bundle: Bundle, path: Path) -> bool:
-    """An ONNX file of exactly these weights exists and onnxruntime is installed."""
+def _own_onnx(bundle: Bundle, path: Path, batch: int | None) -> OnnxRuntime | None:
+    """onnxruntime on `path` when it exists, onnxruntime is installed and the file was exported
+    from exactly this bundle's weights; else None."""
     if not path.is_file():
-        return False
+        return None
     try:
         import onnxruntime  # noqa: F401
-        return OnnxRuntime(path).weights_sha256 == weights_digest(bundle.model)
+        rt = OnnxRuntime(path, batch=batch or SLICE_BATCH)
     except (ImportError, InputError):
-        return False
+        return None
+    return rt if rt.weights_sha256 == weights_digest(bundle.model) else None
 
 
 def _top_prepared(p: np.ndarray, k: int) -> list[int]:
@@ -83,18 +85,17 @@ class Predictor:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         self.bundle, self.top_k = bundle, top_k
         onnx_path = Path(onnx_path) if onnx_path is not None else bundle.path / ONNX_FILE
-        if runtime == "auto":
-            runtime = "onnx" if precision == "fp32" and _usable_onnx(bundle, onnx_path) else "torch"
+        chosen = _own_onnx(bundle, onnx_path, batch) if runtime == "auto" and precision == "fp32" else None
         if runtime == "onnx":
             if not onnx_path.is_file():
                 raise InputError(f"no ONNX file at {onnx_path}: run `ichdet export --model {bundle.path} --onnx "
                                  f"{onnx_path}` or pass the file")
-            self.runtime: TorchRuntime | OnnxRuntime = OnnxRuntime(onnx_path, batch=batch or SLICE_BATCH)
-            if self.runtime.weights_sha256 != weights_digest(bundle.model):
+            chosen = OnnxRuntime(onnx_path, batch=batch or SLICE_BATCH)
+            if chosen.weights_sha256 != weights_digest(bundle.model):
                 raise InputError(f"this ONNX file was exported from other weights than bundle {bundle.path}; "
                                  "export it again", onnx_path)
-        else:
-            self.runtime = TorchRuntime(bundle.model, bundle.kind, precision=precision, batch=batch)
+        self.runtime: TorchRuntime | OnnxRuntime = chosen or TorchRuntime(bundle.model, bundle.kind, precision=precision,
+                                                                         batch=batch)
 
     def prepare(self, x: Volume | str | Path | np.ndarray, series_uid: str | None = None) -> tuple[Volume, np.ndarray]:
         """Read and prepare: -> (volume, prepared image (C, Z', S, S) float32 in [0, 1])."""
