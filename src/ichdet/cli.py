@@ -179,6 +179,52 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from ichdet.server import serve
+        from ichdet.server.app import is_loopback
+    except ImportError as e:
+        raise InputError(f"ichdet serve needs FastAPI and uvicorn ({e}); install them with "
+                         "`pip install fastapi uvicorn`") from None
+    for name, value, ok in (("--port", args.port, 0 <= args.port <= 65535),
+                            ("--max-upload-mb", args.max_upload_mb, args.max_upload_mb > 0),
+                            ("--queue", args.queue, args.queue >= 1),
+                            ("--max-studies", args.max_studies, args.max_studies >= 1),
+                            ("--ttl-minutes", args.ttl_minutes, args.ttl_minutes > 0)):
+        if not ok:
+            raise InputError(f"{name} {value} is out of range")
+
+    def announce(url: str) -> None:
+        print(f"ichdet serve: {url} (Ctrl-C to stop)", flush=True)
+        if not is_loopback(args.host):
+            print(f"ichdet: warning: --host {args.host}: the viewer is reachable from the network and has no "
+                  "authentication", file=sys.stderr, flush=True)
+
+    serve(args.model, host=args.host, port=args.port, studies_dir=args.studies, max_upload_mb=args.max_upload_mb,
+          queue_capacity=args.queue, max_studies=args.max_studies, ttl_s=args.ttl_minutes * 60.0, announce=announce)
+    return EXIT_OK
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="a local web viewer and JSON API: upload a scan, scroll it, see verdict and heatmaps",
+                       description="Serve a bundle over HTTP (FastAPI under uvicorn): a viewer page to upload a study "
+                                   "(zip of a DICOM series, NIfTI, PNG/JPEG, single DICOM) or open one from --studies, "
+                                   "and a JSON API under /api (schema at /openapi.json; see docs/serve-api.md). "
+                                   "Listens on 127.0.0.1 only unless --host says otherwise; it has no authentication.")
+    p.add_argument("--model", required=True, help="bundle folder")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--studies", help="a folder of studies the viewer may open by name")
+    p.add_argument("--max-upload-mb", type=float, default=512, help="upload size limit in MB (default 512)")
+    p.add_argument("--queue", type=int, default=4, help="requests that may wait for the model (default 4; 503 past it)")
+    p.add_argument("--max-studies", type=int, default=8,
+                   help="studies kept open at once (default 8; the least recently used is closed first)")
+    p.add_argument("--ttl-minutes", type=float, default=30,
+                   help="an idle study is closed and its temporary files removed after this long (default 30)")
+    p.set_defaults(func=cmd_serve)
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="run a model bundle on scans: probability, decision, suspicious slices, heatmaps",
                        description="INPUT: a DICOM series folder or zip, a NIfTI file, a PNG/JPEG or single DICOM image, "
@@ -336,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_predict(sub)
     _add_export(sub)
+    _add_serve(sub)
     return parser
 
 

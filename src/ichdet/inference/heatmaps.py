@@ -1,8 +1,9 @@
 """Grad-CAM heatmaps of the slice classifier: where in a slice the evidence for "bleed" lies.
 
 `gradcam` runs MONAI's `GradCAM` on the network that maps one slice batch to slice logits
-(`slice_classifier`), `overlay` blends a map on the grey slice in matplotlib's "jet" colours, and
-`write_heatmaps` writes one PNG per slice plus a captioned contact sheet.
+(`slice_classifier`), `overlay` blends a map on the grey slice in matplotlib's "jet" colours
+(`body_overlay`: only inside the body, as every tile is drawn), and `write_heatmaps` writes one
+PNG per slice plus a captioned contact sheet.
 
 MONAI's `GradCAM` is used on a private deep copy of that network, because on the module it is
 given it registers forward and backward hooks that it never removes, calls `zero_grad()` (clearing
@@ -113,6 +114,13 @@ def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4, threshold: fl
     return np.round(rgb * 255.0).astype(np.uint8)
 
 
+def body_overlay(gray: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """`overlay` of `cam` on the grey slice `gray` (both (S, S) in [0, 1]), the map drawn only
+    inside the body (the filled region where gray > BODY_LEVEL) -> uint8 RGB (S, S, 3)."""
+    gray = np.asarray(gray)
+    return overlay(gray, np.asarray(cam) * binary_fill_holes(gray > BODY_LEVEL))
+
+
 def _save_png(img: Image.Image, path: Path) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         img.save(tmp, format="PNG")
@@ -145,7 +153,7 @@ def write_heatmaps(out_dir: Path, image: np.ndarray, cams: dict[int, np.ndarray]
         if not 0 <= z < n_slices:
             raise InputError(f"write_heatmaps: slice index {z} is outside the scan's {n_slices} slices")
         gray = image[0, z]
-        tile = Image.fromarray(overlay(gray, cams[z] * binary_fill_holes(gray > BODY_LEVEL)))
+        tile = Image.fromarray(body_overlay(gray, cams[z]))
         if scale > 1:
             tile = tile.resize((tile.width * scale, tile.height * scale), Image.Resampling.NEAREST)
         name = z_labels[z] if z_labels is not None else f"slice {z}"
