@@ -22,11 +22,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import torch
 
-from ichdet.bundle import save_bundle
-from ichdet.models import create_model
-from ichdet.preprocess import PrepSpec
 from ichdet.synth import make_cohort
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +32,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 SIZE = 64
 N_SLICES = 8
-ENCODER = {"in_channels": 1, "base_width": 4, "n_units": 3, "feature_dim": 16, "dropout": 0.0}
 GARBAGE = b"this is not a scan\n" * 20
 WAIT_MS = 30_000  # upper bound for one page state to appear (an upload's inference included)
 
@@ -48,18 +43,6 @@ def _unavailable(reason: str) -> None:
 
 
 # ---------------------------------------------------------------- data and server
-
-@pytest.fixture(scope="module")
-def browser_bundle(tmp_path_factory) -> Path:
-    """A small random-weight scan model (slice CNN + LSTM), 64 px, the 2x2x2 filter."""
-    torch.manual_seed(0)
-    model = create_model("scan_lstm", encoder_kw=ENCODER, hidden=8).eval()
-    prep = PrepSpec(windows=("brain",), size=SIZE, z_max_filter=True)
-    return save_bundle(tmp_path_factory.mktemp("browser_bundle") / "bundle", model=model, model_name="scan_lstm",
-                       model_kwargs=model.config(), kind="scan", prep=prep, context=0,
-                       operating_point={"method": "fixed", "threshold": 0.5}, metrics={}, config_yaml="",
-                       data_hash="test")
-
 
 @pytest.fixture(scope="module")
 def browser_data(tmp_path_factory) -> dict[str, Path]:
@@ -99,11 +82,11 @@ def _request(method: str, url: str, body: bytes | None = None, headers: dict | N
 
 
 @pytest.fixture(scope="module")
-def server(browser_bundle, browser_data, tmp_path_factory) -> str:
+def server(scan_bundle, browser_data, tmp_path_factory) -> str:
     """`python -m ichdet.cli serve ...` on a free port; yields the base URL; always terminated."""
     port = _free_port()
     log = tmp_path_factory.mktemp("browser_server") / "server.log"
-    cmd = [sys.executable, "-m", "ichdet.cli", "serve", "--model", str(browser_bundle), "--port", str(port),
+    cmd = [sys.executable, "-m", "ichdet.cli", "serve", "--model", str(scan_bundle), "--port", str(port),
            "--studies", str(browser_data["studies"])]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=log.parent)
