@@ -320,3 +320,49 @@ def summarize(y_true: Any, scores: Any, threshold: float, level: float = 0.95) -
     stats = binary_stats(y, s, threshold, level)
     brier = brier_score(y, s) if y.size and ((s >= 0) & (s <= 1)).all() else None
     return {"auc": float(auc), "auc_ci": [float(low), float(high)], "auc_se": float(se), **stats, "brier": brier}
+
+
+# ---- haemorrhage subtypes (multi-label) ----------------------------------------------------------
+SUBTYPE_LABELS = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
+RSNA_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 2.0)  # the RSNA 2019 challenge's weights: "any" counts twice
+
+
+def _multilabel(y_true: Any, probs: Any, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    if y.ndim != 2 or y.shape != p.shape or y.shape[1] != n_labels or y.shape[0] == 0:
+        raise InputError(f"multi-label targets and probabilities must both be (N, {n_labels}) with N >= 1, "
+                         f"got {y.shape} and {p.shape}")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise InputError("multi-label targets must be 0 or 1")
+    if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+        raise InputError("multi-label probabilities must be finite and in [0, 1]")
+    return y, p
+
+
+def rsna_log_loss(y_true: Any, probs: Any, weights: Any = RSNA_WEIGHTS, eps: float = 1e-15) -> float:
+    """The RSNA 2019 metric: weighted multi-label log loss. y_true, probs (N, L) in `SUBTYPE_LABELS`
+    order (five subtypes, then "any"); per case sum_j w_j * BCE_j / sum_j w_j, averaged over cases.
+    Probabilities are clipped to [eps, 1 - eps]."""
+    w = np.asarray(weights, dtype=np.float64)
+    y, p = _multilabel(y_true, probs, w.size)
+    p = np.clip(p, eps, 1.0 - eps)
+    bce = -(y * np.log(p) + (1.0 - y) * np.log1p(-p))  # (N, L)
+    return float(np.mean(bce @ w / w.sum()))
+
+
+def subtype_aucs(y_true: Any, probs: Any, names: tuple[str, ...] = SUBTYPE_LABELS, level: float = 0.95
+                 ) -> dict[str, dict[str, Any] | None]:
+    """Per-label ROC AUC with its DeLong CI: {name: {"auc", "auc_ci", "n_pos", "n_neg"}}, or None for
+    a label whose cases are all of one class (no AUC exists)."""
+    y, p = _multilabel(y_true, probs, len(names))
+    out: dict[str, dict[str, Any] | None] = {}
+    for j, name in enumerate(names):
+        yj = y[:, j].astype(np.int64)
+        n_pos = int(yj.sum())
+        if n_pos in (0, yj.size):
+            out[name] = None
+            continue
+        ci = auc_ci(yj, p[:, j], level=level)
+        out[name] = {"auc": ci["auc"], "auc_ci": [ci["low"], ci["high"]], "n_pos": n_pos, "n_neg": int(yj.size - n_pos)}
+    return out
