@@ -148,7 +148,14 @@ def test_concurrent_overlays_share_one_gradcam(make_app, png_path):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
             s = (await ac.post("/api/studies", content=png_path.read_bytes())).json()
-            blocker = server.queue.submit(release.wait, 30)
+            started = threading.Event()
+
+            def hold() -> None:
+                started.set()
+                release.wait(30)
+
+            blocker = server.queue.submit(hold)
+            assert started.wait(10)  # the worker is busy before the overlays arrive (they would jump the queue)
             tasks = [asyncio.create_task(ac.get(f"/api/studies/{s['id']}/slices/0?overlay=true")) for _ in range(3)]
             for _ in range(100):
                 await asyncio.sleep(0.02)

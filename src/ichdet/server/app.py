@@ -146,7 +146,8 @@ class Server:
         """Grad-CAM of display slice k: cached, else computed on the worker together with the
         other uncached slices of its block of CAM_BLOCK (one Grad-CAM pass over a few slices costs
         little more than over one, and a viewer scrolls to the neighbours next), once however many
-        requests ask meanwhile; a request that goes away does not cancel it."""
+        requests ask meanwhile, ahead of waiting whole-scan predictions; a request that goes away
+        does not cancel it."""
         if k in study.cams:
             return study.cams[k]
         block = k // CAM_BLOCK
@@ -154,7 +155,7 @@ class Server:
         if job is None:
             ks = [j for j in range(block * CAM_BLOCK, min(study.n_slices, (block + 1) * CAM_BLOCK))
                   if j not in study.cams]
-            job = asyncio.wrap_future(self.queue.submit(slice_cams, self.predictor, study, ks))
+            job = asyncio.wrap_future(self.queue.submit_first(slice_cams, self.predictor, study, ks))
             study.cam_jobs[block] = job
 
             def done(f: asyncio.Future) -> None:

@@ -4,10 +4,13 @@ Reading an upload, preparing it, the model and Grad-CAM all run on this one thre
 bounded `queue.Queue`: at most `capacity` jobs wait behind the one that runs, and a job offered
 to a full queue is refused at once (`QueueFull`, which the app answers with 503) rather than
 queued without bound or given a thread of its own. Callers get a `concurrent.futures.Future`;
-async endpoints await it with `asyncio.wrap_future`, so no thread waits per request.
+async endpoints await it with `asyncio.wrap_future`, so no thread waits per request. Jobs sent
+with `submit_first` (what a reader waits on while looking: Grad-CAM overlays) run before the
+waiting `submit` jobs (whole-scan predictions), in their own arrival order.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -17,6 +20,8 @@ from typing import Any, Callable
 from ichdet.errors import InputError
 
 log = logging.getLogger("ichdet.server")
+
+FIRST, NORMAL, STOP = 0, 1, 2  # job priorities: lower runs sooner
 
 
 class QueueFull(Exception):
@@ -38,7 +43,8 @@ class InferenceQueue:
         if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
             raise InputError(f"the inference queue needs a capacity of at least 1, got {capacity!r}")
         self.capacity = capacity
-        self._jobs: queue.Queue = queue.Queue(capacity)
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue(capacity)  # (priority, arrival, job)
+        self._arrival = itertools.count()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopped = False
@@ -61,17 +67,24 @@ class InferenceQueue:
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
         """Queue `fn(*args, **kwargs)`; raises QueueFull when `capacity` jobs already wait."""
+        return self._put(NORMAL, fn, args, kwargs)
+
+    def submit_first(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        """As `submit`, but ahead of every waiting `submit` job."""
+        return self._put(FIRST, fn, args, kwargs)
+
+    def _put(self, priority: int, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Future:
         self.start()
         future: Future = Future()
         try:
-            self._jobs.put_nowait((future, fn, args, kwargs))
+            self._jobs.put_nowait((priority, next(self._arrival), (future, fn, args, kwargs)))
         except queue.Full:
             raise QueueFull(self._jobs.qsize()) from None
         return future
 
     def _work(self) -> None:
         while True:
-            job = self._jobs.get()
+            _, _, job = self._jobs.get()
             if job is None:
                 return
             future, fn, args, kwargs = job
@@ -89,14 +102,14 @@ class InferenceQueue:
             thread = self._thread
         while True:
             try:
-                job = self._jobs.get_nowait()
+                _, _, job = self._jobs.get_nowait()
             except queue.Empty:
                 break
             if job is not None:
                 job[0].cancel()
         if thread is not None and thread.is_alive():
             try:
-                self._jobs.put(None, timeout=timeout)
+                self._jobs.put((STOP, next(self._arrival), None), timeout=timeout)
             except queue.Full:
                 pass
             thread.join(timeout)
