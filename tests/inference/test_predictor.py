@@ -131,3 +131,9 @@ def test_bad_input_is_one_clear_error(bundles, tmp_path):
     garbage.write_bytes(b"not a nifti")
     with pytest.raises(InputError, match=str(garbage)):
         b.predict(garbage)
+
+
+def test_an_input_of_air_is_flagged(bundles):
+    """A blank volume still gets a probability, but the result says it holds no head."""
+    r = ichdet.load_bundle(bundles["slice"]).predict(np.full((4, 64, 64), -1000.0, dtype=np.float32))
+    assert r.warnings == ["almost nothing but air in the input (tissue in 0.0% of it): is this a head CT?"]

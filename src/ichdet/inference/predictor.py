@@ -28,6 +28,8 @@ DEFAULT_RUNTIME = "auto"
 ONNX_FILE = "model.onnx"  # where `auto` looks for the bundle's ONNX export
 DEFAULT_PRECISION = "fp32"
 TOP_SLICES = 3  # prepared slices reported (and given heatmaps) per scan
+TISSUE_HU, TISSUE_DISPLAY = -200.0, 0.1  # above these a voxel is tissue (HU; display intensity of an image)
+MIN_TISSUE_FRACTION = 0.01  # less tissue than this in the whole input: warn that it may not be a head
 
 
 def load_volume(x: Volume | str | Path | list[Path] | np.ndarray, series_uid: str | None = None) -> Volume:
@@ -151,6 +153,10 @@ class Predictor:
 
     def _warnings(self, volume: Volume) -> list[str]:
         notes = [str(w) for w in volume.info.get("warnings", [])]
+        level = TISSUE_DISPLAY if volume.info.get("units") == "display" else TISSUE_HU
+        tissue = float((volume.hu[:, ::4, ::4] > level).mean())  # every 16th pixel is plenty
+        if tissue < MIN_TISSUE_FRACTION:
+            notes.append(f"almost nothing but air in the input (tissue in {tissue:.1%} of it): is this a head CT?")
         if self.bundle.kind == "scan" and volume.shape[0] == 1:
             notes.append("a scan model given a single image: its probability means little")
         return notes

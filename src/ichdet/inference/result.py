@@ -43,7 +43,8 @@ class ScanPrediction:
 
 
 def format_table(predictions: Sequence[ScanPrediction], errors: Sequence[dict[str, str]] = ()) -> str:
-    """A plain-text table for the terminal, one row per scan, then one line per failed input."""
+    """A plain-text table for the terminal, one row per scan, then one line per warning and per
+    failed input."""
     header = ("input", "slices", "P(bleed)", "threshold", "decision", "most suspicious slices", "seconds")
     rows = [header]
     for p in predictions:
@@ -54,6 +55,7 @@ def format_table(predictions: Sequence[ScanPrediction], errors: Sequence[dict[st
     lines = ["  ".join(cell.ljust(w) if i in (0, 4, 5) else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += [f"warning: {p.input}: {w}" for p in predictions for w in p.warnings]
     lines += [f"error: {e['input']}: {e['error']}" for e in errors]
     return "\n".join(lines)
 
