@@ -73,7 +73,8 @@ class Bundle:
 
     def predict(self, x: Any, series_uid: str | None = None, heatmaps: str | Path | None = None) -> Any:
         """Predict on one scan: a path (DICOM folder or zip, NIfTI, PNG/JPEG, one DICOM file), a
-        `Volume` or a HU array (Z, H, W) -> `ichdet.inference.ScanPrediction` (PyTorch, fp32).
+        `Volume` or a HU array (Z, H, W) -> `ichdet.inference.ScanPrediction` (runtime "auto": the
+        bundle's own model.onnx through onnxruntime when present, else PyTorch fp32).
         With `heatmaps` (a folder), Grad-CAM overlays and a contact sheet are written there."""
         from ichdet.inference.predictor import Predictor
 
