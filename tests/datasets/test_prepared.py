@@ -222,3 +222,38 @@ def test_png_cohort_through_the_cache(tmp_path: Path, monkeypatch) -> None:
         assert s2.cranial.tolist() == [True] and s2.slice_labels.tolist() == [y]
         np.testing.assert_array_equal(s1.image, s2.image)
         np.testing.assert_array_equal(s2.image[0], s2.image[1])  # the same grey in both channels
+
+
+def test_slice_subtypes_follow_the_slice_label_csv(cohort_manifest: Path) -> None:
+    """The synthetic cohort labels every slice with the five subtypes; the targets are those
+    columns, a slice bleeds exactly when one of its subtypes does, and the 2x2x2 filter merges
+    pairs like the binary labels."""
+    from ichdet.datasets.manifest import SUBTYPES
+
+    rows: dict[str, dict[int, list[int]]] = {}
+    with open(cohort_manifest.parent / "slice_labels.csv", newline="") as fh:
+        for rec in csv.DictReader(fh):
+            rows.setdefault(rec["scan_id"], {})[int(rec["slice_index"])] = [int(rec[s]) for s in SUBTYPES]
+    full, half = PreparedCohort(cohort_manifest, SPEC), PreparedCohort(cohort_manifest, SPEC_Z)
+    for sid in full.scan_ids():
+        a, b = full[sid], half[sid]
+        want = np.array([rows[sid][k] for k in sorted(rows[sid])], dtype=np.int8)
+        assert a.slice_subtypes.dtype == np.int8 and a.slice_subtypes.shape == (30, 5)
+        np.testing.assert_array_equal(a.slice_subtypes, want)
+        np.testing.assert_array_equal(a.slice_subtypes.max(axis=1), a.slice_labels)
+        np.testing.assert_array_equal(b.slice_subtypes, np.maximum(a.slice_subtypes[0::2], a.slice_subtypes[1::2]))
+        assert {s for s, v in a.subtypes.items() if v} == {SUBTYPES[j] for j in np.flatnonzero(want.max(axis=0))}
+
+
+def test_align_slice_subtypes_without_full_labels() -> None:
+    from ichdet.datasets.prepared import align_slice_subtypes
+
+    neg = align_slice_subtypes("a", 0, {}, 4, None, False)
+    assert neg.shape == (4, 5) and (neg == 0).all()
+    assert (align_slice_subtypes("b", 1, {"subdural": 1}, 4, None, False) == -1).all()  # which slices: unknown
+    one = align_slice_subtypes("c", 1, {"epidural": 0, "subdural": 1}, 1, None, False)
+    assert one.tolist() == [[0, -1, -1, -1, 1]]  # an image takes its scan's subtypes; missing ones unknown
+    labels = [SliceLabel("d", 0, 0), SliceLabel("d", 1, 1), SliceLabel("d", 2, 1, {"subarachnoid": 1})]
+    got = align_slice_subtypes("d", 1, {}, 3, labels, False)
+    assert got.tolist() == [[0] * 5, [-1] * 5, [-1, -1, -1, 1, -1]]
+    assert align_slice_subtypes("d", 1, {}, 3, labels, True).tolist() == [[0] * 5, [-1, -1, -1, 1, -1]]

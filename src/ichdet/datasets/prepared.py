@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ichdet.cache import PreparedCache, volume_key_parts
-from ichdet.datasets.manifest import ManifestRow, SliceLabel, read_manifest, read_slice_labels
+from ichdet.datasets.manifest import SUBTYPES, ManifestRow, SliceLabel, read_manifest, read_slice_labels
 from ichdet.errors import InputError
 from ichdet.io import read_volume
 from ichdet.io.sources import list_files
@@ -34,6 +34,8 @@ class PreparedScan:
     image: float32 (C, Z', S, S) in [0, 1] (may be a read-only memory map from the cache).
     slice_labels: int8 (Z',): 1 bleed, 0 none, -1 unknown; index 0 = most inferior slice.
     cranial: bool (Z',): the slice shows the cranial cavity.
+    slice_subtypes: int8 (Z', 5) in `SUBTYPES` order, 1 / 0 / -1 (unknown) per slice and subtype
+        (see `align_slice_subtypes`).
     Z' = Z, or ceil(Z / 2) when the spec's z max filter merged slice pairs.
     """
 
@@ -45,6 +47,7 @@ class PreparedScan:
     slice_labels: np.ndarray
     cranial: np.ndarray
     extra: dict[str, str] = field(default_factory=dict)
+    slice_subtypes: np.ndarray | None = None
 
     @property
     def n_slices(self) -> int:
@@ -99,6 +102,29 @@ def align_slice_labels(scan_id: str, label: int, n_slices: int, slice_labels: Se
     return pair_reduce(out, "max").astype(np.int8) if z_max_filter else out
 
 
+def align_slice_subtypes(scan_id: str, label: int, subtypes: Mapping[str, int], n_slices: int,
+                         slice_labels: Sequence[SliceLabel] | None, z_max_filter: bool) -> np.ndarray:
+    """int8 (Z', 5) subtype targets in `SUBTYPES` order: 1 present, 0 absent, -1 unknown.
+
+    With slice labels: a slice's own subtype columns; a subtype it does not give is 0 on a slice
+    without bleed and unknown on a slice with one. Without: 0 everywhere for a negative scan, the
+    scan's subtypes for a one-slice scan (an image of a 2D set), unknown for the slices of a
+    positive scan. The 2x2x2 filter merges pairs as `pair_reduce(..., "max")` does.
+    """
+    out = np.full((n_slices, len(SUBTYPES)), UNKNOWN, dtype=np.int8)
+    if not slice_labels:
+        if int(label) == 0:
+            out[:] = 0
+        elif n_slices == 1:
+            out[0] = [subtypes.get(name, UNKNOWN) for name in SUBTYPES]
+    else:
+        for sl in slice_labels:  # indices were checked by align_slice_labels
+            out[sl.slice_index] = [sl.subtypes.get(name, 0 if int(sl.label) == 0 else UNKNOWN) for name in SUBTYPES]
+    if not z_max_filter:
+        return out
+    return np.stack([pair_reduce(out[:, j], "max") for j in range(len(SUBTYPES))], axis=1).astype(np.int8)
+
+
 def _key_parts(row: ManifestRow, path: Path, spec: PrepSpec, what: str) -> dict:
     return volume_key_parts(source_files(path), spec.to_dict() if what == "image" else {}, what=what, layout=2,
                             path=str(path.resolve()), series_uid=row.extra.get("series_uid", ""))
@@ -112,6 +138,8 @@ def load_prepared(row: ManifestRow, root: str | Path, spec: PrepSpec = PrepSpec(
         image, cranial_full = _image_and_cranial(row, path, spec, cache)
         labels = align_slice_labels(row.scan_id, row.label, int(cranial_full.shape[0]), slice_labels,
                                     spec.z_max_filter)
+        subtypes = align_slice_subtypes(row.scan_id, row.label, row.subtypes, int(cranial_full.shape[0]),
+                                        slice_labels, spec.z_max_filter)
     except InputError as e:
         msg = str(e)
         raise InputError(msg if f"scan {row.scan_id!r}" in msg else f"scan {row.scan_id!r}: {msg}",
@@ -123,7 +151,7 @@ def load_prepared(row: ManifestRow, root: str | Path, spec: PrepSpec = PrepSpec(
         raise InputError(f"scan {row.scan_id!r}: prepared image has {image.shape[1]} slices but the labels "
                          f"have {labels.shape[0]} (stale cache?)", path)
     return PreparedScan(row.scan_id, row.patient_id, int(row.label), dict(row.subtypes), image, labels,
-                        np.asarray(cranial, dtype=bool), dict(row.extra))
+                        np.asarray(cranial, dtype=bool), dict(row.extra), subtypes)
 
 
 def _image_and_cranial(row: ManifestRow, path: Path, spec: PrepSpec,
