@@ -63,6 +63,14 @@ def _own_onnx(bundle: Bundle, path: Path, batch: int | None) -> OnnxRuntime | No
     return rt if rt.weights_sha256 == weights_digest(bundle.model) else None
 
 
+def prepared_slice_labels(n_slices: int, n_prepared: int) -> list[str]:
+    """Names of the prepared slices in the input's slice numbers: "slice k", or "slices 2k-2k+1"
+    when the 2x2x2 filter merged pairs (n_prepared < n_slices; an odd last slice stands alone)."""
+    merged = n_prepared != n_slices
+    return [f"slices {2 * k}-{2 * k + 1}" if merged and 2 * k + 1 < n_slices else f"slice {2 * k if merged else k}"
+            for k in range(n_prepared)]
+
+
 def _top_prepared(p: np.ndarray, k: int) -> list[int]:
     """Indices of the k highest values, highest first (ties: the lower index first)."""
     order = np.lexsort((np.arange(p.size), -p))
@@ -104,10 +112,13 @@ class Predictor:
         volume = load_volume(x, series_uid)
         return volume, prepare_volume(volume, self.bundle.prep)
 
+    def sequence(self, image: np.ndarray) -> torch.Tensor:
+        """Prepared image (C, Z', S, S) -> what the network reads per slice, (Z', C', S, S)."""
+        return volume_to_sequence(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), self.bundle.context)
+
     def score(self, image: np.ndarray) -> tuple[float, np.ndarray]:
         """Prepared image (C, Z', S, S) -> (scan probability, slice probabilities (Z',))."""
-        seq = volume_to_sequence(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), self.bundle.context)
-        out = self.runtime(seq)
+        out = self.runtime(self.sequence(image))
         b = self.bundle
         probability, slices = kind_score(b.kind, out.slice_probability, out.features, out.scan_probability,
                                          b.aggregate, b.svm)
@@ -166,9 +177,6 @@ class Predictor:
         """Grad-CAM (MONAI, on the slice encoder) of prepared slices `top` -> overlay PNGs + contact sheet."""
         from ichdet.inference.heatmaps import gradcam, write_heatmaps
 
-        seq = volume_to_sequence(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), self.bundle.context)
-        cams = gradcam(self.bundle.model, self.bundle.kind, seq[top])
-        n, merged = volume.shape[0], image.shape[1] != volume.shape[0]
-        labels = [(f"slices {2 * k}-{2 * k + 1}" if merged and 2 * k + 1 < n else f"slice {2 * k if merged else k}")
-                  for k in range(image.shape[1])]
+        cams = gradcam(self.bundle.model, self.bundle.kind, self.sequence(image)[top])
+        labels = prepared_slice_labels(volume.shape[0], image.shape[1])
         return write_heatmaps(out, image, dict(zip(top, cams)), prepared, title=title, z_labels=labels)

@@ -27,6 +27,7 @@ import ichdet
 from ichdet.bundle import load_bundle
 from ichdet.errors import InputError
 from ichdet.inference.predictor import Predictor
+from ichdet.inference.result import ScanPrediction
 from ichdet.server.catalog import StudyCatalog, study_type
 from ichdet.server.queue import InferenceQueue, QueueFull, QueueStopped
 from ichdet.server.scans import PRESETS, open_scan, parse_display_window, png_bytes, predict_scan, slice_cams, slice_gray
@@ -100,22 +101,6 @@ class StudyOut(BaseModel):
     warnings: list[str]
     seconds: float
     expires_in_s: int
-
-
-class PredictionOut(BaseModel):
-    input: str
-    series_uid: str
-    probability: float
-    threshold: float
-    decision: bool
-    slice_probabilities: list[float]
-    top_slices: list[dict[str, Any]]
-    subtypes: dict[str, float] | None
-    seconds: float
-    shape: list[int]
-    runtime: str
-    warnings: list[str]
-    heatmaps: dict[str, Any] | None
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -360,7 +345,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:  # noqa: C901 - one short
         return Response(png_bytes(pixels), media_type="image/png",
                         headers={"Cache-Control": f"private, max-age={SLICE_MAX_AGE_S}"})
 
-    @app.post("/api/predict", response_model=PredictionOut, openapi_extra=RAW_BODY,
+    @app.post("/api/predict", response_model=ScanPrediction, openapi_extra=RAW_BODY,
               responses=_errors(400, 413, 503), summary="predict one scan (the `ichdet predict --json` entry); "
                                                         "nothing is kept")
     async def predict(request: Request, x_filename: str | None = Header(

@@ -20,12 +20,10 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from ichdet.datasets.scans import volume_to_sequence
 from ichdet.errors import InputError
-from ichdet.inference.predictor import Predictor
+from ichdet.inference.predictor import Predictor, prepared_slice_labels
 from ichdet.inference.result import ScanPrediction
 from ichdet.io import Volume
 from ichdet.io.sources import unpacked_zip
@@ -94,8 +92,7 @@ def open_scan(predictor: Predictor, source: Path | list[Path], name: str, zipped
     merged = z != n  # the 2x2x2 filter merged slice pairs
     per_slice = result.slice_probabilities
     prepared = [per_slice[2 * k] for k in range(z)] if merged else list(per_slice)
-    labels = [(f"slices {2 * k}-{2 * k + 1}" if merged and 2 * k + 1 < n else f"slice {2 * k if merged else k}")
-              for k in range(z)]
+    labels = prepared_slice_labels(n, z)
     top = list(dict.fromkeys(t["index"] // 2 if merged else t["index"] for t in result.top_slices))
     return Study(id=uuid.uuid4().hex, name=name, prediction=result, image=image,
                  displays={w: to_uint8(stack[i]) for i, w in enumerate(PRESETS)},
@@ -131,8 +128,7 @@ def slice_cams(predictor: Predictor, study: Study, ks: list[int]) -> dict[int, n
     from ichdet.inference.heatmaps import gradcam
 
     b = predictor.bundle
-    seq = volume_to_sequence(torch.from_numpy(np.ascontiguousarray(study.image, dtype=np.float32)), b.context)
-    return dict(zip(ks, gradcam(b.model, b.kind, seq[ks])))
+    return dict(zip(ks, gradcam(b.model, b.kind, predictor.sequence(study.image)[ks])))
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
