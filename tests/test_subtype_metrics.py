@@ -61,7 +61,23 @@ def test_bad_shapes_and_values(data):
         rsna_log_loss(y, p[:, :5])
     with pytest.raises(InputError, match="^multi-label probabilities must be finite and in \\[0, 1\\]$"):
         rsna_log_loss(y, p + 1)
-    with pytest.raises(InputError, match="^multi-label targets must be 0 or 1$"):
+    with pytest.raises(InputError, match=r"^multi-label targets must be 0, 1 or -1 \(unknown\)$"):
         subtype_aucs(y * 2, p)
     with pytest.raises(InputError, match=r"^rsna_weighted_bce needs logits and targets of shape \(N, 6\)"):
         rsna_weighted_bce(torch.zeros(3, 5), torch.zeros(3, 5))
+
+
+def test_unknown_targets_are_left_out(data):
+    y, p = data
+    y = y.astype(float)
+    y[:50, 1] = -1  # intraparenchymal unknown for 50 cases
+    out = subtype_aucs(y, p)
+    assert out["intraparenchymal"]["n_pos"] + out["intraparenchymal"]["n_neg"] == 150
+    assert out["intraparenchymal"]["auc"] == pytest.approx(roc_auc_score(y[50:, 1], p[50:, 1]), abs=1e-12)
+    # the metric and the training loss agree on what an unknown target means
+    logits = torch.logit(torch.tensor(np.clip(p, 1e-6, 1 - 1e-6)))
+    assert float(rsna_weighted_bce(logits, torch.tensor(y))) == pytest.approx(
+        rsna_log_loss(y, np.clip(p, 1e-6, 1 - 1e-6)), rel=1e-5)
+    # a case with no known target counts for nothing
+    y[0] = -1
+    assert rsna_log_loss(y, p) == pytest.approx(rsna_log_loss(y[1:], p[1:]), rel=1e-12)

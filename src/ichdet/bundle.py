@@ -14,6 +14,8 @@ bundle/
 Kinds: "slice" (a slice classifier; a scan's score is its maximum slice probability),
 "scan" (scan_lstm), "aggregate" (slice classifier + max or 95th percentile over slices),
 "alexnet_svm" (slice features -> SVM), "feature_svm" (padded slice features -> SVM).
+``labels`` in bundle.json lists what the bundle gives per scan: ["any"] (bleed / no bleed), or the
+five subtypes then "any" for a multi-label model of kind slice, aggregate or scan.
 """
 from __future__ import annotations
 
@@ -67,6 +69,15 @@ class Bundle:
         return self.meta.get("aggregate", "max")
 
     @property
+    def labels(self) -> tuple[str, ...]:
+        """What the bundle scores per scan: ("any",), or the five subtypes then "any"."""
+        return tuple(self.meta.get("labels", ("any",)))
+
+    @property
+    def has_subtypes(self) -> bool:
+        return len(self.labels) > 1
+
+    @property
     def name(self) -> str:
         """The experiment's name (config `experiment`), else the bundle folder's."""
         return str(self.meta.get("experiment") or (self.path.parent.name if self.path.name == "bundle" else self.path.name))
@@ -102,11 +113,13 @@ def save_bundle(out: str | Path, *, model: torch.nn.Module, model_name: str, mod
         raise InputError(f"bundle kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if (kind in ("alexnet_svm", "feature_svm")) != (svm is not None):
         raise InputError(f"bundle kind {kind!r} {'needs' if svm is None else 'takes no'} SVM head")
+    from ichdet.engine.scoring import model_labels
+
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "ichdet_version": ichdet.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "kind": kind, "model": {"name": model_name, "kwargs": model_kwargs}, "aggregate": aggregate,
-        "prep": prep.to_dict(), "context": int(context), "operating_point": operating_point,
+        "labels": list(model_labels(model, kind)), "prep": prep.to_dict(), "context": int(context), "operating_point": operating_point,
         "metrics": metrics, "data_hash": data_hash, **(extra or {}),
     }
     out = Path(out)

@@ -333,8 +333,8 @@ def _multilabel(y_true: Any, probs: Any, n_labels: int) -> tuple[np.ndarray, np.
     if y.ndim != 2 or y.shape != p.shape or y.shape[1] != n_labels or y.shape[0] == 0:
         raise InputError(f"multi-label targets and probabilities must both be (N, {n_labels}) with N >= 1, "
                          f"got {y.shape} and {p.shape}")
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise InputError("multi-label targets must be 0 or 1")
+    if not np.isin(y, (-1.0, 0.0, 1.0)).all():
+        raise InputError("multi-label targets must be 0, 1 or -1 (unknown)")
     if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
         raise InputError("multi-label probabilities must be finite and in [0, 1]")
     return y, p
@@ -343,26 +343,33 @@ def _multilabel(y_true: Any, probs: Any, n_labels: int) -> tuple[np.ndarray, np.
 def rsna_log_loss(y_true: Any, probs: Any, weights: Any = RSNA_WEIGHTS, eps: float = 1e-15) -> float:
     """The RSNA 2019 metric: weighted multi-label log loss. y_true, probs (N, L) in `SUBTYPE_LABELS`
     order (five subtypes, then "any"); per case sum_j w_j * BCE_j / sum_j w_j, averaged over cases.
-    Probabilities are clipped to [eps, 1 - eps]."""
+    Probabilities are clipped to [eps, 1 - eps]. Unknown targets (-1) leave their term and its
+    weight out of the case's sums; a case with no known target is left out (nan if none is known)."""
     w = np.asarray(weights, dtype=np.float64)
     y, p = _multilabel(y_true, probs, w.size)
     p = np.clip(p, eps, 1.0 - eps)
-    bce = -(y * np.log(p) + (1.0 - y) * np.log1p(-p))  # (N, L)
-    return float(np.mean(bce @ w / w.sum()))
+    known = (y >= 0).astype(np.float64)
+    yk = np.clip(y, 0.0, 1.0)
+    bce = -(yk * np.log(p) + (1.0 - yk) * np.log1p(-p)) * known  # (N, L)
+    total = known @ w
+    use = total > 0
+    return float(np.mean((bce @ w)[use] / total[use])) if use.any() else float("nan")
 
 
 def subtype_aucs(y_true: Any, probs: Any, names: tuple[str, ...] = SUBTYPE_LABELS, level: float = 0.95
                  ) -> dict[str, dict[str, Any] | None]:
-    """Per-label ROC AUC with its DeLong CI: {name: {"auc", "auc_ci", "n_pos", "n_neg"}}, or None for
-    a label whose cases are all of one class (no AUC exists)."""
+    """Per-label ROC AUC with its DeLong CI: {name: {"auc", "auc_ci", "n_pos", "n_neg"}} over the
+    cases whose target is known (not -1), or None for a label whose known cases are all of one
+    class (no AUC exists)."""
     y, p = _multilabel(y_true, probs, len(names))
     out: dict[str, dict[str, Any] | None] = {}
     for j, name in enumerate(names):
-        yj = y[:, j].astype(np.int64)
+        known = y[:, j] >= 0
+        yj, pj = y[known, j].astype(np.int64), p[known, j]
         n_pos = int(yj.sum())
         if n_pos in (0, yj.size):
             out[name] = None
             continue
-        ci = auc_ci(yj, p[:, j], level=level)
+        ci = auc_ci(yj, pj, level=level)
         out[name] = {"auc": ci["auc"], "auc_ci": [ci["low"], ci["high"]], "n_pos": n_pos, "n_neg": int(yj.size - n_pos)}
     return out

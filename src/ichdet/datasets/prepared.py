@@ -239,6 +239,17 @@ class PreparedCohort:
         """int64 (N,) scan labels from the manifest (no loading)."""
         return np.array([self.row(s).label for s in scan_ids], dtype=np.int64)
 
+    def label_targets(self, scan_ids: Sequence[str]) -> np.ndarray:
+        """int64 (N, 6) scan-level targets in `SUBTYPE_LABELS` order (five subtypes, then "any"
+        = the label), from the manifest (no loading): 1 / 0, or -1 for a subtype the manifest does
+        not give for a positive scan. A negative scan has no subtype."""
+        out = np.full((len(scan_ids), len(SUBTYPES) + 1), UNKNOWN, dtype=np.int64)
+        for i, sid in enumerate(scan_ids):
+            row = self.row(sid)
+            out[i, :-1] = [0 if row.label == 0 else row.subtypes.get(name, UNKNOWN) for name in SUBTYPES]
+            out[i, -1] = row.label
+        return out
+
     def prepare_all(self, workers: int = 1, scan_ids: Sequence[str] | None = None,
                     errors: str = "raise") -> dict[str, str]:
         """Load every scan (filling the cache) with `workers` processes, calling

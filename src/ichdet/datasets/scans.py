@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from ichdet.datasets.augment import augment_volume, sample_rng
 from ichdet.datasets.prepared import PreparedCohort
-from ichdet.datasets.slices import _key, balanced_epoch
+from ichdet.datasets.slices import _key, balanced_epoch, check_targets
 from ichdet.errors import InputError
 
 
@@ -35,13 +35,16 @@ class ScanDataset(Dataset):
     ``ds[(item, epoch, position)]`` -> ``(x, y, scan_id)``: x float32 tensor (Z', C', S, S),
     slice-major (slice 0 most inferior), C' = C * (2 * context + 1); the (C, Z', S, S) volume
     is augmented (when `augment`) with ``augment_volume(sample_rng(seed, epoch, position))``
-    before the reordering. y the scan label (int). ``ds[i]`` is ``ds[(i, 0, i)]``.
+    before the reordering. y the scan label (int), or with ``targets="subtypes"`` float32 (6,):
+    the scan's five subtypes (`PreparedCohort.label_targets`, -1 unknown), then its label.
+    ``ds[i]`` is ``ds[(i, 0, i)]``.
     """
 
     def __init__(self, cohort: PreparedCohort, scan_ids: Sequence[str], context: int = 0, augment: bool = False,
-                 seed: int = 0, **augment_kw):
+                 seed: int = 0, targets: str = "binary", **augment_kw):
         if context < 0:
             raise InputError(f"context must be >= 0 slices, got {context}")
+        self.targets = check_targets(targets)
         self.cohort = cohort
         self.scan_ids = list(scan_ids)
         for sid in self.scan_ids:
@@ -58,20 +61,23 @@ class ScanDataset(Dataset):
         """int64 (N,) labels of the scans, in order (from the manifest; nothing is loaded)."""
         return self.cohort.labels(self.scan_ids)
 
-    def __getitem__(self, key: int | Sequence[int]) -> tuple[torch.Tensor, int, str]:
+    def __getitem__(self, key: int | Sequence[int]) -> tuple[torch.Tensor, int | torch.Tensor, str]:
         item, epoch, position = _key(key)
         sid = self.scan_ids[item]
         scan = self.cohort[sid]
         vol = torch.from_numpy(np.array(scan.image, dtype=np.float32))  # a writable copy of the map
         if self.augment:
             vol = augment_volume(vol, sample_rng(self.seed, epoch, position), **self.augment_kw)
+        if self.targets == "subtypes":
+            y = torch.from_numpy(self.cohort.label_targets([sid])[0].astype(np.float32))
+            return volume_to_sequence(vol, self.context), y, sid
         return volume_to_sequence(vol, self.context), int(scan.label), sid
 
 
-def collate_scans(batch: Sequence[tuple[torch.Tensor, int, str]]
+def collate_scans(batch: Sequence[tuple[torch.Tensor, int | torch.Tensor, str]]
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """[(x (Z_i, C, S, S), y, scan_id)] -> (x (B, Zmax, C, S, S) zero-padded after each scan's
-    last slice, lengths int64 (B,), y int64 (B,), scan_ids)."""
+    last slice, lengths int64 (B,), y int64 (B,) (or float32 (B, L) of subtype targets), scan_ids)."""
     if not batch:
         raise InputError("collate_scans got an empty batch")
     lengths = torch.tensor([b[0].shape[0] for b in batch], dtype=torch.long)
@@ -82,7 +88,10 @@ def collate_scans(batch: Sequence[tuple[torch.Tensor, int, str]]
             raise InputError(f"collate_scans: scan {batch[i][2]!r} has slices of shape {tuple(seq.shape[1:])}, "
                              f"expected {tuple(first.shape[1:])}")
         x[i, :seq.shape[0]] = seq
-    y = torch.tensor([int(b[1]) for b in batch], dtype=torch.long)
+    if isinstance(batch[0][1], torch.Tensor):
+        y = torch.stack([b[1] for b in batch])
+    else:
+        y = torch.tensor([int(b[1]) for b in batch], dtype=torch.long)
     return x, lengths, y, [b[2] for b in batch]
 
 

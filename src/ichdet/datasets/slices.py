@@ -153,18 +153,30 @@ def _key(key: int | Sequence[int]) -> Key:
     return int(item), int(epoch), int(position)
 
 
+TARGETS = ("binary", "subtypes")
+
+
+def check_targets(targets: str) -> str:
+    if targets not in TARGETS:
+        raise InputError(f"targets must be one of {', '.join(TARGETS)}, got {targets!r}")
+    return targets
+
+
 class SliceDataset(Dataset):
     """Map-style dataset of slice samples.
 
     ``ds[(item, epoch, position)]`` -> ``(x, y)``: x float32 tensor (C * (2 * context + 1), S, S)
     from ``entries[item]``, augmented (when `augment`) with ``sample_rng(seed, epoch, position)``;
-    y the slice label (int). ``ds[i]`` is ``ds[(i, 0, i)]``. len() is the number of entries.
+    y the slice label (int), or with ``targets="subtypes"`` float32 (6,): the slice's five subtype
+    targets (`PreparedScan.slice_subtypes`, -1 unknown), then its label ("any").
+    ``ds[i]`` is ``ds[(i, 0, i)]``. len() is the number of entries.
     """
 
     def __init__(self, cohort: PreparedCohort, entries: Sequence[SliceEntry] | SliceIndex, context: int = 0,
-                 augment: bool = False, seed: int = 0, **augment_kw):
+                 augment: bool = False, seed: int = 0, targets: str = "binary", **augment_kw):
         if context < 0:
             raise InputError(f"context must be >= 0 slices, got {context}")
+        self.targets = check_targets(targets)
         self.cohort = cohort
         self.entries = list(entries.entries if isinstance(entries, SliceIndex) else entries)
         self.context = int(context)
@@ -175,15 +187,18 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, key: int | Sequence[int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | Sequence[int]) -> tuple[torch.Tensor, int | torch.Tensor]:
         item, epoch, position = _key(key)
         sid, z, y = self.entries[item]
-        x = torch.from_numpy(stack_context(self.cohort[sid].image, z, self.context))
+        scan = self.cohort[sid]
+        x = torch.from_numpy(stack_context(scan.image, z, self.context))
         if self.augment:
             x = augment_slice(x, sample_rng(self.seed, epoch, position), **self.augment_kw)
+        if self.targets == "subtypes":
+            return x, torch.tensor([*scan.slice_subtypes[z].tolist(), int(y)], dtype=torch.float32)
         return x, int(y)
 
 
 __all__ = ["Key", "SAMPLING_STREAM", "SliceDataset", "SliceEntry", "SliceIndex", "VALIDATION_SAMPLES",
-           "balanced_epoch", "context_slices", "epoch_keys", "epoch_rng", "shard", "stack_context",
+           "TARGETS", "balanced_epoch", "check_targets", "context_slices", "epoch_keys", "epoch_rng", "shard", "stack_context",
            "validation_sample"]

@@ -20,6 +20,8 @@ from ichdet.preprocess.pipeline import PrepSpec
 STAGES = ("slice", "scan", "svm", "aggregate")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 SELECT_METRICS = ("accuracy", "auc", "loss")
+LABELS = ("binary", "subtypes")
+LOSSES = ("auto", "cross_entropy", "rsna", "bce")
 
 
 @dataclass
@@ -57,6 +59,7 @@ class ModelConfig:
     freeze_encoder: bool = False  # scan_lstm: the paper's second stage
     trainable: str = "all"  # "all", "classifier", "last": which layers train (fine-tuning)
     lr_mult: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> learning-rate factor
+    labels: str = "binary"  # "binary": bleed / none (two-class softmax); "subtypes": 5 subtypes + "any" (sigmoids)
 
 
 @dataclass
@@ -72,6 +75,10 @@ class OptimConfig:
     select_metric: str = "accuracy"  # best-by-validation checkpoint
     patience: int = 0  # epochs without improvement before stopping; 0 = run all epochs
     grad_clip: float = 0.0
+    loss: str = "auto"  # auto (cross_entropy for binary labels, rsna for subtypes) | cross_entropy | rsna | bce
+
+    def resolved_loss(self, labels: str) -> str:
+        return ("rsna" if labels == "subtypes" else "cross_entropy") if self.loss == "auto" else self.loss
 
 
 @dataclass
@@ -109,6 +116,16 @@ class TrainConfig:
             raise InputError(f"config aggregate must be max or p95, got {self.aggregate!r}")
         if self.optim.name not in OPTIMIZERS:
             raise InputError(f"config optim.name must be one of {', '.join(OPTIMIZERS)}, got {self.optim.name!r}")
+        if self.model.labels not in LABELS:
+            raise InputError(f"config model.labels must be one of {', '.join(LABELS)}, got {self.model.labels!r}")
+        if self.optim.loss not in LOSSES:
+            raise InputError(f"config optim.loss must be one of {', '.join(LOSSES)}, got {self.optim.loss!r}")
+        loss = self.optim.resolved_loss(self.model.labels)
+        if (loss == "cross_entropy") != (self.model.labels == "binary"):
+            raise InputError(f"config optim.loss {loss} does not fit model.labels {self.model.labels} "
+                             "(binary labels train with cross_entropy; subtypes with rsna or bce)")
+        if self.stage == "svm" and self.model.labels != "binary":
+            raise InputError("config stage svm fits binary SVM heads; model.labels must be binary")
         if self.optim.select_metric not in SELECT_METRICS:
             raise InputError(f"config optim.select_metric must be one of {', '.join(SELECT_METRICS)}, "
                              f"got {self.optim.select_metric!r}")

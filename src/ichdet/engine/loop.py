@@ -31,7 +31,7 @@ from ichdet.errors import InputError
 from ichdet.fileio import write_text_atomic
 
 METRICS_COLUMNS = ("epoch", "samples", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc",
-                   "val_n", "lr", "seconds", "data_wait_fraction", "best")
+                   "val_subtype_auc", "val_n", "lr", "seconds", "data_wait_fraction", "best")
 
 
 def make_optimizer(run: Run, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -101,7 +101,7 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
             waited += time.perf_counter() - t_wait
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
                 logits, y = task.forward(wrapped, batch)
-            loss, h = loss_and_hits(logits, y)
+            loss, h = loss_and_hits(logits, y, task.loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip > 0:
@@ -134,6 +134,7 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
             write_metrics_csv(run, state)
         run.log(f"epoch {epoch}/{cfg.optim.epochs}: loss {loss_sum / max(seen, 1):.4f} acc {hits / max(seen, 1):.3f} | "
                 f"val auc {val['val_auc']:.4f} acc {val['val_accuracy']:.3f} loss {val['val_loss']:.4f}"
+                + (f" subtype auc {val['val_subtype_auc']:.4f}" if "val_subtype_auc" in val else "") +
                 f"{' *' if improved else ''} | {seconds:.1f} s, data wait {100 * waited / max(seconds, 1e-9):.0f}%")
         barrier(info)
         if stopped:

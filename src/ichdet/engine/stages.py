@@ -23,11 +23,11 @@ from ichdet.datasets.slices import SliceDataset, SliceIndex, validation_sample
 from ichdet.engine.config import dump_config
 from ichdet.engine.loop import fit
 from ichdet.engine.run import Run
-from ichdet.engine.scoring import sample_features, score_scans, score_slices, slice_features
+from ichdet.engine.scoring import sample_features, score_scan_labels, score_slices, slice_features
 from ichdet.engine.tasks import ScanTask, SliceTask
 from ichdet.errors import InputError
 from ichdet.metrics import operating_point as choose_operating_point
-from ichdet.metrics import roc_auc
+from ichdet.metrics import SUBTYPE_LABELS, roc_auc, subtype_aucs
 from ichdet.models import create_model
 from ichdet.models.finetune import set_trainable
 
@@ -40,12 +40,23 @@ def operating_point(y: np.ndarray, scores: np.ndarray, target: float, level: str
             "level": level, "validation": {"auc": roc_auc(y, scores), **stats}}
 
 
+def label_kwargs(labels: str) -> dict[str, Any]:
+    """Model keyword arguments of a label mode: a two-class softmax head, or six sigmoid outputs
+    (five subtypes, then "any")."""
+    return {"num_classes": len(SUBTYPE_LABELS), "multilabel": True} if labels == "subtypes" else {}
+
+
 def build_model(run: Run) -> torch.nn.Module:
     """The network a slice or scan stage trains, initialised as the config says."""
     cfg, src = run.cfg, run.source
-    name, kw = cfg.model.name, dict(cfg.model.kwargs)
+    name, kw = cfg.model.name, {**label_kwargs(cfg.model.labels), **cfg.model.kwargs}
     in_ch = len(run.spec.windows) * (2 * run.context + 1)
     torch.manual_seed(cfg.seed)
+    if src is not None and src.meta["model"]["name"] == name:
+        was = "subtypes" if src.meta["model"]["kwargs"].get("multilabel") else "binary"
+        if was != cfg.model.labels:
+            raise InputError(f"model.init_from holds a {name} with {was} labels, but this config trains "
+                             f"model.labels {cfg.model.labels}", src.path)
     if name == "scan_lstm":
         if src is not None and src.meta["model"]["name"] == "scan_lstm":
             model = create_model("scan_lstm", **{**src.meta["model"]["kwargs"], **kw})
@@ -101,11 +112,17 @@ def _save(run: Run, model: torch.nn.Module, kind: str, op: dict[str, Any], metri
     return out
 
 
-def _scan_scores(run: Run, kind: str, model: torch.nn.Module, svm: Any = None) -> tuple[np.ndarray, np.ndarray, float]:
+def _scan_scores(run: Run, kind: str, model: torch.nn.Module, svm: Any = None
+                 ) -> tuple[np.ndarray, np.ndarray, float, dict[str, Any]]:
+    """Validation scans -> (labels, scores, seconds per scan, {"validation_subtypes": per-label AUCs}
+    for a multi-label model, else {})."""
     ids = run.ids("val")
     t0 = time.perf_counter()
-    scores = score_scans(kind, model, run.cohort, ids, run.context, run.cfg.aggregate, svm)
-    return run.cohort.labels(ids), scores, (time.perf_counter() - t0) / max(len(ids), 1)
+    scores, label_probs = score_scan_labels(kind, model, run.cohort, ids, run.context, run.cfg.aggregate, svm)
+    sec = (time.perf_counter() - t0) / max(len(ids), 1)
+    extra = {} if label_probs is None else {
+        "validation_subtypes": subtype_aucs(run.cohort.label_targets(ids), label_probs)}
+    return run.cohort.labels(ids), scores, sec, extra
 
 
 def _history(state) -> dict[str, Any]:
@@ -119,10 +136,10 @@ def train_slices(run: Run, resume: bool) -> Path:
     state = fit(run, model, task, resume)
     p, y = score_slices(model, task.validation_samples())
     slice_op = operating_point(y, p, run.cfg.target_sensitivity, "slice")
-    ys, ss, sec = _scan_scores(run, "slice", model)
+    ys, ss, sec, sub = _scan_scores(run, "slice", model)
     scan_op = operating_point(ys, ss, run.cfg.target_sensitivity, "scan")
     metrics = {**_history(state), "select_metric": run.cfg.optim.select_metric, "seconds_per_scan": sec,
-               "validation_slices": slice_op["validation"], "validation_scans": scan_op["validation"]}
+               "validation_slices": slice_op["validation"], "validation_scans": scan_op["validation"], **sub}
     return _save(run, model, "slice", scan_op, metrics, extra={"slice_operating_point": slice_op})
 
 
@@ -130,10 +147,10 @@ def train_scans(run: Run, resume: bool) -> Path:
     task = ScanTask(run)
     model = build_model(run)
     state = fit(run, model, task, resume)
-    ys, ss, sec = _scan_scores(run, "scan", model)
+    ys, ss, sec, sub = _scan_scores(run, "scan", model)
     op = operating_point(ys, ss, run.cfg.target_sensitivity, "scan")
     metrics = {**_history(state), "select_metric": run.cfg.optim.select_metric, "seconds_per_scan": sec,
-               "validation_scans": op["validation"]}
+               "validation_scans": op["validation"], **sub}
     return _save(run, model, "scan", op, metrics)
 
 
@@ -168,7 +185,7 @@ def fit_svm(run: Run, resume: bool) -> Path:
         svm = FeatureSVM(length=s.length or None, C=C, Cs=tuple(s.Cs), inner_folds=s.inner_folds, random_state=cfg.seed)
         svm.fit(feats, run.cohort.labels(ids))
         extra = {}
-    ys, ss, sec = _scan_scores(run, kind, model, svm)
+    ys, ss, sec, _ = _scan_scores(run, kind, model, svm)
     op = operating_point(ys, ss, cfg.target_sensitivity, "scan")
     metrics = {"C": float(svm.C_), "seconds_per_scan": sec, "validation_scans": op["validation"],
                **({"validation_slices": extra["slice_operating_point"]["validation"]} if extra else {})}
@@ -178,9 +195,9 @@ def fit_svm(run: Run, resume: bool) -> Path:
 def fit_aggregate(run: Run, resume: bool) -> Path:
     """The slice model's maximum or 95th-percentile slice probability as the scan score."""
     model = run.source.model.eval()
-    ys, ss, sec = _scan_scores(run, "aggregate", model)
+    ys, ss, sec, sub = _scan_scores(run, "aggregate", model)
     op = operating_point(ys, ss, run.cfg.target_sensitivity, "scan")
-    return _save(run, model, "aggregate", op, {"seconds_per_scan": sec, "validation_scans": op["validation"]})
+    return _save(run, model, "aggregate", op, {"seconds_per_scan": sec, "validation_scans": op["validation"], **sub})
 
 
 STAGE_FUNCTIONS = {"slice": train_slices, "scan": train_scans, "svm": fit_svm, "aggregate": fit_aggregate}

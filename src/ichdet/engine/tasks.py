@@ -1,6 +1,11 @@
 """The two trainable tasks: what an epoch samples, how a batch reaches the model, how validation
 scores it. `SliceTask` is the slice stage (sec. 3.3.1) and the 2D experiments; `ScanTask` the
-LSTM and end-to-end stages (sec. 3.3.2-3.3.3)."""
+LSTM and end-to-end stages (sec. 3.3.2-3.3.3).
+
+With ``model.labels: subtypes`` both train multi-label heads (five subtypes, then "any") on
+targets with -1 for unknown, by the RSNA weighted log loss (``optim.loss: rsna``) or its
+unweighted form (``bce``); sampling stays balanced on "any", and validation adds the loss and
+the mean subtype AUC."""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -12,9 +17,13 @@ import torch.nn.functional as F
 from ichdet.datasets.scans import ScanDataset, balanced_scan_epoch, collate_scans
 from ichdet.datasets.slices import Key, SliceDataset, SliceIndex, epoch_keys, validation_sample
 from ichdet.engine.run import Run
-from ichdet.engine.scoring import adapt_input, positive_probability, scan_probability, score_slices
+from ichdet.engine.losses import rsna_weighted_bce
+from ichdet.engine.scoring import (adapt_input, positive_probability, scan_label_probabilities, scan_probability,
+                                   score_slice_labels, score_slices)
 from ichdet.errors import InputError
-from ichdet.metrics import roc_auc
+from ichdet.metrics import RSNA_WEIGHTS, SUBTYPE_LABELS, roc_auc, rsna_log_loss, subtype_aucs
+
+LOSS_WEIGHTS = {"rsna": RSNA_WEIGHTS, "bce": (1.0,) * len(SUBTYPE_LABELS)}  # multi-label losses
 
 
 def _validation_row(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -24,6 +33,16 @@ def _validation_row(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     acc = float(np.mean((p >= 0.5) == (y == 1))) if len(y) else float("nan")
     return {"val_loss": loss, "val_accuracy": acc, "val_auc": roc_auc(y, p) if len(y) else float("nan"),
             "val_n": int(len(y))}
+
+
+def _multilabel_row(targets: np.ndarray, probs: np.ndarray, loss: str) -> dict[str, float]:
+    """Validation of a multi-label head: accuracy and AUC on "any", the training loss's own form
+    (weighted or not) as val_loss, and the mean AUC over the subtypes that have both classes."""
+    row = _validation_row(targets[:, -1], probs[:, -1])
+    row["val_loss"] = rsna_log_loss(targets, probs, LOSS_WEIGHTS[loss], eps=1e-7)
+    aucs = [v["auc"] for k, v in subtype_aucs(targets, probs).items() if k != "any" and v is not None]
+    row["val_subtype_auc"] = float(np.mean(aucs)) if aucs else float("nan")
+    return row
 
 
 class SliceTask:
@@ -39,13 +58,15 @@ class SliceTask:
                 raise InputError(f"the {name} split has {index.n_pos} positive and {index.n_neg} negative usable "
                                  "slice(s); the slice stage needs both (are slice labels present?)",
                                  run.cohort.manifest_path)
-        self.dataset = SliceDataset(run.cohort, self.train_index, context=run.context, augment=d.augment, seed=cfg.seed)
-        self.val_dataset = SliceDataset(run.cohort, self.val_index, context=run.context)
+        self.targets, self.loss = cfg.model.labels, cfg.optim.resolved_loss(cfg.model.labels)
+        self.dataset = SliceDataset(run.cohort, self.train_index, context=run.context, augment=d.augment, seed=cfg.seed,
+                                    targets=self.targets)
+        self.val_dataset = SliceDataset(run.cohort, self.val_index, context=run.context, targets=self.targets)
         self.val_items = validation_sample(self.val_index, cfg.optim.val_samples, seed=cfg.seed)
         self._val_samples = [self.val_dataset[i] for i in self.val_items]
         self.n_samples = cfg.optim.steps_per_epoch * cfg.optim.batch_size
         self.seed = cfg.seed
-        self.collate: Callable | None = None  # default collate: (x (B, C', S, S), y (B,))
+        self.collate: Callable | None = None  # default collate: (x (B, C', S, S), y (B,) or (B, 6))
         self.channels_last = cfg.channels_last
 
     def epoch_keys(self, epoch: int) -> list[Key]:
@@ -60,10 +81,12 @@ class SliceTask:
 
     def validate(self, model: torch.nn.Module) -> dict[str, float]:
         """The paper's 500 random validation slices: accuracy (and AUC, loss)."""
+        if self.targets == "subtypes":
+            return _multilabel_row(*reversed(score_slice_labels(model, self._val_samples)), self.loss)
         p, y = score_slices(model, self._val_samples)
         return _validation_row(y, p)
 
-    def validation_samples(self) -> Sequence[tuple[torch.Tensor, int]]:
+    def validation_samples(self) -> Sequence[tuple[torch.Tensor, int | torch.Tensor]]:
         return self._val_samples
 
 
@@ -78,8 +101,9 @@ class ScanTask:
             raise InputError(f"the training split needs positive and negative scans, got {int(labels.sum())} positive "
                              f"of {len(labels)}", run.cohort.manifest_path)
         self.labels = labels
+        self.targets, self.loss = cfg.model.labels, cfg.optim.resolved_loss(cfg.model.labels)
         self.dataset = ScanDataset(run.cohort, self.train_ids, context=run.context, augment=cfg.data.augment,
-                                   seed=cfg.seed)
+                                   seed=cfg.seed, targets=self.targets)
         self.cohort, self.context = run.cohort, run.context
         self.n_samples = cfg.optim.steps_per_epoch * cfg.optim.batch_size
         self.seed = cfg.seed
@@ -94,14 +118,25 @@ class ScanTask:
 
     def validate(self, model: torch.nn.Module) -> dict[str, float]:
         """ROC AUC (and accuracy, loss) over every validation scan."""
+        if self.targets == "subtypes":
+            probs = np.stack([scan_label_probabilities(model, self.cohort[s].image, self.context) for s in self.val_ids])
+            return _multilabel_row(self.cohort.label_targets(self.val_ids).astype(np.float64), probs, self.loss)
         p = np.array([scan_probability(model, self.cohort[s].image, self.context) for s in self.val_ids])
         return _validation_row(self.cohort.labels(self.val_ids), p)
 
 
-def loss_and_hits(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Cross-entropy over the softmax classes, and the number of correct argmax predictions."""
-    loss = F.cross_entropy(logits.float(), y)
-    return loss, int((logits.argmax(1) == y).sum())
+def loss_and_hits(logits: torch.Tensor, y: torch.Tensor, loss: str = "cross_entropy") -> tuple[torch.Tensor, int]:
+    """The training loss and the number of correct bleed decisions in a batch.
+
+    "cross_entropy": logits (B, K) of a softmax head, y int64 (B,); hits = correct argmax.
+    "rsna" / "bce": logits and y (B, L) of a multi-label head, -1 unknown (`rsna_weighted_bce`,
+    "any" weighted 2 or all equal); hits = correct "any" decisions at 0.5."""
+    if loss == "cross_entropy":
+        return F.cross_entropy(logits.float(), y), int((logits.argmax(1) == y).sum())
+    if loss not in LOSS_WEIGHTS:
+        raise InputError(f"loss must be cross_entropy, rsna or bce, got {loss!r}")
+    value = rsna_weighted_bce(logits, y, LOSS_WEIGHTS[loss])
+    return value, int(((logits[:, -1] > 0) == (y[:, -1] == 1)).sum())
 
 
 __all__ = ["ScanTask", "SliceTask", "loss_and_hits", "positive_probability"]

@@ -66,7 +66,8 @@ class AlexNet(nn.Module):
     classifier_prefixes = ("classifier",)
     last_layer = "classifier.6"
 
-    def __init__(self, num_classes: int = 2, in_channels: int = 3, dropout: float = 0.5, normalize: bool = False):
+    def __init__(self, num_classes: int = 2, in_channels: int = 3, dropout: float = 0.5, normalize: bool = False,
+                 multilabel: bool = False):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise InputError(f"AlexNet num_classes must be a positive integer, got {num_classes!r}")
@@ -75,6 +76,7 @@ class AlexNet(nn.Module):
         if normalize and in_channels != 3:
             raise InputError(f"AlexNet ImageNet normalisation needs in_channels=3, got in_channels={in_channels}")
         self.num_classes, self.in_channels, self.dropout, self.normalize = num_classes, in_channels, dropout, normalize
+        self.multilabel = bool(multilabel)  # logits read one sigmoid each (subtypes, "any" last)
         self.feature_dim = 4096
         self.gradcam_layer = "features.10"
         # ReLUs are not in place: Grad-CAM's backward hooks need the conv outputs intact (no weights change)
@@ -120,7 +122,7 @@ class AlexNet(nn.Module):
     def config(self) -> dict:
         """Keyword arguments that rebuild this model with `create_model("alexnet", **config)`."""
         return {"num_classes": self.num_classes, "in_channels": self.in_channels, "dropout": self.dropout,
-                "normalize": self.normalize}
+                "normalize": self.normalize, "multilabel": self.multilabel}
 
 
 def _fetch(spec: Weights, progress: bool) -> dict[str, torch.Tensor]:

@@ -37,7 +37,7 @@ class ScanLSTM(nn.Module):
 
     def __init__(self, encoder: nn.Module | None = None, encoder_kw: dict | None = None, lstm_layers: int = 2,
                  hidden: int = 512, num_classes: int = 2, dropout: float = 0.0, encode_chunk: int = 64,
-                 encoder_name: str = "slice_cnn"):
+                 encoder_name: str = "slice_cnn", multilabel: bool = False):
         super().__init__()
         if encoder is not None and encoder_kw:
             raise InputError(f"give ScanLSTM either encoder or encoder_kw, got both (encoder_kw={encoder_kw})")
@@ -48,6 +48,7 @@ class ScanLSTM(nn.Module):
         self.encoder = encoder if encoder is not None else create_model(encoder_name, **(encoder_kw or {}))
         self.lstm_layers, self.hidden, self.num_classes = lstm_layers, hidden, num_classes
         self.dropout, self.encode_chunk = dropout, encode_chunk
+        self.multilabel = bool(multilabel)  # scan logits read one sigmoid each (subtypes, "any" last)
         self.in_channels = self.encoder.in_channels
         self.feature_dim = 2 * hidden
         self.gradcam_layer = f"encoder.{self.encoder.gradcam_layer}"
@@ -152,4 +153,4 @@ class ScanLSTM(nn.Module):
         """Keyword arguments that rebuild this model with `create_model("scan_lstm", **config)`."""
         return {"encoder_name": self.encoder.model_name, "encoder_kw": self.encoder.config(),
                 "lstm_layers": self.lstm_layers, "hidden": self.hidden, "num_classes": self.num_classes,
-                "dropout": self.dropout, "encode_chunk": self.encode_chunk}
+                "dropout": self.dropout, "encode_chunk": self.encode_chunk, "multilabel": self.multilabel}

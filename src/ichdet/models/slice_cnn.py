@@ -35,7 +35,8 @@ class SliceCNN(nn.Module):
 
     `in_channels` counts every input plane (CT windows x neighbouring slices).
     `max_width` caps the filter count of any conv (None: no cap; the sixth unit then has
-    `base_width * 2**n_units` filters).
+    `base_width * 2**n_units` filters). `multilabel`: the head's `num_classes` logits are read
+    one sigmoid each (subtypes, "any" last) instead of one softmax.
     """
 
     model_name = "slice_cnn"
@@ -43,7 +44,7 @@ class SliceCNN(nn.Module):
     last_layer = "head.linear"
 
     def __init__(self, in_channels: int = 1, base_width: int = 16, n_units: int = 5, feature_dim: int = 512,
-                 num_classes: int = 2, dropout: float = 0.5, max_width: int | None = None):
+                 num_classes: int = 2, dropout: float = 0.5, max_width: int | None = None, multilabel: bool = False):
         super().__init__()
         for key, value in (("in_channels", in_channels), ("base_width", base_width), ("n_units", n_units),
                            ("feature_dim", feature_dim), ("num_classes", num_classes)):
@@ -55,6 +56,7 @@ class SliceCNN(nn.Module):
             raise InputError(f"SliceCNN max_width must be a positive integer or None, got {max_width!r}")
         self.in_channels, self.base_width, self.n_units = in_channels, base_width, n_units
         self.feature_dim, self.num_classes, self.dropout, self.max_width = feature_dim, num_classes, dropout, max_width
+        self.multilabel = bool(multilabel)
 
         widths = [self._width(i) for i in range(n_units + 1)]
         units: OrderedDict[str, nn.Module] = OrderedDict()
@@ -108,4 +110,4 @@ class SliceCNN(nn.Module):
         """Keyword arguments that rebuild this model with `create_model("slice_cnn", **config)`."""
         return {"in_channels": self.in_channels, "base_width": self.base_width, "n_units": self.n_units,
                 "feature_dim": self.feature_dim, "num_classes": self.num_classes, "dropout": self.dropout,
-                "max_width": self.max_width}
+                "max_width": self.max_width, "multilabel": self.multilabel}
