@@ -49,7 +49,7 @@ def label_kwargs(labels: str) -> dict[str, Any]:
 def build_model(run: Run) -> torch.nn.Module:
     """The network a slice or scan stage trains, initialised as the config says."""
     cfg, src = run.cfg, run.source
-    name, kw = cfg.model.name, {**label_kwargs(cfg.model.labels), **cfg.model.kwargs}
+    name, kw = cfg.model.name, {**cfg.model.kwargs, **label_kwargs(cfg.model.labels)}
     in_ch = len(run.spec.windows) * (2 * run.context + 1)
     torch.manual_seed(cfg.seed)
     if src is not None and src.meta["model"]["name"] == name:
@@ -193,8 +193,13 @@ def fit_svm(run: Run, resume: bool) -> Path:
 
 
 def fit_aggregate(run: Run, resume: bool) -> Path:
-    """The slice model's maximum or 95th-percentile slice probability as the scan score."""
+    """The slice model's maximum or 95th-percentile slice probability as the scan score (and, for
+    a multi-label model, each subtype's)."""
     model = run.source.model.eval()
+    has = "subtypes" if getattr(model, "multilabel", False) else "binary"
+    if has != run.cfg.model.labels:
+        raise InputError(f"model.init_from holds a slice model with {has} labels, but this config says "
+                         f"model.labels {run.cfg.model.labels}", run.source.path)
     ys, ss, sec, sub = _scan_scores(run, "aggregate", model)
     op = operating_point(ys, ss, run.cfg.target_sensitivity, "scan")
     return _save(run, model, "aggregate", op, {"seconds_per_scan": sec, "validation_scans": op["validation"], **sub})
