@@ -88,5 +88,5 @@ def test_shipped_experiments_load_by_name():
     by_path = load_config(CONFIGS / "quick" / "3d_slice_cnn.yaml", ["data.manifest=x.csv"])
     assert by_name == by_path and by_name.data.size == 128
     with pytest.raises(InputError, match=r"^no config file '3d_nothing', nor a shipped experiment of that name \(known: "
-                                         r"2d_alexnet, 2d_alexnet_svm, 2d_cnn, "):
+                                         r"2d_alexnet, 2d_alexnet_subtypes, 2d_alexnet_svm, 2d_cnn, 2d_cnn_subtypes, "):
         load_config("3d_nothing")

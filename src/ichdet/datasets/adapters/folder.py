@@ -4,7 +4,10 @@ The CSV's first column (or `id_column`) is an id matching the file stem, zero pa
 (`7` matches `007.png`, `007` matches `7.jpg`). The label column is `label_column`, or else the
 only other column holding just 0/1. The Kaggle layout `SRC/head_ct/[head_ct/]*.png` +
 `SRC/labels.csv` is found automatically: the CSV is SRC/labels.csv or the only CSV near SRC, the
-images are SRC itself or the only folder below it that holds images.
+images are SRC itself or the only folder below it that holds images. Columns named like the
+subtypes (epidural, intraparenchymal, intraventricular, subarachnoid, subdural; case and spaces
+ignored) are carried into the manifest as the images' subtype labels (an empty cell: unknown),
+and are not label candidates while another 0/1 column is.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from ichdet.datasets.adapters.common import (
     slices_path, write_outputs,
 )
 from ichdet.datasets.adapters.dicom_headers import READ_ERRORS
-from ichdet.datasets.manifest import ManifestRow
+from ichdet.datasets.manifest import SUBTYPES, ManifestRow
 from ichdet.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".bmp", ".tif", ".tiff")
@@ -87,10 +90,19 @@ def _is_binary(value: str) -> bool:
     return value.strip() in ("0", "1", "0.0", "1.0")
 
 
+def subtype_columns(table: CsvTable) -> dict[str, str]:
+    """{subtype: column} for the header's columns named like `SUBTYPES` (case and spaces ignored)."""
+    return {c.strip().lower(): c for c in table.header if c.strip().lower() in SUBTYPES}
+
+
 def pick_label_column(table: CsvTable, exclude: list[str]) -> str:
-    """The only column (besides `exclude`) whose values are all 0/1; InputError listing candidates."""
+    """The only column (besides `exclude`) whose values are all 0/1, subtype columns counted only when
+    no other column is; InputError listing candidates."""
     candidates = [c for c in table.header if c not in exclude and table.rows
                   and all(_is_binary(rec[c]) for _, rec in table.rows)]
+    subtypes = set(subtype_columns(table).values())
+    if len([c for c in candidates if c not in subtypes]) == 1:
+        return next(c for c in candidates if c not in subtypes)
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
@@ -125,6 +137,7 @@ def prepare_folder(src: str | Path, out: str | Path, *, labels: str | Path | Non
     patient_col = _column(table, patient_column, "--patient-column") if patient_column else None
     label_col = (_column(table, label_column, "--label-column") if label_column
                  else pick_label_column(table, [id_col] + ([patient_col] if patient_col else [])))
+    subtype_cols = {k: c for k, c in subtype_columns(table).items() if c not in (id_col, label_col, patient_col)}
 
     files: dict[str, Path] = {}
     for p in _images_in(image_dir):
@@ -145,6 +158,7 @@ def prepare_folder(src: str | Path, out: str | Path, *, labels: str | Path | Non
             raise InputError(f"row {i}: {id_col} {raw_id!r} repeats row {seen[key]}", labels_path)
         seen[key] = i
         label = parse_binary(rec[label_col], labels_path, i, label_col)
+        subtypes = {k: parse_binary(rec[c], labels_path, i, c) for k, c in subtype_cols.items() if rec[c].strip()}
         if key not in files:
             continue
         if (why := _readable(files[key])) is not None:
@@ -152,7 +166,7 @@ def prepare_folder(src: str | Path, out: str | Path, *, labels: str | Path | Non
             continue
         stem = files[key].stem
         rows.append(ManifestRow(scan_id=stem, patient_id=(rec[patient_col] if patient_col else "") or stem,
-                                path=manifest_path(files[key], out), label=label))
+                                path=manifest_path(files[key], out), label=label, subtypes=subtypes))
     report_problems("unreadable", problems)
     no_image = [k for k in seen if k not in files]
     no_label = [p.name for k, p in files.items() if k not in seen]
