@@ -19,8 +19,8 @@ from ichdet.bundle import load_bundle
 from ichdet.cache import PreparedCache
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import read_splits
-from ichdet.engine.scoring import score_scans
-from ichdet.metrics import roc_auc
+from ichdet.engine.scoring import score_scan_labels
+from ichdet.metrics import SUBTYPE_LABELS, roc_auc, subtype_aucs
 
 
 def main() -> None:
@@ -37,16 +37,23 @@ def main() -> None:
         cohort = PreparedCohort(manifest, b.prep, cache=PreparedCache(cfg["data"].get("cache") or None))
         ids = cohort.scan_ids("test", read_splits(run / "splits.csv"))
         t0 = time.perf_counter()
-        scores = score_scans(b.kind, b.model, cohort, ids, b.context, b.aggregate, b.svm)
+        scores, labels = score_scan_labels(b.kind, b.model, cohort, ids, b.context, b.aggregate, b.svm)
         sec = (time.perf_counter() - t0) / max(len(ids), 1)
         y = cohort.labels(ids)
         rows.append({"run": run.name, "kind": b.kind, "test_auc": roc_auc(y, scores), "n_pos": int(y.sum()),
                      "n_neg": int((y == 0).sum()), "val_auc": b.meta["operating_point"]["validation"]["auc"],
-                     "seconds_per_scan_prepared": sec})
+                     "seconds_per_scan_prepared": sec,
+                     "subtypes": None if labels is None else subtype_aucs(cohort.label_targets(ids), labels)})
     print("| run | kind | test AUC | val AUC | test pos/neg | s/scan (prepared input) |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['run']} | {r['kind']} | {r['test_auc']:.3f} | {r['val_auc']:.3f} | {r['n_pos']}/{r['n_neg']} "
               f"| {r['seconds_per_scan_prepared']:.3f} |")
+    subtype_rows = [r for r in rows if r["subtypes"]]
+    if subtype_rows:
+        print("\n| run | " + " | ".join(SUBTYPE_LABELS) + " |\n|---|" + "---|" * len(SUBTYPE_LABELS))
+        for r in subtype_rows:
+            cells = [f"{v['auc']:.3f} ({v['n_pos']})" if v else "-" for v in r["subtypes"].values()]
+            print(f"| {r['run']} | " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
