@@ -1,5 +1,6 @@
 """Fixtures for inference tests: a small synthetic cohort written as real DICOM and NIfTI, and
-bundles of every kind built from small random-weight models (no training)."""
+bundles of every kind built from small random-weight models (no training), binary and multi-label
+(subtype) ones."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,4 +57,31 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
                                PrepSpec(windows=("brain", "subdural", "bone"), size=96, crop_head=True), svm=asvm)
     ctx = create_model("slice_cnn", **{**ENCODER, "in_channels": 3})
     out["context"] = _save(root, "context", ctx, "slice_cnn", "slice", prep, context=1)
+    return out
+
+
+ML_HEAD = {"multilabel": True, "num_classes": 6}  # five subtypes then "any", one sigmoid each
+
+
+@pytest.fixture(scope="session")
+def ml_bundles(tmp_path_factory) -> dict[str, Path]:
+    """Subtype bundles of random-weight multi-label networks: slice, aggregate (p95) and
+    feature_svm (binary: an SVM head) on one multi-label SliceCNN; scan (a multi-label ScanLSTM on a
+    multi-label encoder, 2x2x2 filter) and scan_binary_encoder (multi-label scan head on a
+    two-class encoder)."""
+    root = tmp_path_factory.mktemp("ml_bundles")
+    torch.manual_seed(1)
+    rng = np.random.default_rng(1)
+    prep = PrepSpec(windows=("brain",), size=SIZE)
+    out = {}
+    cnn = create_model("slice_cnn", **ENCODER, **ML_HEAD)
+    out["slice"] = _save(root, "slice", cnn, "slice_cnn", "slice", prep)
+    out["aggregate"] = _save(root, "aggregate", cnn, "slice_cnn", "aggregate", prep, aggregate="p95")
+    fsvm = FeatureSVM(length=8, C=1.0).fit([rng.normal(size=(8, 16)) for _ in range(10)], [0, 1] * 5)
+    out["feature_svm"] = _save(root, "feature_svm", cnn, "slice_cnn", "feature_svm", prep, svm=fsvm)
+    lstm = create_model("scan_lstm", encoder_kw={**ENCODER, **ML_HEAD}, hidden=8, **ML_HEAD)
+    z_filter = PrepSpec(windows=("brain",), size=SIZE, z_max_filter=True)
+    out["scan"] = _save(root, "scan", lstm, "scan_lstm", "scan", z_filter)
+    lstm2 = create_model("scan_lstm", encoder_kw=ENCODER, hidden=8, **ML_HEAD)
+    out["scan_binary_encoder"] = _save(root, "scan_binary_encoder", lstm2, "scan_lstm", "scan", prep)
     return out

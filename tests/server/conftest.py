@@ -3,6 +3,8 @@ small synthetic cohort and the upload files made from it, a `--studies` folder, 
 
     scan_bundle   bundle folder: kind "scan" (slice CNN + LSTM), brain window, 64 px, the 2x2x2
                   filter (8 slices -> 4 display slices)
+    subtype_bundle  the same with multi-label heads (five subtypes then "any") on the encoder and
+                  the scan model: a subtype bundle
     cohort        manifest of 2 synthetic scans (DICOM + NIfTI), 8 slices of 64 x 64
     dicom_dir     the first scan's DICOM series folder (8 files)
     dicom_zip     that series as a zip (entries "series/IM00001.dcm", ...)
@@ -42,6 +44,20 @@ def scan_bundle(tmp_path_factory) -> Path:
     prep = PrepSpec(windows=("brain",), size=SIZE, z_max_filter=True)
     return save_bundle(tmp_path_factory.mktemp("serve_bundle") / "bundle", model=model, model_name="scan_lstm",
                        model_kwargs=model.config(), kind="scan", prep=prep, context=0,
+                       operating_point={"method": "fixed", "threshold": 0.4}, metrics={}, config_yaml="",
+                       data_hash="test")
+
+
+@pytest.fixture(scope="session")
+def subtype_bundle(tmp_path_factory) -> Path:
+    torch.manual_seed(2)
+    head = {"multilabel": True, "num_classes": 6}
+    model = create_model("scan_lstm", encoder_kw={**ENCODER, **head}, hidden=8, **head).eval()
+    with torch.no_grad():  # spread the six probabilities apart, so the page's table shows distinct values
+        model.head.bias.copy_(torch.tensor([-3.0, -1.5, -0.5, 0.5, 1.5, 0.0]))
+    prep = PrepSpec(windows=("brain",), size=SIZE, z_max_filter=True)
+    return save_bundle(tmp_path_factory.mktemp("serve_subtype_bundle") / "bundle", model=model,
+                       model_name="scan_lstm", model_kwargs=model.config(), kind="scan", prep=prep, context=0,
                        operating_point={"method": "fixed", "threshold": 0.4}, metrics={}, config_yaml="",
                        data_hash="test")
 

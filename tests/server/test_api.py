@@ -212,6 +212,39 @@ def test_predict_equals_cli_json(client, nifti_path, dicom_zip, scan_bundle, cap
     assert _study_dirs(client.app) == []
 
 
+def test_subtype_bundle(subtype_bundle, nifti_path, dicom_zip, tmp_path, capsys):
+    """A subtype bundle: /api/predict and the Study JSON carry the six label probabilities the
+    library gives ("any" = the probability), and the overlay explains the "any" logit."""
+    from ichdet.inference.heatmaps import body_overlay, gradcam
+    from ichdet.metrics import SUBTYPE_LABELS
+    from ichdet.server import create_app
+
+    bundle = ichdet.load_bundle(subtype_bundle)
+    want = bundle.predict(nifti_path).subtypes
+    assert list(want) == list(SUBTYPE_LABELS) and len(set(want.values())) == 6
+    with TestClient(create_app(subtype_bundle, tmp_root=tmp_path / "serve-tmp")) as c:
+        r = _upload(c, nifti_path, "scan-x", url="/api/predict")
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert got["subtypes"] == want and got["subtypes"]["any"] == got["probability"]
+        assert list(got["subtypes"]) == list(SUBTYPE_LABELS)  # JSON keeps the order
+        assert cli.run(["predict", str(nifti_path), "--model", str(subtype_bundle), "--json", "--quiet"]) == 0
+        assert json.loads(capsys.readouterr().out)["scans"][0]["subtypes"] == got["subtypes"]
+        s = _upload(c, nifti_path, "scan-x").json()
+        assert set(s) == STUDY_KEYS and s["subtypes"] == want and s["probability"] == want["any"]
+        assert c.get(f"/api/studies/{s['id']}").json()["subtypes"] == want
+        z = _upload(c, dicom_zip, "s.zip").json()
+        assert z["subtypes"] == bundle.predict(dicom_zip).subtypes
+        study = c.app.state.server.store.get(s["id"])
+        over = _png(c.get(f"/api/studies/{s['id']}/slices/1", params={"overlay": "true"}))
+        gray = _png(c.get(f"/api/studies/{s['id']}/slices/1"))
+        seq = c.app.state.server.predictor.sequence(study.image)[:4]  # slice 1's block, as the server computes it
+        cam = gradcam(bundle.model, "scan", seq, class_index=5)[1]
+        np.testing.assert_array_equal(over, body_overlay(gray / 255.0, cam))
+        other = body_overlay(gray / 255.0, gradcam(bundle.model, "scan", seq, class_index=0)[1])
+        assert not np.array_equal(over, other)
+
+
 def test_studies_folder(client, make_app, reference, studies_dir):
     listed = client.get("/api/studies/available").json()
     assert listed == {"studies": [{"name": "case_a", "type": "dicom"}, {"name": "case_b.nii.gz", "type": "nifti"},

@@ -7,6 +7,7 @@ Skipped with the reason when Playwright or Chromium is missing, unless ICHDET_RE
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -81,13 +82,15 @@ def _request(method: str, url: str, body: bytes | None = None, headers: dict | N
         return e.code, e.read()
 
 
-@pytest.fixture(scope="module")
-def server(scan_bundle, browser_data, tmp_path_factory) -> str:
-    """`python -m ichdet.cli serve ...` on a free port; yields the base URL; always terminated."""
+@contextlib.contextmanager
+def _serve(bundle: Path, log_dir: Path, studies: Path | None = None):
+    """`python -m ichdet.cli serve --model BUNDLE ...` on a free port; yields the base URL once
+    healthy; always terminated."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("browser_server") / "server.log"
-    cmd = [sys.executable, "-m", "ichdet.cli", "serve", "--model", str(scan_bundle), "--port", str(port),
-           "--studies", str(browser_data["studies"])]
+    log = log_dir / "server.log"
+    cmd = [sys.executable, "-m", "ichdet.cli", "serve", "--model", str(bundle), "--port", str(port)]
+    if studies is not None:
+        cmd += ["--studies", str(studies)]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=log.parent)
     base = f"http://127.0.0.1:{port}"
@@ -113,6 +116,20 @@ def server(scan_bundle, browser_data, tmp_path_factory) -> str:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(scan_bundle, browser_data, tmp_path_factory) -> str:
+    """`ichdet serve` of the binary scan bundle with the --studies folder."""
+    with _serve(scan_bundle, tmp_path_factory.mktemp("browser_server"), browser_data["studies"]) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def subtype_server(subtype_bundle, tmp_path_factory) -> str:
+    """`ichdet serve` of the subtype bundle (multi-label heads)."""
+    with _serve(subtype_bundle, tmp_path_factory.mktemp("browser_subtype_server")) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -366,3 +383,40 @@ def test_viewer_in_browser(browser, server, browser_data):
     expected = [e for e in errors if e.startswith("console: Failed to load resource") and "status of 400" in e
                 and e.endswith("/api/studies")]
     assert len(expected) <= 2 and [e for e in errors if e not in expected] == [], errors
+
+
+def test_viewer_shows_subtypes(browser, subtype_server, browser_data):
+    """A subtype bundle: the side panel's subtype table has one row per label of the Study JSON
+    (five subtypes then "any"), in order, with the API's probabilities and bars."""
+    from playwright.sync_api import expect
+
+    from ichdet.metrics import SUBTYPE_LABELS
+
+    expect.set_options(timeout=WAIT_MS)
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    try:
+        page.goto(subtype_server + "/")
+        expect(page.locator("#subtypes-card")).to_be_hidden()
+        page.set_input_files("#file-input", str(browser_data["upload"]))
+        expect(page.locator("#viewer")).to_be_visible()
+        study = _study(subtype_server, _study_id(page))
+        subtypes = study["subtypes"]
+        assert list(subtypes) == list(SUBTYPE_LABELS) and subtypes["any"] == study["probability"]
+        _check_study_panel(page, expect, study)
+        expect(page.locator("#subtypes-card")).to_be_visible()
+        rows = page.locator("#subtypes tr")
+        expect(rows).to_have_count(6)
+        expect(page.locator("#subtypes th")).to_have_text(list(SUBTYPE_LABELS))
+        expect(page.locator("#subtypes td.num")).to_have_text([_fmt(p) for p in subtypes.values()])
+        widths = page.eval_on_selector_all("#subtypes td.sub-bar > div", "els => els.map(e => e.style.width)")
+        bars = [float(w.rstrip("%")) for w in widths]
+        assert bars == pytest.approx([100 * p for p in subtypes.values()], abs=1e-3)  # CSS keeps ~4 decimals
+        assert len(set(subtypes.values())) == 6  # six distinct values, so the rows cannot be mixed up
+        page.locator("#close-study").click()
+        expect(page.locator("#viewer")).to_be_hidden()
+    finally:
+        context.close()
+    assert errors == []

@@ -3,7 +3,10 @@ onnxruntime user) can run.
 
 Graph: inputs "slices" (N, C', S, S) float32 in [0, 1] and, for scan bundles, "features" (Z, F);
 outputs "slice_probability" (N,), "slice_features" (N, F) and, for scan bundles,
-"scan_probability" (1,) computed from "features". N and Z are dynamic. The bundle.json rides
+"scan_probability" (1,) computed from "features"; a subtype bundle (a multi-label network, see
+`ichdet.inference.graph.graph_labels`) adds "slice_labels" (N, 6) after "slice_features" and/or
+"scan_labels" (1, 6) after "scan_probability", one sigmoid per label in `SUBTYPE_LABELS` order
+("any" last, equal to the probability output). N and Z are dynamic. The bundle.json rides
 along in the model's metadata (key "ichdet_bundle"), with a sha256 of the weights, so the file
 carries its preprocessing, operating point and kind. The SVM heads stay in scikit-learn: an
 ONNX file of an SVM bundle gives the features that the bundle's svm.joblib classifies.
@@ -24,23 +27,33 @@ from ichdet.bundle import Bundle, load_bundle
 from ichdet.errors import InputError
 from ichdet.fileio import atomic_path
 from ichdet.inference.graph import SequenceGraph, SliceGraph, split_model
-from ichdet.inference.runtime import ONNX_HASH_KEY, ONNX_META_KEY, weights_digest
+from ichdet.inference.runtime import ONNX_HASH_KEY, ONNX_META_KEY, SCAN_LABELS, SLICE_LABELS, weights_digest
 
 MAX_SLICES = 8192  # upper bound of the dynamic slice axis
 
 
 class _ExportGraph(nn.Module):
-    """(slices (N, C', S, S), [features (Z, F)]) -> (slice_probability, slice_features[, scan_probability])."""
+    """(slices (N, C', S, S), [features (Z, F)]) -> (slice_probability, slice_features[, slice_labels]
+    [, scan_probability[, scan_labels]])."""
 
     def __init__(self, slices: SliceGraph, sequence: SequenceGraph | None):
         super().__init__()
         self.slices, self.sequence = slices, sequence
 
     def forward(self, slices: torch.Tensor, features: torch.Tensor | None = None):
-        p, f = self.slices(slices)
+        out = tuple(self.slices(slices))
         if self.sequence is None:
-            return p, f
-        return p, f, self.sequence(features)
+            return out
+        scan = self.sequence(features)
+        return out + (tuple(scan) if isinstance(scan, tuple) else (scan,))
+
+
+def output_names(slices: SliceGraph, sequence: SequenceGraph | None) -> list[str]:
+    """The ONNX graph's output names, in `_ExportGraph`'s order."""
+    names = ["slice_probability", "slice_features"] + ([SLICE_LABELS] if slices.labels else [])
+    if sequence is not None:
+        names += ["scan_probability"] + ([SCAN_LABELS] if sequence.labels else [])
+    return names
 
 
 def export_onnx(bundle: Bundle | str | Path, out: str | Path, opset: int | None = None) -> Path:
@@ -58,14 +71,13 @@ def export_onnx(bundle: Bundle | str | Path, out: str | Path, opset: int | None 
     size, channels = b.prep.size, len(b.prep.windows) * (2 * b.context + 1)
     slices = torch.rand(3, channels, size, size)
     n = torch.export.Dim("n", min=1, max=MAX_SLICES)
+    names_out = output_names(slice_graph, sequence_graph)
     if sequence_graph is None:
         args, dims, names_in = (slices,), ({0: n},), ["slices"]
-        names_out = ["slice_probability", "slice_features"]
     else:
         feature_dim = b.model.encoder.feature_dim
         args = (slices, torch.rand(5, feature_dim))
         dims, names_in = ({0: n}, {0: torch.export.Dim("z", min=1, max=MAX_SLICES)}), ["slices", "features"]
-        names_out = ["slice_probability", "slice_features", "scan_probability"]
     quiet = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
         warnings.simplefilter("ignore")
@@ -97,8 +109,9 @@ def _quiet_loggers():
 
 
 def verify_onnx(bundle: Bundle | str | Path, path: str | Path, n_slices: int = 5, seed: int = 0) -> float:
-    """Max |onnxruntime - PyTorch fp32| over slice probabilities, features and the scan probability
-    on `n_slices` random slices of the bundle's input shape."""
+    """Max |onnxruntime - PyTorch fp32| over slice probabilities, features, the scan probability
+    and, for a subtype bundle, the slice and scan label probabilities, on `n_slices` random slices
+    of the bundle's input shape. InputError when the file lacks an output PyTorch gives."""
     import numpy as np
 
     from ichdet.inference.runtime import OnnxRuntime, TorchRuntime
@@ -109,6 +122,12 @@ def verify_onnx(bundle: Bundle | str | Path, path: str | Path, n_slices: int = 5
     ref = TorchRuntime(b.model, b.kind, precision="fp32", channels_last=False)(seq)
     got = OnnxRuntime(path)(seq)
     diffs = [np.abs(got.slice_probability - ref.slice_probability).max(), np.abs(got.features - ref.features).max()]
-    if ref.scan_probability is not None:
-        diffs.append(abs(got.scan_probability - ref.scan_probability))
+    for name in ("scan_probability", "slice_labels", "scan_labels"):
+        want, have = getattr(ref, name), getattr(got, name)
+        if want is None:
+            continue
+        if have is None:
+            raise InputError(f"the ONNX file gives no {name!r} output, which bundle {b.path} has; export it again",
+                             Path(path))
+        diffs.append(np.abs(np.asarray(have) - np.asarray(want)).max())
     return float(max(diffs))

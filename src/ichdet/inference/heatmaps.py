@@ -1,7 +1,8 @@
 """Grad-CAM heatmaps of the slice classifier: where in a slice the evidence for "bleed" lies.
 
 `gradcam` runs MONAI's `GradCAM` on the network that maps one slice batch to slice logits
-(`slice_classifier`), `overlay` blends a map on the grey slice in matplotlib's "jet" colours
+(`slice_classifier`), explaining its "bleed" logit (`bleed_logit`: class 1 of a two-class head,
+"any" of a multi-label one), `overlay` blends a map on the grey slice in matplotlib's "jet" colours
 (`body_overlay`: only inside the body, as every tile is drawn), and `write_heatmaps` writes one
 PNG per slice plus a captioned contact sheet.
 
@@ -24,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import binary_fill_holes
 from torch import nn
 
-from ichdet.engine.scoring import adapt_input
+from ichdet.engine.scoring import adapt_input, is_multilabel
 from ichdet.errors import InputError
 from ichdet.fileio import atomic_path
 
@@ -45,7 +46,7 @@ class _ExpandInput(nn.Module):
 
 
 def slice_classifier(model: nn.Module, kind: str) -> tuple[nn.Module, str]:
-    """The module mapping slices (N, C', S, S) -> slice logits (N, 2), and its Grad-CAM layer's name
+    """The module mapping slices (N, C', S, S) -> slice logits (N, K), and its Grad-CAM layer's name
     relative to that module.
 
     Kind "scan" (ScanLSTM): the encoder (a SliceCNN) with its own slice head. Every other kind: the
@@ -61,6 +62,14 @@ def slice_classifier(model: nn.Module, kind: str) -> tuple[nn.Module, str]:
     return net, layer
 
 
+def bleed_logit(model: nn.Module, kind: str) -> int:
+    """The slice classifier's logit for "bleed" (what Grad-CAM explains): 1 of a two-class
+    softmax head, the last ("any", index 5 of six) of a multi-label head, never an argmax (that
+    would explain whichever subtype or "no bleed" happens to score highest)."""
+    net = model.encoder if kind == "scan" else model
+    return int(net.num_classes) - 1 if is_multilabel(net) else 1
+
+
 def _normalise(maps: torch.Tensor) -> torch.Tensor:
     """(K, 1, S, S) -> (K, 1, S, S), each map scaled min -> 0, max -> 1; a constant map -> 0."""
     flat = maps.flatten(1)
@@ -70,9 +79,10 @@ def _normalise(maps: torch.Tensor) -> torch.Tensor:
                        torch.zeros_like(maps))
 
 
-def gradcam(model: nn.Module, kind: str, slices: torch.Tensor, class_index: int = 1,
+def gradcam(model: nn.Module, kind: str, slices: torch.Tensor, class_index: int | None = None,
             batch: int = 16) -> np.ndarray:
-    """Grad-CAM of `class_index` (1 = bleed) on slices (K, C', S, S) -> float32 (K, S, S) in [0, 1].
+    """Grad-CAM of logit `class_index` (default `bleed_logit`: 1 = bleed of a two-class head, the
+    "any" logit of a multi-label head) on slices (K, C', S, S) -> float32 (K, S, S) in [0, 1].
 
     Maps are taken at the network's `gradcam_layer`, bilinearly upsampled to S x S and scaled per
     slice to [0, 1] (a map that is 0 everywhere stays 0). Runs on CPU in float32, in eval mode, on a
@@ -87,6 +97,8 @@ def gradcam(model: nn.Module, kind: str, slices: torch.Tensor, class_index: int 
         shape = tuple(slices.shape) if isinstance(slices, torch.Tensor) else type(slices).__name__
         raise InputError(f"gradcam expects slices (K, C, S, S), got shape {shape}")
     net, layer = slice_classifier(model, kind)
+    if class_index is None:
+        class_index = bleed_logit(model, kind)
     out = []
     with torch.inference_mode(False), torch.enable_grad():
         net = copy.deepcopy(net).to("cpu", torch.float32).eval()

@@ -2,6 +2,7 @@
 
     read (DICOM folder/zip, NIfTI, image) -> prepare_volume(bundle.prep) -> slice sequence
     (Z', C', S, S) -> runtime -> kind_score -> probability, decision, per-slice probabilities
+    (and kind_subtypes -> subtype probabilities, for a bundle with a multi-label head)
     -> optional Grad-CAM heatmaps of the most suspicious slices
 """
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch
 
 from ichdet.bundle import Bundle
 from ichdet.datasets.scans import volume_to_sequence
-from ichdet.engine.scoring import kind_score
+from ichdet.engine.scoring import kind_score, kind_subtypes
 from ichdet.errors import InputError
+from ichdet.inference.graph import graph_labels
 from ichdet.inference.result import ScanPrediction
 from ichdet.inference.runtime import SLICE_BATCH, OnnxRuntime, TorchRuntime, weights_digest
 from ichdet.io import Volume, read_dicom_series, read_volume
@@ -60,7 +62,13 @@ def _own_onnx(bundle: Bundle, path: Path, batch: int | None) -> OnnxRuntime | No
         rt = OnnxRuntime(path, batch=batch or SLICE_BATCH)
     except (ImportError, InputError):
         return None
-    return rt if rt.weights_sha256 == weights_digest(bundle.model) else None
+    return rt if rt.weights_sha256 == weights_digest(bundle.model) and _gives_labels(bundle, rt) else None
+
+
+def _gives_labels(bundle: Bundle, rt: OnnxRuntime) -> bool:
+    """Whether the ONNX file has every label output the bundle's network gives (`graph_labels`)."""
+    slice_labels, scan_labels = graph_labels(bundle.model, bundle.kind)
+    return (rt.has_slice_labels or not slice_labels) and (rt.has_scan_labels or not scan_labels)
 
 
 def prepared_slice_labels(n_slices: int, n_prepared: int) -> list[str]:
@@ -104,6 +112,9 @@ class Predictor:
             if chosen.weights_sha256 != weights_digest(bundle.model):
                 raise InputError(f"this ONNX file was exported from other weights than bundle {bundle.path}; "
                                  "export it again", onnx_path)
+            if not _gives_labels(bundle, chosen):
+                raise InputError(f"this ONNX file lacks the subtype outputs of bundle {bundle.path} (exported by an "
+                                 "older ichdet); export it again", onnx_path)
         self.runtime: TorchRuntime | OnnxRuntime = chosen or TorchRuntime(bundle.model, bundle.kind, precision=precision,
                                                                          batch=batch)
 
@@ -118,11 +129,26 @@ class Predictor:
 
     def score(self, image: np.ndarray) -> tuple[float, np.ndarray]:
         """Prepared image (C, Z', S, S) -> (scan probability, slice probabilities (Z',))."""
+        return self.score_labels(image)[:2]
+
+    def score_labels(self, image: np.ndarray) -> tuple[float, np.ndarray, dict[str, float] | None]:
+        """Prepared image (C, Z', S, S) -> (scan probability, slice probabilities (Z',), subtypes):
+        subtypes is {label: probability} over `bundle.labels` (the five subtypes, then "any", which
+        equals the scan probability) for a bundle with a multi-label head, else None. Both come
+        from the bundle kind's rules in `ichdet.engine.scoring` (`kind_score`, `kind_subtypes`)."""
         out = self.runtime(self.sequence(image))
         b = self.bundle
         probability, slices = kind_score(b.kind, out.slice_probability, out.features, out.scan_probability,
                                          b.aggregate, b.svm)
-        return probability, np.asarray(slices if slices is not None else out.slice_probability, dtype=np.float64)
+        subtypes = None
+        if b.has_subtypes:
+            values = kind_subtypes(b.kind, out.slice_labels, out.scan_labels, b.aggregate)
+            if values is None or len(values) != len(b.labels):
+                raise InputError(f"{self.runtime.describe()} gave no subtype probabilities for subtype bundle "
+                                 f"{b.path}; export its ONNX file again")
+            subtypes = {label: float(v) for label, v in zip(b.labels, values)}
+        per_slice = np.asarray(slices if slices is not None else out.slice_probability, dtype=np.float64)
+        return probability, per_slice, subtypes
 
     def predict(self, x: Volume | str | Path | np.ndarray, series_uid: str | None = None, name: str | None = None,
                 heatmaps: str | Path | None = None) -> ScanPrediction:
@@ -137,7 +163,7 @@ class Predictor:
                heatmaps: str | Path | None = None) -> ScanPrediction:
         """A prepared scan -> ScanPrediction (`prepare_seconds` counts into its `seconds`)."""
         t0 = time.perf_counter()
-        probability, prepared = self.score(image)
+        probability, prepared, subtypes = self.score_labels(image)
         seconds = prepare_seconds + time.perf_counter() - t0
         n = volume.shape[0]
         merged = image.shape[1] != n  # the 2x2x2 filter merged slice pairs
@@ -148,7 +174,7 @@ class Predictor:
             decision=bool(probability >= self.bundle.threshold), slice_probabilities=[float(v) for v in per_slice],
             top_slices=[self._slice_entry(volume, i, float(prepared[k])) for k in top
                         for i in ((2 * k, 2 * k + 1) if merged else (k,)) if i < n],
-            seconds=seconds, shape=volume.shape, runtime=self.runtime.describe(),
+            subtypes=subtypes, seconds=seconds, shape=volume.shape, runtime=self.runtime.describe(),
             warnings=self._warnings(volume))
         if heatmaps is not None:
             result.heatmaps = self.heatmaps(image, prepared, top, Path(heatmaps), volume, result.input)

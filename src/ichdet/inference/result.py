@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ichdet.metrics import SUBTYPE_LABELS
+
+SUBTYPE_COLUMNS = SUBTYPE_LABELS[:-1]  # the five subtypes; "any" is the scan probability itself
 
 @dataclass
 class ScanPrediction:
@@ -15,7 +18,8 @@ class ScanPrediction:
         the bundle's 2x2x2 filter, the two slices of each merged pair share their value.
     top_slices: the most suspicious slices, most suspicious first:
         [{"index", "probability", "z_mm", "file"}] ("file" only for DICOM input).
-    subtypes: subtype probabilities when the bundle has a subtype head, else None.
+    subtypes: {label: probability} for the five subtypes then "any" (equal to `probability`) when
+        the bundle has a multi-label (subtype) head, else None (binary bundles, SVM kinds).
     seconds: read + preprocessing + model, end to end (heatmaps not included).
     """
 
@@ -43,8 +47,8 @@ class ScanPrediction:
 
 
 def format_table(predictions: Sequence[ScanPrediction], errors: Sequence[dict[str, str]] = ()) -> str:
-    """A plain-text table for the terminal, one row per scan, then one line per warning and per
-    failed input."""
+    """A plain-text table for the terminal, one row per scan (for a subtype bundle followed by an
+    indented line of its subtype probabilities), then one line per warning and per failed input."""
     header = ("input", "slices", "P(bleed)", "threshold", "decision", "most suspicious slices", "seconds")
     rows = [header]
     for p in predictions:
@@ -55,6 +59,9 @@ def format_table(predictions: Sequence[ScanPrediction], errors: Sequence[dict[st
     lines = ["  ".join(cell.ljust(w) if i in (0, 4, 5) else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    for j, p in reversed(list(enumerate(predictions))):
+        if p.subtypes:
+            lines.insert(j + 3, "  subtypes: " + "  ".join(f"{k} {v:.3f}" for k, v in p.subtypes.items() if k != "any"))
     lines += [f"warning: {p.input}: {w}" for p in predictions for w in p.warnings]
     lines += [f"error: {e['input']}: {e['error']}" for e in errors]
     return "\n".join(lines)
@@ -79,7 +86,8 @@ def results_document(predictions: Sequence[ScanPrediction], errors: Sequence[dic
 
 
 def write_results(out: Path, document: dict[str, Any]) -> list[Path]:
-    """OUT/predictions.json (the --json document) and OUT/predictions.csv (one row per scan), atomically."""
+    """OUT/predictions.json (the --json document) and OUT/predictions.csv (one row per scan, with one
+    column per subtype, empty for a bundle without subtypes), atomically."""
     import csv
     import io
     import json
@@ -89,11 +97,14 @@ def write_results(out: Path, document: dict[str, Any]) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["input", "series_uid", "probability", "threshold", "decision", "top_slices", "n_slices", "seconds", "error"])
+    w.writerow(["input", "series_uid", "probability", "threshold", "decision", "top_slices", "n_slices", "seconds",
+                *SUBTYPE_COLUMNS, "error"])
     for s in document["scans"]:
+        subtypes = s.get("subtypes") or {}
         w.writerow([s["input"], s["series_uid"], repr(s["probability"]), repr(s["threshold"]), int(s["decision"]),
-                    " ".join(str(t["index"]) for t in s["top_slices"]), s["shape"][0], f"{s['seconds']:.3f}", ""])
+                    " ".join(str(t["index"]) for t in s["top_slices"]), s["shape"][0], f"{s['seconds']:.3f}",
+                    *(repr(subtypes[k]) if k in subtypes else "" for k in SUBTYPE_COLUMNS), ""])
     for e in document["errors"]:
-        w.writerow([e["input"], "", "", "", "", "", "", "", e["error"]])
+        w.writerow([e["input"], *[""] * (7 + len(SUBTYPE_COLUMNS)), e["error"]])
     return [write_text_atomic(out / "predictions.json", json.dumps(document, indent=2) + "\n"),
             write_text_atomic(out / "predictions.csv", buf.getvalue())]

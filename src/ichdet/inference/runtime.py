@@ -23,6 +23,7 @@ BATCH_PIXELS = 131072  # slices x S x S per PyTorch encoder pass: 2 at 256 px, w
 PRECISIONS = ("fp32", "bf16")
 ONNX_META_KEY = "ichdet_bundle"  # ONNX metadata_props key holding the bundle.json the graph came from
 ONNX_HASH_KEY = "ichdet_weights_sha256"
+SLICE_LABELS, SCAN_LABELS = "slice_labels", "scan_labels"  # ONNX outputs of subtype bundles
 
 
 @dataclass
@@ -33,11 +34,17 @@ class ModelOutputs:
         encoder's slice head).
     features: float32 (Z, F) slice features (the SVM kinds classify these).
     scan_probability: the scan model's P(bleed); None for slice models.
+    slice_labels: float64 (Z, L) label probabilities of each slice ("any" last, equal to
+        slice_probability) from a multi-label slice classifier of a subtype bundle, else None.
+    scan_labels: float64 (L,) the multi-label scan model's label probabilities ("any" last, equal
+        to scan_probability) of a subtype scan bundle, else None.
     """
 
     slice_probability: np.ndarray
     features: np.ndarray
     scan_probability: float | None
+    slice_labels: np.ndarray | None = None
+    scan_labels: np.ndarray | None = None
 
 
 def _as_tensor(seq: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -82,18 +89,26 @@ class TorchRuntime:
         """seq (Z, C', S, S) -> ModelOutputs."""
         x = _as_tensor(seq)
         batch = self.slice_batch(x.shape[-1])
-        probs, feats = [], []
+        probs, feats, labels = [], [], []
+        scan = scan_labels = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             for i in range(0, x.shape[0], batch):
                 chunk = x[i:i + batch]
                 if self.channels_last:
                     chunk = chunk.contiguous(memory_format=torch.channels_last)
-                p, f = self._slices(chunk)
-                probs.append(p.float())
-                feats.append(f.float())
+                out = self._slices(chunk)
+                probs.append(out[0].float())
+                feats.append(out[1].float())
+                if len(out) > 2:
+                    labels.append(out[2].float())
             features = torch.cat(feats)
-            scan = None if self.sequence_graph is None else float(self.sequence_graph(features)[0])
-        return ModelOutputs(torch.cat(probs).double().numpy(), features.numpy(), scan)
+            if self.sequence_graph is not None:
+                seq_out = self.sequence_graph(features)
+                if isinstance(seq_out, tuple):
+                    seq_out, scan_labels = seq_out[0], seq_out[1][0].double().numpy()
+                scan = float(seq_out[0])
+        return ModelOutputs(torch.cat(probs).double().numpy(), features.numpy(), scan,
+                            torch.cat(labels).double().numpy() if labels else None, scan_labels)
 
 
 def _inference_copy(model: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
@@ -122,8 +137,11 @@ class OnnxRuntime:
     """A network exported by `ichdet.inference.export.export_onnx`, run by onnxruntime (CPU).
 
     The graph has inputs "slices" (N, C', S, S) and, for scan bundles, "features" (Z, F); its
-    outputs are "slice_probability" (N,), "slice_features" (N, F) and "scan_probability" (1,).
-    The unused input of a call is fed empty, which onnxruntime skips at no cost.
+    outputs are "slice_probability" (N,), "slice_features" (N, F) and "scan_probability" (1,),
+    and for subtype bundles "slice_labels" (N, L) and/or "scan_labels" (1, L) (see
+    `ichdet.inference.graph.graph_labels`). The unused input of a call is fed empty, which
+    onnxruntime skips at no cost. A file of a subtype bundle without the label outputs it needs
+    (exported before ichdet wrote them) is refused: export it again.
     """
 
     name = "onnx"
@@ -155,6 +173,13 @@ class OnnxRuntime:
         self._has_sequence = "features" in inputs
         self._feature_dim = int(inputs["features"].shape[1]) if self._has_sequence else 0
         self._slice_shape = tuple(inputs["slices"].shape[1:])
+        outputs = {o.name for o in self.session.get_outputs()}
+        self.has_slice_labels, self.has_scan_labels = SLICE_LABELS in outputs, SCAN_LABELS in outputs
+        self.labels = tuple(self.meta.get("labels", ("any",)))
+        need = SCAN_LABELS if self.kind == "scan" else SLICE_LABELS
+        if len(self.labels) > 1 and need not in outputs:
+            raise InputError(f"this ONNX file of a subtype bundle has no {need!r} output (exported by an older "
+                             "ichdet); export it again with ichdet export", path)
 
     def describe(self) -> str:
         return f"onnxruntime ({self.path.name})"
@@ -165,17 +190,25 @@ class OnnxRuntime:
         if tuple(x.shape[1:]) != self._slice_shape:
             raise InputError(f"the ONNX graph takes slices of shape {self._slice_shape}, got {tuple(x.shape[1:])}", self.path)
         empty_f = np.zeros((0, self._feature_dim), np.float32)
-        probs, feats = [], []
+        probs, feats, labels = [], [], []
+        names = ["slice_probability", "slice_features"] + ([SLICE_LABELS] if self.has_slice_labels else [])
         for i in range(0, x.shape[0], self.batch):
             feed = {"slices": np.ascontiguousarray(x[i:i + self.batch])}
             if self._has_sequence:
                 feed["features"] = empty_f
-            p, f = self.session.run(["slice_probability", "slice_features"], feed)
-            probs.append(p)
-            feats.append(f)
+            out = self.session.run(names, feed)
+            probs.append(out[0])
+            feats.append(out[1])
+            if self.has_slice_labels:
+                labels.append(out[2])
         features = np.concatenate(feats).astype(np.float32, copy=False)
-        scan = None
+        scan = scan_labels = None
         if self._has_sequence:
             empty_x = np.zeros((0, *self._slice_shape), np.float32)
-            scan = float(self.session.run(["scan_probability"], {"slices": empty_x, "features": features})[0][0])
-        return ModelOutputs(np.concatenate(probs).astype(np.float64), features, scan)
+            names = ["scan_probability"] + ([SCAN_LABELS] if self.has_scan_labels else [])
+            out = self.session.run(names, {"slices": empty_x, "features": features})
+            scan = float(out[0][0])
+            if self.has_scan_labels:
+                scan_labels = out[1][0].astype(np.float64)
+        return ModelOutputs(np.concatenate(probs).astype(np.float64), features, scan,
+                            np.concatenate(labels).astype(np.float64) if labels else None, scan_labels)
