@@ -17,13 +17,16 @@ from sklearn.metrics import roc_auc_score
 
 from ichdet.bundle import load_bundle, read_bundle_meta
 from ichdet.cli import run as cli
-from ichdet.cv import CVOptions, _order, assign_folds, cross_validate, fold_manifest, model_config, patient_column
+from ichdet.cv import MODELS as MODELS_ALL
+from ichdet.cv import (
+    CVOptions, _order, assign_folds, cross_validate, fold_manifest, model_config, patient_column, requested,
+)
 from ichdet.datasets.manifest import ManifestRow, read_manifest
 from ichdet.datasets.splits import read_splits
 from ichdet.engine import load_config
 from ichdet.errors import InputError
 from ichdet.evaluate import evaluate_images
-from ichdet.metrics import delong_test, roc_auc
+from ichdet.metrics import SUBTYPE_LABELS, delong_test, roc_auc, rsna_log_loss
 from ichdet.synth import make_cohort
 from ichdet.synth.images import export_image_set
 
@@ -73,7 +76,11 @@ def test_patient_column_and_model_order(tmp_path):
     assert _order(["alexnet-svm", "cnn"]) == ["cnn", "alexnet", "alexnet-svm"]
     with pytest.raises(InputError) as e:
         _order(["cnn", "vgg"])
-    assert str(e.value) == "unknown model(s) ['vgg']; choose from cnn, alexnet, alexnet-svm or all"
+    assert str(e.value) == ("unknown model(s) ['vgg']; choose from cnn, alexnet, alexnet-svm, cnn-subtypes, "
+                            "alexnet-subtypes or all")
+    assert requested(CVOptions()) == ["cnn", "alexnet", "alexnet-svm"]  # the 2D paper's three by default
+    assert requested(CVOptions(models=["cnn"], subtypes=True)) == ["cnn", "cnn-subtypes", "alexnet-subtypes"]
+    assert _order(requested(CVOptions(subtypes=True))) == list(MODELS_ALL)
 
 
 def _rows(n_pos_patients: int, n_neg_patients: int, pairs: int = 0) -> list[ManifestRow]:
@@ -140,6 +147,12 @@ def test_model_config_per_model(tmp_path):
     assert svm.stage == "svm" and svm.model.init_from == "alexnet" and svm.experiment == "2d_alexnet_svm"
     full = model_config("cnn", m, 60, _opts(quick=False, epochs=None, size=None), tmp_path / "cache")
     assert (full.optim.epochs, full.data.size) == (30, 256)  # the full 2d_cnn config's
+    # the subtype models: their network's epochs and weights, the multi-label head and the RSNA loss
+    per_net = _opts(weights="w.pt", epochs={"cnn": 4, "alexnet": 2})
+    sub = model_config("alexnet-subtypes", m, 60, per_net, tmp_path / "cache")
+    assert (sub.experiment, sub.model.weights, sub.optim.epochs) == ("2d_alexnet_subtypes", "w.pt", 2)
+    assert (sub.model.labels, sub.optim.loss, sub.data.crop_head) == ("subtypes", "rsna", True)
+    assert model_config("cnn-subtypes", m, 60, per_net, tmp_path / "cache").optim.epochs == 4
 
 
 def test_model_config_top_level_overrides_reach_the_svm(tmp_path):
@@ -183,7 +196,8 @@ def test_metrics_json_matches_sklearn_and_delong(cv_run):
     assert list(saved["models"]) == MODELS
     assert saved["data"] == {"images": 16, "patients": 15, "positives": 7}
     assert saved["cv"] == {"folds": 2, "seed": 0, "grouped_by": "patient", "stratified": True,
-                           "val_fraction_of_training_folds": 0.2, "weights": "random", "quick": True, "epochs": 1}
+                           "val_fraction_of_training_folds": 0.2, "weights": "random", "quick": True, "epochs": 1,
+                           "subtypes": False}
     preds = _csv(out / "predictions.csv")
     order = [p["scan_id"] for p in preds if p["model"] == "cnn"]
     cols = {}
@@ -326,11 +340,91 @@ def test_label_column_choice_reaches_the_folder_reader(images, tmp_path):
     two = tmp_path / "two_labels.csv"
     with open(two, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["id", "any", "subdural"])
-        w.writerows([r["id"], r["hemorrhage"], r["hemorrhage"]] for r in rows)
-    with pytest.raises(InputError, match=r"several 0/1 columns could be the label: any, subdural; pass --label-column"):
+        w.writerow(["id", "any", "flag", "subdural"])
+        w.writerows([r["id"], r["hemorrhage"], r["hemorrhage"], r["hemorrhage"]] for r in rows)
+    # subtype-named columns are subtypes, not label candidates, while another 0/1 column is
+    with pytest.raises(InputError, match=r"several 0/1 columns could be the label: any, flag; pass --label-column"):
         cross_validate(img, two, tmp_path / "a", _opts())
     with pytest.raises(InputError, match=r"^50-fold cross-validation needs at least 50 positive and negative patients"):
         cross_validate(img, two, tmp_path / "b", _opts(folds=50, label_column="any"))
-    assert [r.label for r in read_manifest(tmp_path / "b" / "data" / "manifest.csv")] == \
-        [int(r["hemorrhage"]) for r in sorted(rows, key=lambda r: r["id"])]
+    got = read_manifest(tmp_path / "b" / "data" / "manifest.csv")
+    by_id = sorted(rows, key=lambda r: r["id"])
+    assert [r.label for r in got] == [int(r["hemorrhage"]) for r in by_id]
+    assert [r.subtypes for r in got] == [{"subdural": int(r["hemorrhage"])} for r in by_id]
+
+
+# ---------------------------------------------------------------- subtypes
+@pytest.fixture(scope="module")
+def subtype_images(tmp_path_factory) -> tuple[Path, Path]:
+    """The `images` cohort exported with the five subtype columns in labels.csv."""
+    cohort = make_cohort(tmp_path_factory.mktemp("cv_sub_cohort"), 16, seed=3, size=64, n_slices=8, difficulty=0.2)
+    out = tmp_path_factory.mktemp("cv_sub_images")
+    return out / "images", export_image_set(cohort, out, seed=0, subtypes=True)
+
+
+def test_subtype_labels_reach_the_image_manifest(subtype_images, tmp_path):
+    from ichdet.datasets.adapters.folder import prepare_folder
+    from ichdet.datasets.manifest import SUBTYPES
+
+    img, labels = subtype_images
+    recs = {r["id"]: r for r in _csv(labels)}
+    assert list(next(iter(recs.values()))) == ["id", "patient", "hemorrhage", *SUBTYPES]
+    rows = read_manifest(prepare_folder(img, tmp_path / "m.csv", labels=labels, images=img))
+    assert len(rows) == 16
+    for r in rows:
+        rec = recs[r.scan_id]
+        assert r.label == int(rec["hemorrhage"])
+        assert r.subtypes == {k: int(rec[k]) for k in SUBTYPES if rec[k] != ""}
+        if r.label == 0:
+            assert r.subtypes == dict.fromkeys(SUBTYPES, 0)
+    assert sum(any(r.subtypes.values()) for r in rows) >= 4  # most positive images name their subtype
+
+
+def test_cv_subtype_model_per_label_pooled_and_per_fold(subtype_images, images, tmp_path):
+    img, labels = subtype_images
+    out = tmp_path / "cv"
+    result = cross_validate(img, labels, out, _opts(models=["cnn"], subtypes=True, final=False,
+                                                    epochs={"cnn": 1, "alexnet": 1}))
+    assert list(result["models"]) == ["cnn", "cnn-subtypes", "alexnet-subtypes"]
+    assert result["cv"]["subtypes"] is True
+    assert "subtypes" not in result["models"]["cnn"]
+    preds = _csv(out / "predictions.csv")
+    assert list(preds[0]) == (["model", "scan_id", "fold", "label", "score", "max_sensitivity_threshold"]
+                              + [f"p_{n}" for n in SUBTYPE_LABELS] + [f"y_{n}" for n in SUBTYPE_LABELS[:-1]])
+    assert all(p["p_any"] == "" for p in preds if p["model"] == "cnn")
+    saved = json.loads((out / "metrics.json").read_text())
+    md = (out / "report.md").read_text()
+    assert "### 2D subtype models, pooled out-of-fold predictions: AUC (95% CI), positive cases" in md
+    for name in ("cnn-subtypes", "alexnet-subtypes"):
+        mine = [p for p in preds if p["model"] == name]
+        assert len(mine) == 16
+        y = np.array([[int(p[f"y_{n}"]) for n in SUBTYPE_LABELS[:-1]] + [int(p["label"])] for p in mine])
+        pr = np.array([[float(p[f"p_{n}"]) for n in SUBTYPE_LABELS] for p in mine])
+        folds = np.array([int(p["fold"]) for p in mine])
+        assert pr[:, -1] == pytest.approx([float(p["score"]) for p in mine], abs=1e-12)
+        m = saved["models"][name]
+        assert m["rsna_log_loss"] == pytest.approx(rsna_log_loss(y, pr), abs=1e-9)
+        assert m["subtypes"]["any"]["auc"] == pytest.approx(m["auc"], abs=1e-12)
+        n_auc = 0
+        for j, label in enumerate(SUBTYPE_LABELS):
+            known = y[:, j] >= 0
+            e = m["subtypes"][label]
+            assert (e["n_pos"], e["n_neg"]) == (int(y[known, j].sum()), int((y[known, j] == 0).sum()))
+            if e["auc"] is not None:
+                assert e["auc"] == pytest.approx(roc_auc_score(y[known, j], pr[known, j]), abs=1e-9)
+                n_auc += 1
+        assert n_auc >= 2
+        assert [f["fold"] for f in m["subtype_folds"]] == [0, 1]
+        for f in m["subtype_folds"]:
+            k = folds == f["fold"]
+            assert f["n"] == int(k.sum())
+            assert f["rsna_log_loss"] == pytest.approx(rsna_log_loss(y[k], pr[k]), abs=1e-9)
+            e = f["subtypes"]["any"]
+            assert e["auc"] == pytest.approx(roc_auc_score(y[k, -1], pr[k, -1]), abs=1e-9)
+        row = next(line for line in md.splitlines() if line.startswith(f"| {m['label']} | ") and " pos |" in line)
+        assert row.endswith(f" | {m['rsna_log_loss']:.4f} |")
+    # a labels CSV without subtype columns cannot train the subtype models
+    with pytest.raises(InputError) as e:
+        cross_validate(images[0], images[1], tmp_path / "none", _opts(models=["cnn"], subtypes=True))
+    assert str(e.value) == (f"{images[1]}: the subtype models need subtype columns (epidural, intraparenchymal, "
+                            "intraventricular, subarachnoid, subdural) in the labels CSV")

@@ -8,7 +8,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from ichdet.bundle import load_bundle
-from ichdet.demo import PROPOSED, ROWS_3D, TRAIN_ORDER, Profile, run_demo
+from ichdet.demo import PROPOSED, ROWS_3D, ROWS_SUBTYPES, SUBTYPE_ORDER, TRAIN_ORDER, Profile, run_demo
+from ichdet.metrics import SUBTYPE_LABELS, rsna_log_loss
 
 FAST = ["threads=1", "autocast_bf16=false", "channels_last=false", "optim.batch_size=4", "optim.val_samples=24"]
 TINY = Profile(
@@ -58,7 +59,10 @@ def test_report_has_both_tables_figures_and_the_synthetic_warning(demo):
         assert (out / "report" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "report" / "metrics.json").read_text())
     assert saved["models"][PROPOSED]["auc"] == pytest.approx(result["models"][PROPOSED]["auc"])
-    assert set(saved["cv"]["models"]) == {"cnn", "alexnet", "alexnet-svm"}
+    assert set(saved["cv"]["models"]) == {"cnn", "alexnet", "alexnet-svm", "cnn-subtypes"}
+    cnn_sub = saved["cv"]["models"]["cnn-subtypes"]
+    assert set(cnn_sub["subtypes"]) == set(SUBTYPE_LABELS) and "subtypes" not in saved["cv"]["models"]["cnn"]
+    assert "2D subtype models, pooled out-of-fold predictions" in md
 
 
 def test_cv_auc_matches_its_predictions(demo):
@@ -69,14 +73,80 @@ def test_cv_auc_matches_its_predictions(demo):
         p = np.array([float(r[4]) for r in rows if r[0] == name])
         assert len(y) == 16
         assert m["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
+    sub = [r for r in rows if r[0] == "cnn-subtypes"]
+    m = result["cv"]["models"]["cnn-subtypes"]
+    for j, label in enumerate(SUBTYPE_LABELS[:-1]):  # p_ columns 6..11, y_ columns 12..16
+        y = np.array([int(r[12 + j]) for r in sub])
+        p = np.array([float(r[6 + j]) for r in sub])
+        known = y >= 0
+        e = m["subtypes"][label]
+        if e["auc"] is not None:
+            assert e["auc"] == pytest.approx(roc_auc_score(y[known], p[known]), abs=1e-6)
+    assert m["subtypes"]["any"]["auc"] == pytest.approx(m["auc"], abs=1e-9)
+
+
+def _subtype_predictions(path):
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    header, rows = rows[0], rows[1:]
+    assert header == ["model", "scan_id"] + [f"y_{n}" for n in SUBTYPE_LABELS] + [f"p_{n}" for n in SUBTYPE_LABELS]
+    return rows
+
+
+def test_subtype_table_matches_sklearn_on_the_saved_predictions(demo):
+    out, result = demo
+    sub = result["subtypes"]
+    assert list(sub["models"]) == list(ROWS_SUBTYPES) and sub["test_scans"] == result["data"]["test_scans"]
+    saved = json.loads((out / "report" / "metrics.json").read_text())["subtypes"]
+    rows = _subtype_predictions(out / "report" / "predictions_subtypes.csv")
+    splits = load_bundle(out / "runs" / PROPOSED / "bundle").training_splits()
+    md = (out / "report" / "report.md").read_text()
+    html = (out / "report" / "index.html").read_text()
+    assert "## Subtypes: per-subtype AUC on the held-out test scans" in md and "Subtypes: per-subtype AUC" in html
+    assert "### 3D subtype models on the held-out test scans: AUC (95% CI), positive cases" in md
+    assert ("| model | " + " | ".join(SUBTYPE_LABELS) + " | RSNA log loss (any ×2) |") in md
+    n_auc = 0
+    for name, m in saved["models"].items():
+        mine = [r for r in rows if r[0] == name]
+        assert sorted(r[1] for r in mine) == sorted(s for s, v in splits.items() if v == "test")
+        y = np.array([[int(v) for v in r[2:8]] for r in mine])
+        p = np.array([[float(v) for v in r[8:14]] for r in mine])
+        assert m["rsna_log_loss"] == pytest.approx(rsna_log_loss(y, p), abs=1e-9)
+        cells = []
+        for j, label in enumerate(SUBTYPE_LABELS):
+            known = y[:, j] >= 0
+            e = m["subtypes"][label]
+            assert e["n_pos"] == int(y[known, j].sum()) and e["n_neg"] == int((y[known, j] == 0).sum())
+            if 0 < e["n_pos"] < known.sum():
+                assert e["auc"] == pytest.approx(roc_auc_score(y[known, j], p[known, j]), abs=1e-9)
+                if min(e["n_pos"], e["n_neg"]) == 1:  # DeLong gives no CI for one case of a class
+                    assert e["auc_ci"] is None
+                    cells.append(f"{e['auc']:.3f}, {e['n_pos']} pos")
+                else:
+                    assert e["auc_ci"][0] <= e["auc"] <= e["auc_ci"][1]
+                    cells.append(f"{e['auc']:.3f} ({e['auc_ci'][0]:.3f}–{e['auc_ci'][1]:.3f}), {e['n_pos']} pos")
+                n_auc += 1
+            else:
+                assert e["auc"] is None and e["auc_ci"] is None
+                cells.append(f"—, {e['n_pos']} pos")
+        line = next(li for li in md.splitlines() if li.startswith(f"| {ROWS_SUBTYPES[name]} |"))
+        assert line == f"| {ROWS_SUBTYPES[name]} | " + " | ".join(cells) + f" | {m['rsna_log_loss']:.4f} |"
+        assert m["subtypes"]["any"]["auc"] == pytest.approx(
+            roc_auc_score(y[:, -1], [float(r[-1]) for r in mine]), abs=1e-9)
+        # "any" is the scan score: the same test scans and labels as the binary table
+        assert m["subtypes"]["any"]["n_pos"] == result["data"]["test_positive"]
+    assert n_auc >= 3
 
 
 def test_every_model_is_kept_as_a_loadable_bundle(demo):
     out, result = demo
-    names = set(TRAIN_ORDER) | {"2d_cnn", "2d_alexnet", "2d_alexnet_svm"}
+    names = set(TRAIN_ORDER) | set(SUBTYPE_ORDER) | {"2d_cnn", "2d_alexnet", "2d_alexnet_svm", "2d_cnn_subtypes"}
     assert set(result["bundles"]) == names
     assert load_bundle(out / "bundles" / PROPOSED).meta["model"]["name"] == "scan_lstm"
     assert load_bundle(out / "bundles" / "2d_alexnet_svm").kind == "alexnet_svm"
+    for name in ("3d_lstm2_e2e_subtypes", "3d_slice_max_subtypes", "2d_cnn_subtypes"):
+        b = load_bundle(out / "bundles" / name)
+        assert b.has_subtypes and b.labels == SUBTYPE_LABELS, name
+    assert not load_bundle(out / "bundles" / "2d_cnn").has_subtypes
 
 
 def test_a_second_run_reuses_every_trained_model(demo):

@@ -22,7 +22,7 @@ from ichdet.engine import load_config
 from ichdet.engine.train import train_or_resume
 from ichdet.errors import InputError
 from ichdet.evaluate import evaluate_bundle, select_cases
-from ichdet.metrics import summarize
+from ichdet.metrics import SUBTYPE_LABELS, rsna_log_loss, summarize
 from ichdet.synth import make_cohort
 
 train_mod = importlib.import_module("ichdet.engine.train")  # `ichdet.engine.train` the attribute is the function
@@ -106,6 +106,8 @@ def test_evaluate_scores_exactly_the_held_out_scans(cohort, trained, tmp_path):
                              "chosen_by": "all scans not in the bundle's train/val split"}
     assert saved["bundle"] == str((run / "bundle").resolve()) and saved["bundle_kind"] == "slice"
     assert result["models"]["3d_slice_cnn"]["auc"] == m["auc"]
+    assert "subtypes" not in m and "rsna_log_loss" not in m  # a binary bundle: unchanged output
+    assert list(preds[0]) == ["scan_id", "patient_id", "label", "score", "threshold", "decision"]
     for fig in ("roc.png", "confusion.png"):
         with Image.open(tmp_path / fig) as im:
             assert im.format == "PNG" and min(im.size) > 100
@@ -258,6 +260,69 @@ def test_train_or_resume_resumes_an_interrupted_run(trained, tmp_path, monkeypat
     calls.clear()
     assert train_or_resume(load_config("quick/3d_slice_cnn", sets), tmp_path / "new", show_progress=False)
     assert calls == [(tmp_path / "new", False)]  # a new folder: a new run
+
+
+# ---------------------------------------------------------------- subtypes
+@pytest.fixture(scope="module")
+def subtype_bundle(cohort, trained, tmp_path_factory) -> Path:
+    """quick/3d_slice_cnn with the subtype head (model.labels=subtypes), trained like `trained`."""
+    _, sets = trained
+    root = tmp_path_factory.mktemp("eval_sub")
+    cfg = load_config("quick/3d_slice_cnn_subtypes", sets)
+    return train_or_resume(cfg, root / "run", show_progress=False)
+
+
+def test_evaluate_a_subtype_bundle_per_label(cohort, subtype_bundle, tmp_path, capsys):
+    from ichdet.datasets.prepared import PreparedCohort
+    from ichdet.engine.scoring import scan_outputs
+
+    b = load_bundle(subtype_bundle)
+    assert b.has_subtypes and b.name == "3d_slice_cnn_subtypes"
+    result = evaluate_bundle(subtype_bundle, cohort, tmp_path, split="all")
+    preds = _predictions(tmp_path / "predictions.csv")
+    assert list(preds[0]) == (["scan_id", "patient_id", "label", "score", "threshold", "decision"]
+                              + [f"p_{n}" for n in SUBTYPE_LABELS] + [f"y_{n}" for n in SUBTYPE_LABELS[:-1]])
+    c = PreparedCohort(cohort, b.prep, slice_labels_path=None)
+    ids = [p["scan_id"] for p in preds]
+    assert ids == c.scan_ids()
+    y = c.label_targets(ids)
+    p = np.array([[float(r[f"p_{n}"]) for n in SUBTYPE_LABELS] for r in preds])
+    assert [[int(r[f"y_{n}"]) for n in SUBTYPE_LABELS[:-1]] for r in preds] == y[:, :-1].tolist()
+    for i, sid in enumerate(ids[:4]):  # the probabilities are the bundle kind's (one pass with the score)
+        score, labels = scan_outputs(b.kind, b.model, c[sid].image, b.context, b.aggregate, b.svm)
+        assert p[i] == pytest.approx(labels, abs=1e-6) and float(preds[i]["score"]) == pytest.approx(score, abs=1e-6)
+    assert p[:, -1] == pytest.approx([float(r["score"]) for r in preds], abs=1e-12)  # "any" is the score
+
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    m = saved["models"]["3d_slice_cnn_subtypes"]
+    assert list(m["subtypes"]) == list(SUBTYPE_LABELS) and m == result["models"]["3d_slice_cnn_subtypes"]
+    n_auc = 0
+    for j, label in enumerate(SUBTYPE_LABELS):
+        known = y[:, j] >= 0
+        e = m["subtypes"][label]
+        assert (e["n_pos"], e["n_neg"]) == (int(y[known, j].sum()), int((y[known, j] == 0).sum()))
+        if 0 < e["n_pos"] < known.sum():
+            assert e["auc"] == pytest.approx(roc_auc_score(y[known, j], p[known, j]), abs=1e-9), label
+            assert e["auc_ci"] is None if min(e["n_pos"], e["n_neg"]) == 1 else e["auc_ci"][0] <= e["auc"] <= e["auc_ci"][1]
+            n_auc += 1
+        else:
+            assert e["auc"] is None and e["auc_ci"] is None
+    assert n_auc >= 3 and m["subtypes"]["any"]["auc"] == pytest.approx(m["auc"], abs=1e-12)
+    assert m["rsna_log_loss"] == pytest.approx(rsna_log_loss(y, p), abs=1e-9)
+    # the CLI prints one line per label and the log loss
+    assert cli(["evaluate", "--model", str(subtype_bundle), "--data", str(cohort), "--split", "all",
+                "--out", str(tmp_path / "cli")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    e = m["subtypes"]["any"]
+
+    def ci(v):
+        return "no CI" if v is None else f"95% CI {v[0]:.3f}-{v[1]:.3f}"
+
+    assert lines[1:7] == [
+        (f"  {k}: AUC {v['auc']:.3f} ({ci(v['auc_ci'])}), {v['n_pos']} positive, "
+         f"{v['n_neg']} negative") if v["auc"] is not None else
+        f"  {k}: no AUC ({v['n_pos']} positive, {v['n_neg']} negative cases)" for k, v in m["subtypes"].items()]
+    assert lines[7] == f"  RSNA weighted log loss: {m['rsna_log_loss']:.4f}" and e["n_pos"] == 7
 
 
 # ---------------------------------------------------------------- CLI

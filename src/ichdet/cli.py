@@ -79,6 +79,20 @@ def _summary_line(name: str, m: dict, what: str, where: str) -> str:
             f"specificity {m['specificity']:.3f}, accuracy {m['accuracy']:.3f}")
 
 
+def _subtype_lines(m: dict) -> list[str]:
+    """A metrics entry's per-label AUCs (95% CI) and RSNA log loss, one line each; [] without subtypes."""
+    if "subtypes" not in m:
+        return []
+    lines = []
+    for label, e in m["subtypes"].items():
+        if e["auc"] is None:
+            lines.append(f"  {label}: no AUC ({e['n_pos']} positive, {e['n_neg']} negative cases)")
+        else:
+            ci = "no CI" if e["auc_ci"] is None else f"95% CI {e['auc_ci'][0]:.3f}-{e['auc_ci'][1]:.3f}"
+            lines.append(f"  {label}: AUC {e['auc']:.3f} ({ci}), {e['n_pos']} positive, {e['n_neg']} negative")
+    return lines + [f"  RSNA weighted log loss: {m['rsna_log_loss']:.4f}"]
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -100,21 +114,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name, m in result["models"].items():
         print(_summary_line(name, m, "AUC", f"at threshold {m['threshold']:.4g}: ")
               + f" ({m['n_pos']} positive, {m['n_neg']} negative cases)")
+        for line in _subtype_lines(m):
+            print(line)
     print(f"wrote {args.out}/metrics.json, predictions.csv, roc.png, confusion.png")
     return EXIT_OK
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    from ichdet.cv import MODELS, CVOptions, cross_validate
+    from ichdet.cv import BINARY_MODELS, CVOptions, cross_validate
 
-    models = list(MODELS) if args.model == "all" else [args.model]
-    opts = CVOptions(models=models, folds=args.folds, seed=args.seed, weights=args.weights or "", epochs=args.epochs,
+    models = list(BINARY_MODELS) if args.model == "all" else [args.model]
+    opts = CVOptions(models=models, subtypes=args.subtypes, folds=args.folds, seed=args.seed, weights=args.weights or "", epochs=args.epochs,
                      size=args.size, quick=args.quick, final=not args.no_final, overrides=list(args.set or []),
                      show_progress=not args.quiet, label_column=args.label_column, id_column=args.id_column,
                      patient_column=args.patient_column)
     result = cross_validate(args.images, args.labels, args.out, opts)
     for name, m in result["models"].items():
         print(_summary_line(name, m, "pooled out-of-fold AUC", "at the classifier's decision: "))
+        for line in _subtype_lines(m):
+            print(line)
     print(f"wrote {args.out}/metrics.json, report.md, roc.png" + ("" if args.no_final else f"; bundles in {args.out}/bundles/"))
     return EXIT_OK
 
@@ -125,6 +143,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(args.out, quick=args.quick, seed=args.seed, data=args.data, show_progress=not args.quiet)
     for name, m in result["models"].items():
         print(_summary_line(name, m, "test AUC", "at the operating point: ") + f", {m['seconds_per_scan']:.2f} s/scan")
+    for name, m in (result.get("subtypes") or {}).get("models", {}).items():
+        print(f"{name}: test AUC per label")
+        for line in _subtype_lines(m):
+            print(line)
     print(f"report: {Path(args.out) / 'report' / 'index.html'}  bundles: {Path(args.out) / 'bundles'}")
     return EXIT_OK
 
@@ -229,7 +251,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="run a model bundle on scans: probability, decision, suspicious slices, heatmaps",
                        description="INPUT: a DICOM series folder or zip, a NIfTI file, a PNG/JPEG or single DICOM image, "
                                    "or a folder of many studies (one result per study; a bad study is reported and "
-                                   "skipped). Prints a table (or JSON with --json). Exit 0 when every input gave a "
+                                   "skipped). Prints a table (or JSON with --json); a subtype bundle adds each scan's probabilities of the "
+                                   "five subtypes (a line under its row, \"subtypes\" in the JSON, one CSV column each). Exit 0 when every input gave a "
                                    "result, 2 when any was bad input (the others still get results).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="scan(s) or folder(s) of studies")
     p.add_argument("--model", required=True, help="bundle folder")
@@ -252,7 +275,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a bundle's network as ONNX (for predict --runtime onnx)",
                        description="Export the network of a bundle to ONNX (dynamic slice count; the bundle's "
-                                   "metadata embedded) and check onnxruntime against PyTorch on random slices.")
+                                   "metadata embedded; a subtype bundle adds its label outputs slice_labels and/or "
+                                   "scan_labels) and check onnxruntime against PyTorch on random slices.")
     p.add_argument("--model", required=True, help="bundle folder")
     p.add_argument("--onnx", required=True, help="file to write, e.g. BUNDLE/model.onnx")
     p.set_defaults(func=cmd_export)
@@ -262,7 +286,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="every experiment of both papers on a synthetic cohort -> an HTML/Markdown report",
                        description="Synthetic cohort -> the 3D experiments (slice max/p95, feature SVM, 1- and 2-LSTM "
                                    "after each stage, end-to-end without staging) evaluated on held-out scans with "
-                                   "AUC CIs and DeLong tests -> the 2D comparison by cross-validation -> "
+                                   "AUC CIs and DeLong tests; the subtype experiments (five subtypes + any, per-label "
+                                   "AUC CIs, RSNA log loss) when the cohort has subtypes -> the 2D comparison by "
+                                   "cross-validation -> "
                                    "OUT/report/index.html and report.md; every model kept as OUT/bundles/NAME. "
                                    "Resumes when run again.")
     p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
@@ -277,7 +303,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="test a model bundle on held-out scans or images",
                        description="Score a bundle on a manifest (or a labelled image folder) and write metrics.json "
                                    "(AUC with DeLong and bootstrap 95%% CIs, figures at the bundle's operating point "
-                                   "with Wilson CIs, Brier score, calibration), predictions.csv, roc.png and "
+                                   "with Wilson CIs, Brier score, calibration; for a subtype bundle per-subtype AUCs "
+                                   "with 95%% CIs and the RSNA weighted log loss), predictions.csv, roc.png and "
                                    "confusion.png. Scans the bundle was trained or validated on are never scored.")
     p.add_argument("--model", required=True, help="bundle folder (RUN/bundle or a cv bundle)")
     p.add_argument("--data", help="manifest CSV")
@@ -302,7 +329,12 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id-column", help="the id column matching file stems (default: the first column)")
     p.add_argument("--patient-column", help="group folds by this column (default: a column named patient, "
                                             "patient_id or subject, else each image is its own patient)")
-    p.add_argument("--model", choices=["cnn", "alexnet", "alexnet-svm", "all"], default="all")
+    p.add_argument("--model", choices=["cnn", "alexnet", "alexnet-svm", "cnn-subtypes", "alexnet-subtypes", "all"],
+                   default="all", help="one model, or all three of the 2D paper (default)")
+    p.add_argument("--subtypes", action="store_true",
+                   help="also the subtype models (cnn-subtypes, alexnet-subtypes: five subtypes + any), scored "
+                        "per subtype; the labels CSV needs epidural, intraparenchymal, intraventricular, "
+                        "subarachnoid and subdural columns")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (an interrupted run resumes)")

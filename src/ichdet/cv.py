@@ -5,12 +5,19 @@ k-fold cross-validation on any labelled image folder.
 OUT/data/manifest.csv          the image folder as a manifest (`ichdet prepare folder`)
 OUT/folds/F/manifest.csv       fold F: split column test = fold F; train/val drawn from the rest
 OUT/folds/F/{cnn,alexnet,alexnet-svm}/   one training run each (resumable)
+OUT/folds/F/{cnn,alexnet}-subtypes/      with subtypes: the multi-label networks (five subtypes + any)
 OUT/final/NAME/                each model trained on all images -> OUT/bundles/NAME/
 OUT/metrics.json, OUT/predictions.csv, OUT/roc.png, OUT/report.md
 ```
 Folds are stratified by label and grouped by patient (a patient's images share a fold). Every
 choice a model makes (best epoch, the SVM's C, the operating point) is made on the training
 folds only; the held-out fold is scored once.
+
+With ``subtypes`` (``ichdet cv --subtypes``) the subtype networks (2d_cnn_subtypes,
+2d_alexnet_subtypes) are trained beside the binary ones on the labels CSV's subtype columns
+(epidural, intraparenchymal, intraventricular, subarachnoid, subdural); they join the binary
+comparison through their "any" probability and get per-subtype AUCs with 95% CIs, pooled over the
+out-of-fold predictions and per fold.
 """
 from __future__ import annotations
 
@@ -26,14 +33,19 @@ import numpy as np
 
 from ichdet.bundle import copy_bundle, load_bundle
 from ichdet.cache import PreparedCache
-from ichdet.datasets.manifest import ManifestRow, read_manifest, write_manifest
+from ichdet.datasets.manifest import SUBTYPES, ManifestRow, read_manifest, write_manifest
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import split_by_patient
 from ichdet.errors import InputError
 from ichdet.fileio import write_text_atomic
 
-MODELS = {"cnn": "2d_cnn", "alexnet": "2d_alexnet", "alexnet-svm": "2d_alexnet_svm"}  # name -> experiment
-LABELS = {"cnn": "CNN from scratch", "alexnet": "AlexNet, fine-tuned", "alexnet-svm": "AlexNet-SVM"}
+MODELS = {"cnn": "2d_cnn", "alexnet": "2d_alexnet", "alexnet-svm": "2d_alexnet_svm",  # name -> experiment
+          "cnn-subtypes": "2d_cnn_subtypes", "alexnet-subtypes": "2d_alexnet_subtypes"}
+BINARY_MODELS = ("cnn", "alexnet", "alexnet-svm")  # the 2D paper's comparison
+SUBTYPE_MODELS = ("cnn-subtypes", "alexnet-subtypes")
+NETWORK = {"cnn-subtypes": "cnn", "alexnet-subtypes": "alexnet"}  # a subtype model's network (epochs, weights)
+LABELS = {"cnn": "CNN from scratch", "alexnet": "AlexNet, fine-tuned", "alexnet-svm": "AlexNet-SVM",
+          "cnn-subtypes": "CNN from scratch, subtype head", "alexnet-subtypes": "AlexNet, fine-tuned, subtype head"}
 PATIENT_COLUMNS = ("patient", "patient_id", "patientid", "patient id", "subject", "subject_id")
 DECISION_THRESHOLD = 0.5  # the classifiers' own decision (softmax argmax, Platt-scaled SVM)
 # passes over the training images when --epochs is not given: fine-tuning a pretrained AlexNet
@@ -45,7 +57,8 @@ CV_EPOCHS = {"cnn": 30, "alexnet": 10}
 class CVOptions:
     """What `ichdet cv` varies; `overrides` are `--set key=value` applied to every model."""
 
-    models: Sequence[str] = ("cnn", "alexnet", "alexnet-svm")
+    models: Sequence[str] = BINARY_MODELS
+    subtypes: bool = False  # also the subtype models (SUBTYPE_MODELS); needs subtype columns in the labels CSV
     folds: int = 5
     seed: int = 0
     weights: str = ""  # alexnet: "imagenet" or a local file; "" = random initialisation
@@ -112,22 +125,28 @@ def model_config(name: str, manifest: Path, n_train: int, opts: CVOptions, cache
 
     experiment = ("quick/" if opts.quick else "") + MODELS[name]
     sets = [f"data.manifest={manifest}", f"data.cache={cache}", "data.slice_labels=", f"seed={opts.seed}"]
+    network = NETWORK.get(name, name)
     if name != "alexnet-svm":
         sets += ["data.crop_head=true", "optim.patience=0",
                  "optim.select_metric=auc"]  # accuracy ties at 0.5 on a few dozen validation images
         batch = load_config(experiment).optim.batch_size
         sets.append(f"optim.steps_per_epoch={max(1, math.ceil(n_train / batch))}")  # an epoch = one pass
         epochs = opts.epochs if opts.epochs is not None else ({} if opts.quick else CV_EPOCHS)
-        epochs = epochs.get(name) if isinstance(epochs, Mapping) else epochs
+        epochs = epochs.get(name, epochs.get(network)) if isinstance(epochs, Mapping) else epochs
         sets += [f"optim.epochs={epochs}"] if epochs else []
         sets += [f"data.size={opts.size}"] if opts.size else []
-    if name == "alexnet":
+    if network == "alexnet":
         sets.append(f"model.weights={opts.weights}")
     if name == "alexnet-svm":
         sets.append("model.init_from=alexnet")
     network_only = ("data.", "model.", "optim.")  # the SVM stage takes its data and network from its AlexNet
     extra = [o for o in opts.overrides if name != "alexnet-svm" or not o.startswith(network_only)]
     return load_config(experiment, sets + extra)
+
+
+def requested(opts: CVOptions) -> list[str]:
+    """The models whose results are reported: `opts.models`, plus the subtype models with `opts.subtypes`."""
+    return list(opts.models) + [m for m in SUBTYPE_MODELS if opts.subtypes and m not in opts.models]
 
 
 def _order(models: Sequence[str]) -> list[str]:
@@ -153,14 +172,14 @@ def _train_all(manifest: Path, folder: Path, models: list[str], opts: CVOptions,
     return out
 
 
-def _score_fold(bundle_path: Path, manifest: Path, cache: Path) -> tuple[list[str], np.ndarray, np.ndarray, float]:
+def _score_fold(bundle_path: Path, manifest: Path, cache: Path):
+    """The held-out fold's `ichdet.evaluate.Scores` (with label probabilities for a subtype model)."""
     from ichdet.evaluate import score_bundle
 
     bundle = load_bundle(bundle_path)
     cohort = PreparedCohort(manifest, bundle.prep, cache=PreparedCache(cache), slice_labels_path=None)
     ids = [r.scan_id for r in cohort.rows if r.extra.get("split") == "test"]
-    s = score_bundle(bundle, cohort, ids)
-    return ids, s.labels, s.scores, bundle.threshold
+    return score_bundle(bundle, cohort, ids)
 
 
 def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts: CVOptions = CVOptions()) -> dict[str, Any]:
@@ -171,46 +190,62 @@ def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts
     out, images, labels = Path(out), Path(images), Path(labels)
     if not labels.is_file():
         raise InputError("labels CSV not found", labels)
-    models = _order(opts.models)
+    wanted = requested(opts)
+    models = _order(wanted)
     cache = out / "cache"
     manifest = prepare_folder(images, out / "data" / "manifest.csv", labels=labels, images=images,
                               label_column=opts.label_column, id_column=opts.id_column,
                               patient_column=opts.patient_column or patient_column(labels))
     rows = read_manifest(manifest)
+    if any(m in SUBTYPE_MODELS for m in models) and not any(r.subtypes for r in rows):
+        raise InputError(f"the subtype models need subtype columns ({', '.join(SUBTYPES)}) in the labels CSV", labels)
     fold_of = assign_folds(rows, opts.folds, opts.seed)
-    oof: dict[str, dict[str, Any]] = {m: {"ids": [], "y": [], "p": [], "t": [], "fold": []} for m in models}
+    oof: dict[str, dict[str, Any]] = {m: {"ids": [], "y": [], "p": [], "t": [], "fold": [], "sub": [], "ysub": []}
+                                      for m in models}
     for f in range(opts.folds):
         folder = out / "folds" / str(f)
         fm = fold_manifest(rows, manifest.parent, fold_of, f, opts.val_fraction, opts.seed, folder / "manifest.csv")
         _log(f"fold {f + 1}/{opts.folds}: training {', '.join(models)}")
         for name, bundle in _train_all(fm, folder, models, opts, cache).items():
-            ids, y, p, t = _score_fold(bundle, fm, cache)
+            s = _score_fold(bundle, fm, cache)
             o = oof[name]
-            o["ids"] += ids
-            o["y"] += y.tolist()
-            o["p"] += p.tolist()
-            o["t"] += [t] * len(ids)
-            o["fold"] += [f] * len(ids)
+            o["ids"] += s.scan_ids
+            o["y"] += s.labels.tolist()
+            o["p"] += s.scores.tolist()
+            o["t"] += [s.threshold] * len(s.scan_ids)
+            o["fold"] += [f] * len(s.scan_ids)
+            if s.subtypes is not None:
+                o["sub"] += s.subtypes.tolist()
+                o["ysub"] += s.subtype_targets.tolist()
     bundles = {}
     if opts.final:
         _log("training every model on all images")
         fm = fold_manifest(rows, manifest.parent, None, None, opts.val_fraction, opts.seed, out / "final" / "manifest.csv")
         for name, bundle in _train_all(fm, out / "final", models, opts, cache).items():
             bundles[name] = str(copy_bundle(bundle, out / "bundles" / name))
-    wanted = [m for m in models if m in opts.models]
+    wanted = [m for m in models if m in wanted]
     labels = {m: LABELS[m] for m in wanted}
-    if not opts.weights and "alexnet" in labels:
-        labels["alexnet"] = "AlexNet, from random weights"  # not the paper's transfer learning
+    if not opts.weights:  # not the paper's transfer learning
+        labels.update({m: LABELS[m].replace("fine-tuned", "from random weights") for m in labels
+                       if NETWORK.get(m, m) == "alexnet"})
     return write_cv_outputs(out, {m: oof[m] for m in wanted}, labels, opts, bundles,
                             n_images=len(rows), n_patients=len({r.patient_id for r in rows}))
 
 
 def write_oof_csv(path: Path, oof: dict[str, dict[str, Any]]) -> Path:
-    """predictions.csv: one row per image and model (out-of-fold score, fold, threshold)."""
+    """predictions.csv: one row per image and model (out-of-fold score, fold, threshold); with a
+    subtype model also p_LABEL (its label probabilities, "any" last) and y_SUBTYPE (targets, -1
+    unknown), empty for the binary models."""
+    from ichdet.metrics import SUBTYPE_LABELS
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["model", "scan_id", "fold", "label", "score", "max_sensitivity_threshold"])
+    sub = any(o["sub"] for o in oof.values())
+    w.writerow(["model", "scan_id", "fold", "label", "score", "max_sensitivity_threshold"]
+               + ([f"p_{n}" for n in SUBTYPE_LABELS] + [f"y_{n}" for n in SUBTYPES] if sub else []))
     for name, o in oof.items():
-        for sid, f, y, p, t in zip(o["ids"], o["fold"], o["y"], o["p"], o["t"]):
-            w.writerow([name, sid, f, int(y), repr(float(p)), repr(float(t))])
+        for i, (sid, f, y, p, t) in enumerate(zip(o["ids"], o["fold"], o["y"], o["p"], o["t"])):
+            extra = ([repr(float(v)) for v in o["sub"][i]] + [int(v) for v in o["ysub"][i][:-1]] if o["sub"]
+                     else [""] * (len(SUBTYPE_LABELS) + len(SUBTYPES))) if sub else []
+            w.writerow([name, sid, f, int(y), repr(float(p)), repr(float(t))] + extra)
     return write_text_atomic(path, buf.getvalue())

@@ -10,9 +10,11 @@ import numpy as np
 
 import ichdet
 from ichdet.comparison import compare, operating_stats, roc_curves
-from ichdet.evaluate import write_json
-from ichdet.metrics import roc_auc
-from ichdet.report import Column, FigureRef, Section, Table, fmt_auc_ci, fmt_p, fmt_pct, roc_figure, write_report
+from ichdet.evaluate import subtype_metrics, write_json
+from ichdet.metrics import SUBTYPE_LABELS, roc_auc
+from ichdet.report import (
+    Column, FigureRef, Section, Table, fmt_auc_ci, fmt_p, fmt_pct, roc_figure, subtype_rows, subtype_table, write_report,
+)
 
 
 def _aligned(oof: Mapping[str, Mapping[str, list]], key: str, ids: list[str]) -> dict[str, np.ndarray]:
@@ -38,6 +40,14 @@ def per_fold(o: Mapping[str, list], threshold: float) -> list[dict[str, Any]]:
     return rows
 
 
+def subtype_folds(o: Mapping[str, list]) -> list[dict[str, Any]]:
+    """Each held-out fold's per-label AUCs (95% CI) and RSNA log loss of a subtype model."""
+    folds = np.asarray(o["fold"])
+    y, p = np.asarray(o["ysub"], dtype=np.int64), np.asarray(o["sub"], dtype=np.float64)
+    return [{"fold": int(f), "n": int((folds == f).sum()), **subtype_metrics(y[folds == f], p[folds == f])}
+            for f in sorted(set(folds.tolist()))]
+
+
 def write_cv_outputs(out: Path, oof: Mapping[str, Mapping[str, list]], labels: Mapping[str, str], opts: Any,
                      bundles: Mapping[str, str], n_images: int, n_patients: int) -> dict[str, Any]:
     from ichdet.cv import DECISION_THRESHOLD, write_oof_csv
@@ -54,6 +64,10 @@ def write_cv_outputs(out: Path, oof: Mapping[str, Mapping[str, list]], labels: M
         m["max_sensitivity"]["chosen_on"] = "each fold's validation part of its training folds"
         m["folds"] = per_fold(oof[name], DECISION_THRESHOLD)
         m["label"] = labels[name]
+        if oof[name].get("sub"):  # a subtype model: per-label AUCs pooled over the folds, and per fold
+            m.update(subtype_metrics(np.asarray(oof[name]["ysub"], dtype=np.int64),
+                                     np.asarray(oof[name]["sub"], dtype=np.float64)))
+            m["subtype_folds"] = subtype_folds(oof[name])
         if name in bundles:
             m["bundle"] = bundles[name]
     write_oof_csv(out / "predictions.csv", oof)
@@ -64,7 +78,7 @@ def write_cv_outputs(out: Path, oof: Mapping[str, Mapping[str, list]], labels: M
               "data": {"images": n_images, "patients": n_patients, "positives": int(y.sum())},
               "cv": {"folds": opts.folds, "seed": opts.seed, "grouped_by": "patient", "stratified": True,
                      "val_fraction_of_training_folds": opts.val_fraction, "weights": opts.weights or "random",
-                     "quick": opts.quick, "epochs": opts.epochs},
+                     "quick": opts.quick, "epochs": opts.epochs, "subtypes": bool(getattr(opts, "subtypes", False))},
               "models": models}
     write_json(out / "metrics.json", result)
     write_report(out, "ichdet cv: CNN vs AlexNet vs AlexNet-SVM", [cv_section(result, labels, "roc.png")],
@@ -74,7 +88,9 @@ def write_cv_outputs(out: Path, oof: Mapping[str, Mapping[str, list]], labels: M
 
 def _notes(opts: Any) -> list[str]:
     notes = []
-    if not opts.weights and any(m in opts.models for m in ("alexnet", "alexnet-svm")):
+    from ichdet.cv import NETWORK, requested
+
+    if not opts.weights and any(NETWORK.get(m, m) in ("alexnet", "alexnet-svm") for m in requested(opts)):
         notes.append("AlexNet started from random weights (no `--weights`): this is not the paper's transfer "
                      "learning. Pass `--weights imagenet` or a local copy of the official file.")
     return notes
@@ -105,7 +121,17 @@ def cv_section(result: Mapping[str, Any], labels: Mapping[str, str], roc: str) -
             "was scored once. AUC is pooled over the out-of-fold scores; accuracy, sensitivity and "
             "specificity are at each classifier's own decision (score ≥ 0.5). DeLong p-values compare "
             "the models on the same images.")
-    return Section("2D: CNN vs AlexNet vs AlexNet-SVM (cross-validation)", [text],
-                   [Table("2D models, pooled out-of-fold scores", cv_table_rows(result, labels), cols)],
+    tables = [Table("2D models, pooled out-of-fold scores", cv_table_rows(result, labels), cols)]
+    paragraphs = [text]
+    sub = subtype_rows(result["models"], labels)
+    if sub:
+        paragraphs.append("The subtype models (one sigmoid per subtype and one for any haemorrhage, trained with "
+                          "the RSNA weighted log loss) are in the table above through their \"any\" probability. "
+                          "Below, each label's AUC (95% CI, DeLong) pooled over the out-of-fold predictions, with "
+                          "the number of positive images; images whose subtype is not known are left out of that "
+                          "subtype. RSNA log loss: the RSNA 2019 challenge's weighted multi-label log loss (\"any\" "
+                          "weighted twice), lower is better. Per-fold values are in metrics.json (subtype_folds).")
+        tables.append(subtype_table("2D subtype models, pooled out-of-fold predictions", sub, SUBTYPE_LABELS))
+    return Section("2D: CNN vs AlexNet vs AlexNet-SVM (cross-validation)", paragraphs, tables,
                    [FigureRef("Pooled out-of-fold ROC curves (95% CIs of the AUC in the table); markers at the decision "
                               "threshold.", roc)])

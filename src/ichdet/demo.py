@@ -3,7 +3,8 @@ OUT/report/index.html + report.md, and every trained model as OUT/bundles/NAME.
 
 ```
 OUT/cohort/          the synthetic cohort (DICOM series, manifest.csv, slice_labels.csv)
-OUT/runs/NAME/       one training run per 3D experiment (configs/quick/NAME.yaml; resumable)
+OUT/runs/NAME/       one training run per 3D experiment (configs/quick/NAME.yaml; resumable), the
+                     subtype experiments (NAME_subtypes) too when the manifest has subtype columns
 OUT/images2d/        one PNG per scan + labels.csv: the 2D paper's setting
 OUT/cv/              `ichdet cv` on those images (CNN vs AlexNet vs AlexNet-SVM)
 OUT/bundles/NAME/    every trained model, ready for `ichdet predict` / `serve` / `evaluate`
@@ -39,6 +40,12 @@ ROWS_3D = {  # experiment -> row label of the 3D table (the paper's sections 4.1
     "3d_lstm2_e2e": "CNN + 2 BiLSTM, end-to-end (stage 3): proposed",
     "3d_e2e_nostage": "CNN + 2 BiLSTM, end-to-end without staging",
 }
+SUBTYPE_ORDER = ("3d_slice_cnn_subtypes", "3d_slice_max_subtypes", "3d_lstm2_frozen_subtypes", "3d_lstm2_e2e_subtypes")
+ROWS_SUBTYPES = {  # subtype experiment -> row label of the subtype table
+    "3d_slice_max_subtypes": "CNN (subtype head), maximum slice probability per label",
+    "3d_lstm2_frozen_subtypes": "CNN + 2 BiLSTM (subtype head), after LSTM training (stage 2)",
+    "3d_lstm2_e2e_subtypes": "CNN + 2 BiLSTM (subtype head), end-to-end (stage 3)",
+}
 FIGURE3 = ("3d_slice_max", "3d_slice_p95", "3d_feature_svm")
 FIGURE4 = ("3d_lstm1_frozen", "3d_lstm2_frozen", "3d_lstm1_e2e", "3d_lstm2_e2e", "3d_e2e_nostage")
 
@@ -57,6 +64,7 @@ class Profile:
     cv_images: int | None = None
     cv_sets: list[str] = field(default_factory=list)  # --set overrides of every 2D model
     cv_size: int | None = None
+    cv_subtypes: tuple[str, ...] = ("cnn-subtypes",)  # 2D subtype models cross-validated beside the binary ones
 
 
 QUICK = Profile(scans=200, size=256, slices=16, difficulty=0.3,
@@ -88,13 +96,21 @@ def make_data(out: Path, profile: Profile, seed: int) -> Path:
                            progress=lambda done, total: bar.update(done - bar.n))
 
 
-def train_3d(out: Path, manifest: Path, profile: Profile, show_progress: bool) -> dict[str, float]:
-    """Train every 3D experiment in stage order; returns seconds per experiment (0 when reused)."""
+def has_subtypes(manifest: Path) -> bool:
+    """Whether any scan of the manifest gives its subtypes (the subtype experiments need them)."""
+    from ichdet.datasets.manifest import read_manifest
+
+    return any(r.subtypes for r in read_manifest(manifest))
+
+
+def train_3d(out: Path, manifest: Path, profile: Profile, show_progress: bool,
+             names: tuple[str, ...] = TRAIN_ORDER) -> dict[str, float]:
+    """Train the 3D experiments `names` in stage order; returns seconds per experiment (0 when reused)."""
     from ichdet.engine import load_config
     from ichdet.engine.train import train_or_resume
 
     seconds = {}
-    for name in TRAIN_ORDER:
+    for name in names:
         t0 = time.perf_counter()
         _log(f"3D: {name}")
         cfg = load_config(f"quick/{name}", [f"data.manifest={manifest}", f"data.cache={out / 'cache'}",
@@ -104,15 +120,15 @@ def train_3d(out: Path, manifest: Path, profile: Profile, show_progress: bool) -
     return seconds
 
 
-def score_3d(out: Path, manifest: Path) -> tuple[list[str], np.ndarray, dict[str, Any]]:
-    """Every 3D bundle on the test split (never used in training or selection)."""
+def score_3d(out: Path, manifest: Path, names=ROWS_3D) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+    """Every 3D bundle `names` on the test split (never used in training or selection)."""
     from ichdet.bundle import load_bundle
     from ichdet.cache import PreparedCache
     from ichdet.datasets.prepared import PreparedCohort
     from ichdet.evaluate import score_bundle
 
     ids, y, scores = None, None, {}
-    for name in ROWS_3D:
+    for name in names:
         bundle = load_bundle(out / "runs" / name / "bundle")
         splits = bundle.training_splits()
         cohort = PreparedCohort(manifest, bundle.prep, cache=PreparedCache(out / "cache"), slice_labels_path=None)
@@ -124,6 +140,30 @@ def score_3d(out: Path, manifest: Path) -> tuple[list[str], np.ndarray, dict[str
         scores[name] = score_bundle(bundle, cohort, test)
         y = scores[name].labels
     return ids, y, scores
+
+
+def report_subtypes(report: Path, ids: list[str], scores: dict[str, Any]) -> dict[str, Any]:
+    """The subtype experiments' per-label AUCs (95% CI) and RSNA log loss on the test scans, and
+    their label probabilities as report/predictions_subtypes.csv."""
+    import csv
+    import io
+
+    from ichdet.evaluate import subtype_metrics
+    from ichdet.fileio import write_text_atomic
+    from ichdet.metrics import SUBTYPE_LABELS
+
+    models, buf = {}, io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["model", "scan_id"] + [f"y_{n}" for n in SUBTYPE_LABELS] + [f"p_{n}" for n in SUBTYPE_LABELS])
+    for name, s in scores.items():
+        if s.subtypes is None:
+            raise InputError(f"{name} gives no subtype probabilities (is its model multi-label?)")
+        models[name] = {"label": ROWS_SUBTYPES[name], **subtype_metrics(s.subtype_targets, s.subtypes),
+                        "seconds_per_scan": s.seconds_per_scan}
+        for sid, y, p in zip(ids, s.subtype_targets, s.subtypes):
+            w.writerow([name, sid] + [int(v) for v in y] + [repr(float(v)) for v in p])
+    write_text_atomic(report / "predictions_subtypes.csv", buf.getvalue())
+    return {"test_scans": len(ids), "models": models}
 
 
 def report_3d(report: Path, ids: list[str], y: np.ndarray, scores: dict[str, Any]):
@@ -152,19 +192,23 @@ def run_2d(out: Path, manifest: Path, profile: Profile, seed: int, show_progress
         _log("2D: skipped (no slice_labels.csv beside the manifest to pick one image per scan)")
         return None
     _log("2D: one image per scan, then cross-validation")
-    labels = export_image_set(manifest, out / "images2d", seed=seed, limit=profile.cv_images)
-    opts = CVOptions(folds=profile.cv_folds, seed=seed, epochs=profile.cv_epochs, quick=True, size=profile.cv_size,
+    subtypes = list(profile.cv_subtypes) if has_subtypes(manifest) else []
+    labels = export_image_set(manifest, out / "images2d", seed=seed, limit=profile.cv_images, subtypes=bool(subtypes))
+    opts = CVOptions(models=("cnn", "alexnet", "alexnet-svm", *subtypes), folds=profile.cv_folds, seed=seed,
+                     epochs=profile.cv_epochs, quick=True, size=profile.cv_size,
                      overrides=list(profile.cv_sets), show_progress=show_progress)
     return cross_validate(out / "images2d" / "images", labels, out / "cv", opts)
 
 
 def keep_bundles(out: Path, cv_result: dict[str, Any] | None) -> dict[str, str]:
-    """Copy every trained model to OUT/bundles/NAME (3D experiment names; 2d_cnn, 2d_alexnet, 2d_alexnet_svm)."""
+    """Copy every trained model to OUT/bundles/NAME (3D experiment names; 2d_cnn, 2d_alexnet, 2d_alexnet_svm,
+    2d_cnn_subtypes, ...)."""
     from ichdet.bundle import copy_bundle
+    from ichdet.cv import MODELS
 
-    sources = {name: out / "runs" / name / "bundle" for name in TRAIN_ORDER}
+    sources = {name: out / "runs" / name / "bundle" for name in TRAIN_ORDER + SUBTYPE_ORDER}
     if cv_result is not None:
-        sources.update({f"2d_{n.replace('-', '_')}": out / "cv" / "bundles" / n for n in ("cnn", "alexnet", "alexnet-svm")})
+        sources.update({f"2d_{n.replace('-', '_')}": out / "cv" / "bundles" / n for n in MODELS})
     kept = {}
     for name, src in sources.items():
         if (src / "bundle.json").is_file():
@@ -190,6 +234,15 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, seed: int = 0, d
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     metrics_3d = report_3d(report, ids, y, scores)
+    subtypes = None
+    if has_subtypes(manifest):
+        train_s.update(train_3d(out, manifest, profile, show_progress, SUBTYPE_ORDER))
+        sub_ids, _, sub_scores = score_3d(out, manifest, ROWS_SUBTYPES)
+        if sub_ids != ids:
+            raise InputError("the subtype experiments were trained on another split than the binary ones", manifest)
+        subtypes = report_subtypes(report, ids, sub_scores)
+    else:
+        _log("subtypes: skipped (the manifest has no subtype columns)")
     t0 = time.perf_counter()
     cv_result = run_2d(out, manifest, profile, seed, show_progress)
     cv_s = time.perf_counter() - t0
@@ -202,7 +255,7 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, seed: int = 0, d
               "data": {"manifest": str(manifest), "test_scans": len(ids), "test_positive": int(y.sum()),
                        **({"scans": profile.scans, "size": profile.size, "slices": profile.slices,
                            "difficulty": profile.difficulty, "seed": seed} if data is None else {})},
-              "models": metrics_3d, "cv": cv_result, "bundles": bundles,
+              "models": metrics_3d, "subtypes": subtypes, "cv": cv_result, "bundles": bundles,
               "seconds": {"synth": synth_s, "train_3d": train_s, "cv_2d": cv_s,
                           "total": time.perf_counter() - started}}
     write_json(report / "metrics.json", result)

@@ -5,7 +5,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ichdet.cv_report import cv_section
-from ichdet.report import Column, FigureRef, Section, Table, fmt_auc_ci, fmt_num, fmt_p, fmt_pct, fmt_seconds, write_report
+from ichdet.metrics import SUBTYPE_LABELS
+from ichdet.report import (
+    Column, FigureRef, Section, Table, fmt_auc_ci, fmt_num, fmt_p, fmt_pct, fmt_seconds, subtype_rows, subtype_table,
+    write_report,
+)
 
 REAL_DATA = """\
 The same pipeline runs on the public data sets; only the manifest changes:
@@ -50,6 +54,22 @@ def section_3d(result: Mapping[str, Any]) -> Section:
                    [Table("3D models on the held-out test scans", _rows_3d(result["models"]), cols)], figs)
 
 
+def section_subtypes(result: Mapping[str, Any]) -> Section:
+    """The subtype experiments: per label (five subtypes, then any) AUC with its 95% CI and the RSNA log loss."""
+    sub = result["subtypes"]
+    text = [f"The subtype experiments (configs `3d_slice_cnn_subtypes` -> `3d_slice_max_subtypes`, "
+            f"`3d_lstm2_frozen_subtypes` -> `3d_lstm2_e2e_subtypes`): the same networks with one sigmoid per "
+            f"subtype and one for any haemorrhage, trained with the RSNA weighted log loss on the same scans and "
+            f"split, scored on the same {sub['test_scans']} held-out test scans. Each cell: the label's AUC with "
+            "its 95% CI (DeLong) and the number of positive test scans; a positive scan whose subtype is not "
+            "known is left out of that subtype. The slice baseline takes each label's maximum over the slices. "
+            "RSNA log loss: the RSNA 2019 challenge's metric, the weighted multi-label log loss with \"any\" "
+            "weighted twice (lower is better). Label probabilities per scan: `predictions_subtypes.csv`."]
+    return Section("Subtypes: per-subtype AUC on the held-out test scans", text,
+                   [subtype_table("3D subtype models on the held-out test scans", subtype_rows(sub["models"]),
+                                  SUBTYPE_LABELS)])
+
+
 def _notes(result: Mapping[str, Any]) -> list[str]:
     if not result["synthetic"]:
         return [f"Data: {result['data']['manifest']}. Profile: {result['profile']}."]
@@ -62,6 +82,8 @@ def _notes(result: Mapping[str, Any]) -> list[str]:
 
 def write_demo_report(report: Path, result: Mapping[str, Any]) -> tuple[Path, Path]:
     sections = [section_3d(result)]
+    if result.get("subtypes"):
+        sections.append(section_subtypes(result))
     if result.get("cv"):
         labels = {n: m.get("label", n) for n, m in result["cv"]["models"].items()}
         sections.append(cv_section(result["cv"], labels, "roc_2d.png"))

@@ -4,6 +4,12 @@ The operating point is the bundle's (chosen on validation data when it was train
 applied unchanged. Scans the bundle was trained or validated on (its splits.csv) are never
 scored: with ``split="auto"`` they are left out and counted, with ``split="test"`` only the
 bundle's test scans (or the manifest's ``split == test`` rows) are scored.
+
+A bundle with subtypes (a multi-label network, ``bundle.has_subtypes``) also gets, from the same
+pass over the scans, each label's probability in predictions.csv (``p_LABEL``, "any" last, next to
+the manifest's targets ``y_SUBTYPE``, -1 unknown) and in metrics.json per model ``subtypes``
+({label: AUC with its 95% DeLong CI, n_pos, n_neg}; unknown targets left out) and
+``rsna_log_loss`` (the RSNA 2019 weighted log loss, "any" weighted twice).
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import SPLIT_COLUMN
 from ichdet.errors import InputError
 from ichdet.fileio import write_text_atomic
-from ichdet.metrics import reliability_curve
+from ichdet.metrics import SUBTYPE_LABELS, reliability_curve, rsna_log_loss, subtype_aucs
 
 SPLIT_CHOICES = ("auto", "test", "all")
 Progress = Callable[[int, int], None]
@@ -41,6 +47,8 @@ class Scores:
     scores: np.ndarray  # float64 (N,), higher = bleed
     threshold: float
     seconds_per_scan: float
+    subtypes: np.ndarray | None = None  # float64 (N, 6) label probabilities in SUBTYPE_LABELS order, "any" last
+    subtype_targets: np.ndarray | None = None  # int64 (N, 6) targets, -1 = unknown subtype of a positive scan
 
 
 def select_cases(bundle: Bundle, cohort: PreparedCohort, split: str = "auto") -> tuple[list[str], dict[str, Any]]:
@@ -77,20 +85,45 @@ def select_cases(bundle: Bundle, cohort: PreparedCohort, split: str = "auto") ->
 
 def score_bundle(bundle: Bundle, cohort: PreparedCohort, scan_ids: Sequence[str],
                  progress: Progress | None = None) -> Scores:
-    """Score every scan with the bundle (cohort prepared with ``bundle.prep``)."""
-    from ichdet.engine.scoring import score_scans
+    """Score every scan with the bundle (cohort prepared with ``bundle.prep``); a bundle with
+    subtypes also gives each scan's label probabilities (same pass) and the manifest's targets."""
+    from ichdet.engine.scoring import score_scan_labels
 
     if cohort.spec != bundle.prep:
         raise InputError(f"cohort prepared as {cohort.spec.key()} but the bundle needs {bundle.prep.key()}")
-    scores, seconds = [], 0.0
+    scores, labels, seconds = [], [], 0.0
     for i, sid in enumerate(scan_ids):
         t0 = time.perf_counter()  # reading and preparing are timed too: end-to-end seconds per scan
-        scores.append(score_scans(bundle.kind, bundle.model, cohort, [sid], bundle.context, bundle.aggregate, bundle.svm)[0])
+        score, lab = score_scan_labels(bundle.kind, bundle.model, cohort, [sid], bundle.context, bundle.aggregate,
+                                       bundle.svm)
         seconds += time.perf_counter() - t0
+        scores.append(score[0])
+        labels.append(None if lab is None else lab[0])
         if progress is not None:
             progress(i + 1, len(scan_ids))
+    multi = bundle.has_subtypes and bool(labels) and all(v is not None for v in labels)
     return Scores(bundle.name, list(scan_ids), cohort.labels(scan_ids), np.asarray(scores, dtype=np.float64),
-                  bundle.threshold, seconds / max(len(scan_ids), 1))
+                  bundle.threshold, seconds / max(len(scan_ids), 1),
+                  np.stack(labels).astype(np.float64) if multi else None,
+                  cohort.label_targets(scan_ids) if multi else None)
+
+
+def subtype_metrics(targets: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """{"subtypes": {label: {"auc", "auc_ci" (95%, DeLong), "n_pos", "n_neg"}}, "rsna_log_loss"} from
+    targets (N, 6) (-1 unknown, left out) and probabilities (N, 6) in `SUBTYPE_LABELS` order. A label
+    whose known cases are all of one class keeps its counts with auc and auc_ci None; a CI that
+    DeLong cannot give (a single positive or negative case) is None."""
+    per_label = subtype_aucs(targets, probs)
+    out = {}
+    for j, name in enumerate(SUBTYPE_LABELS):
+        m = per_label[name]
+        if m is not None and not np.all(np.isfinite(m["auc_ci"])):
+            m = {**m, "auc_ci": None}
+        if m is None:
+            known = targets[:, j][targets[:, j] >= 0]
+            m = {"auc": None, "auc_ci": None, "n_pos": int(known.sum()), "n_neg": int((known == 0).sum())}
+        out[name] = m
+    return {"subtypes": out, "rsna_log_loss": rsna_log_loss(targets, probs)}
 
 
 def model_metrics(s: Scores, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
@@ -102,17 +135,23 @@ def model_metrics(s: Scores, n_boot: int = 2000, seed: int = 0) -> dict[str, Any
     out["seconds_per_scan"] = s.seconds_per_scan
     if np.all((s.scores >= 0) & (s.scores <= 1)):
         out["reliability"] = reliability_curve(s.labels, s.scores, n_bins=10)
+    if s.subtypes is not None:
+        out.update(subtype_metrics(s.subtype_targets, s.subtypes))
     return out
 
 
 def write_predictions(path: Path, s: Scores, cohort: PreparedCohort | None = None) -> Path:
-    """predictions.csv: scan_id, patient_id, label, score, threshold, decision."""
+    """predictions.csv: scan_id, patient_id, label, score, threshold, decision; with subtypes also
+    p_LABEL (each label's probability, "any" last) and y_SUBTYPE (targets, -1 unknown)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["scan_id", "patient_id", "label", "score", "threshold", "decision"])
-    for sid, y, p in zip(s.scan_ids, s.labels, s.scores):
+    sub = s.subtypes is not None
+    w.writerow(["scan_id", "patient_id", "label", "score", "threshold", "decision"]
+               + ([f"p_{n}" for n in SUBTYPE_LABELS] + [f"y_{n}" for n in SUBTYPE_LABELS[:-1]] if sub else []))
+    for i, (sid, y, p) in enumerate(zip(s.scan_ids, s.labels, s.scores)):
         pid = cohort.row(sid).patient_id if cohort is not None else ""
-        w.writerow([sid, pid, int(y), repr(float(p)), repr(float(s.threshold)), int(p >= s.threshold)])
+        extra = ([repr(float(v)) for v in s.subtypes[i]] + [int(v) for v in s.subtype_targets[i, :-1]]) if sub else []
+        w.writerow([sid, pid, int(y), repr(float(p)), repr(float(s.threshold)), int(p >= s.threshold)] + extra)
     return write_text_atomic(path, buf.getvalue())
 
 

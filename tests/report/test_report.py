@@ -195,3 +195,25 @@ def test_report_package_does_not_import_torch() -> None:
     code = "import sys, ichdet.report; bad = [m for m in ('torch', 'ichdet.engine', 'matplotlib.pyplot') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# ---------------------------------------------------------------- subtype table
+def test_subtype_table_cells_and_rows():
+    from ichdet.report import fmt_subtype, markdown_table, subtype_rows, subtype_table
+
+    assert fmt_subtype({"auc": 0.8123, "auc_ci": [0.7411, 0.8834], "n_pos": 12, "n_neg": 30}) == "0.812 (0.741–0.883), 12 pos"
+    assert fmt_subtype({"auc": 0.5, "auc_ci": None, "n_pos": 1, "n_neg": 9}) == "0.500, 1 pos"
+    assert fmt_subtype({"auc": None, "auc_ci": None, "n_pos": 0, "n_neg": 9}) == "—, 0 pos"
+    models = {"a": {"label": "Model A", "rsna_log_loss": 0.123456,
+                    "subtypes": {"subdural": {"auc": 0.9, "auc_ci": [0.8, 1.0], "n_pos": 3, "n_neg": 5},
+                                 "any": {"auc": 0.75, "auc_ci": [0.5, 1.0], "n_pos": 4, "n_neg": 4}}},
+              "b": {"label": "binary", "auc": 0.7}}  # no subtypes: left out
+    rows = subtype_rows(models)
+    assert [r["model"] for r in rows] == ["Model A"]
+    assert subtype_rows(models, {"a": "renamed"})[0]["model"] == "renamed"
+    t = subtype_table("Subtypes", rows, ("epidural", "subdural", "any"))
+    assert t.name == "Subtypes: AUC (95% CI), positive cases"
+    assert markdown_table(t.rows, t.columns).splitlines() == [
+        "| model | epidural | subdural | any | RSNA log loss (any ×2) |",
+        "| --- | --- | --- | --- | --- |",
+        "| Model A | — | 0.900 (0.800–1.000), 3 pos | 0.750 (0.500–1.000), 4 pos | 0.1235 |"]

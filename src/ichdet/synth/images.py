@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ichdet.datasets.manifest import read_manifest, read_slice_labels
+from ichdet.datasets.manifest import SUBTYPES, read_manifest, read_slice_labels
 from ichdet.errors import InputError
 from ichdet.fileio import atomic_path, write_text_atomic
 from ichdet.io import read_volume
@@ -53,10 +53,25 @@ def _dress(gray: np.ndarray, rng: np.random.Generator, vary: bool) -> Image.Imag
     return canvas.convert("RGB") if rng.random() < 0.5 else canvas
 
 
+def image_subtypes(label: int, slice_subtypes: dict[str, int], scan_subtypes: dict[str, int]) -> list[str]:
+    """The exported image's subtype cells in `SUBTYPES` order: 0 for a negative image; for a positive
+    one its slice's subtypes, else the scan's (a one-subtype scan's bleed slices show that subtype),
+    else "" (unknown)."""
+    if not label:
+        return ["0"] * len(SUBTYPES)
+    if slice_subtypes:
+        return [str(slice_subtypes[k]) if k in slice_subtypes else "" for k in SUBTYPES]
+    if sum(scan_subtypes.get(k, 0) for k in SUBTYPES) == 1 and len(scan_subtypes) == len(SUBTYPES):
+        return [str(scan_subtypes[k]) for k in SUBTYPES]
+    return [""] * len(SUBTYPES)
+
+
 def export_image_set(manifest: str | Path, out: str | Path, seed: int = 0, vary: bool = True,
-                     limit: int | None = None) -> Path:
+                     limit: int | None = None, subtypes: bool = False) -> Path:
     """Write OUT/images/<scan_id>.png + OUT/labels.csv (id,patient,hemorrhage); returns the CSV.
-    An image's label is its slice's (a positive scan whose slices carry no bleed label gives 0)."""
+    An image's label is its slice's (a positive scan whose slices carry no bleed label gives 0).
+    With `subtypes`, labels.csv also has the five subtype columns: the exported slice's (see
+    `image_subtypes`)."""
     manifest = Path(manifest)
     rows = read_manifest(manifest)[:limit]
     labels_path = manifest.parent / "slice_labels.csv"
@@ -68,7 +83,7 @@ def export_image_set(manifest: str | Path, out: str | Path, seed: int = 0, vary:
     rng = np.random.default_rng(seed)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "patient", "hemorrhage"])
+    w.writerow(["id", "patient", "hemorrhage"] + (list(SUBTYPES) if subtypes else []))
     for i, row in enumerate(rows):
         target = out / "images" / f"{row.scan_id}.png"
         sl = sorted(slice_labels.get(row.scan_id, []), key=lambda s: s.slice_index)
@@ -80,5 +95,6 @@ def export_image_set(manifest: str | Path, out: str | Path, seed: int = 0, vary:
             gray = np.round(window(vol.hu[min(index, vol.hu.shape[0] - 1)], BRAIN_WINDOW) * 255).astype(np.uint8)
             with atomic_path(target, suffix=".png") as tmp:
                 _dress(gray, dressed_rng, vary).save(tmp, format="PNG")
-        w.writerow([row.scan_id, row.patient_id, label])
+        cells = image_subtypes(label, sl[index].subtypes if index < len(sl) else {}, row.subtypes) if subtypes else []
+        w.writerow([row.scan_id, row.patient_id, label] + cells)
     return write_text_atomic(out / LABELS_CSV, buf.getvalue())

@@ -101,8 +101,7 @@ def pick_label_column(table: CsvTable, exclude: list[str]) -> str:
     candidates = [c for c in table.header if c not in exclude and table.rows
                   and all(_is_binary(rec[c]) for _, rec in table.rows)]
     subtypes = set(subtype_columns(table).values())
-    if len([c for c in candidates if c not in subtypes]) == 1:
-        return next(c for c in candidates if c not in subtypes)
+    candidates = [c for c in candidates if c not in subtypes] or candidates
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
