@@ -71,9 +71,10 @@ QUICK = Profile(scans=200, size=256, slices=16, difficulty=0.3,
                 sets={"3d_slice_cnn": ["optim.epochs=12"],
                       "3d_lstm": ["optim.epochs=4", "optim.steps_per_epoch=40"],
                       "3d_e2e": ["optim.epochs=4", "optim.steps_per_epoch=40"]},
-                cv_folds=3, cv_epochs={"cnn": 30, "alexnet": 6}, cv_images=120)
+                cv_folds=3, cv_epochs={"cnn": 30, "alexnet": 6, "cnn-subtypes": 60}, cv_images=120)
 FULL = Profile(scans=300, size=256, slices=24, difficulty=0.3,
-               sets={"3d_": ["optim.epochs=16"]}, cv_folds=5, cv_epochs={"cnn": 40, "alexnet": 15}, cv_images=200)
+               sets={"3d_": ["optim.epochs=16"]}, cv_folds=5, cv_epochs={"cnn": 40, "alexnet": 15, "cnn-subtypes": 80},
+               cv_images=200)
 
 
 def _log(msg: str) -> None:

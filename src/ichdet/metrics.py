@@ -360,7 +360,7 @@ def subtype_aucs(y_true: Any, probs: Any, names: tuple[str, ...] = SUBTYPE_LABEL
                  ) -> dict[str, dict[str, Any] | None]:
     """Per-label ROC AUC with its DeLong CI: {name: {"auc", "auc_ci", "n_pos", "n_neg"}} over the
     cases whose target is known (not -1), or None for a label whose known cases are all of one
-    class (no AUC exists)."""
+    class (no AUC exists). "auc_ci" is None when DeLong gives no interval (a single case of a class)."""
     y, p = _multilabel(y_true, probs, len(names))
     out: dict[str, dict[str, Any] | None] = {}
     for j, name in enumerate(names):
@@ -371,5 +371,6 @@ def subtype_aucs(y_true: Any, probs: Any, names: tuple[str, ...] = SUBTYPE_LABEL
             out[name] = None
             continue
         ci = auc_ci(yj, pj, level=level)
-        out[name] = {"auc": ci["auc"], "auc_ci": [ci["low"], ci["high"]], "n_pos": n_pos, "n_neg": int(yj.size - n_pos)}
+        bounds = [ci["low"], ci["high"]] if np.isfinite([ci["low"], ci["high"]]).all() else None  # one case of a class
+        out[name] = {"auc": ci["auc"], "auc_ci": bounds, "n_pos": n_pos, "n_neg": int(yj.size - n_pos)}
     return out

@@ -157,3 +157,41 @@ def test_subtype_stages_chain_into_bundles_with_labels(tiny, tmp_path):
                                          "trains model.labels binary"):
         train(load_config(CONFIGS / "3d_lstm2_e2e.yaml", tiny + lstm + ["model.init_from=3d_lstm2_frozen_subtypes"]),
               runs / "wrong2", show_progress=False)
+
+
+def test_a_fresh_subtype_head_starts_at_the_balanced_prior():
+    from ichdet.engine.stages import init_prior_bias
+    from ichdet.engine.tasks import balanced_prevalence
+
+    positives = np.array([[1, 0, -1, 0, 0, 1], [0, 0, 1, 1, 0, 1], [0, 0, 0, 1, -1, 1], [1, 0, 0, 0, 0, 1]])
+    prior = balanced_prevalence(positives)
+    # half the batch is positive; among positives epidural 2/4, intraventricular 1/3 (one unknown) ...
+    np.testing.assert_allclose(prior, [0.25, 0.0, 0.5 / 3, 0.25, 0.0, 0.5])
+    assert balanced_prevalence(np.zeros((0, 6))) is None
+    for m in (create_model("slice_cnn", base_width=2, num_classes=6, multilabel=True),
+              create_model("alexnet", in_channels=1, num_classes=6, multilabel=True),
+              create_model("scan_lstm", encoder_kw={"base_width": 2}, hidden=4, num_classes=6, multilabel=True)):
+        init_prior_bias(m, prior)
+        bias = m.get_submodule(m.last_layer).bias
+        np.testing.assert_allclose(torch.sigmoid(bias).detach().numpy(), np.clip(prior, 1e-3, 1 - 1e-3), rtol=1e-5)
+
+
+def test_subtype_stages_build_their_head_at_the_training_prior(tiny, tmp_path):
+    from ichdet.engine.distributed import DistInfo
+    from ichdet.engine.run import open_run
+    from ichdet.engine.stages import build_model
+    from ichdet.engine.tasks import SliceTask
+
+    run = open_run(load_config(CONFIGS / "3d_slice_cnn_subtypes.yaml", tiny), tmp_path / "r", False, DistInfo(),
+                   show_progress=False)
+    task = SliceTask(run)
+    prior = task.label_prevalence()
+    pos = [task.dataset[i][1].numpy() for i in range(task.train_index.n_pos)]
+    want = 0.5 * np.array([(np.array(pos)[:, j] == 1).sum() / (np.array(pos)[:, j] >= 0).sum() for j in range(6)])
+    np.testing.assert_allclose(prior, want)
+    assert prior[-1] == 0.5 and (prior[:5] > 0).any()
+    bias = build_model(run, prior).head.linear.bias.detach().numpy()
+    np.testing.assert_allclose(1 / (1 + np.exp(-bias)), np.clip(prior, 1e-3, 1 - 1e-3), rtol=1e-5)
+    binary = open_run(load_config(CONFIGS / "3d_slice_cnn.yaml", tiny), tmp_path / "b", False, DistInfo(),
+                      show_progress=False)
+    assert SliceTask(binary).label_prevalence() is None

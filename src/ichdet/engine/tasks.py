@@ -45,6 +45,18 @@ def _multilabel_row(targets: np.ndarray, probs: np.ndarray, loss: str) -> dict[s
     return row
 
 
+def balanced_prevalence(positive_targets: np.ndarray) -> np.ndarray | None:
+    """Targets (P, L) of the positive samples, -1 unknown -> each label's frequency in balanced
+    batches (half positives, half negatives with no label): half its known rate among positives;
+    "any" (last) 0.5. None without positives."""
+    t = np.asarray(positive_targets, dtype=np.float64)
+    if t.ndim != 2 or t.shape[0] == 0:
+        return None
+    known = (t >= 0).sum(axis=0)
+    rate = np.where(known > 0, (t == 1).sum(axis=0) / np.maximum(known, 1), 0.0)
+    return 0.5 * rate
+
+
 class SliceTask:
     """Balanced cranial slices (positives: labelled slices; negatives: slices of negative scans)."""
 
@@ -86,6 +98,14 @@ class SliceTask:
         p, y = score_slices(model, self._val_samples)
         return _validation_row(y, p)
 
+    def label_prevalence(self) -> np.ndarray | None:
+        """(6,) label frequencies of the balanced training batches (subtype targets only)."""
+        if self.targets != "subtypes":
+            return None
+        pos = self.train_index.entries[:self.train_index.n_pos]
+        cohort = self.dataset.cohort
+        return balanced_prevalence(np.array([[*cohort[e.scan_id].slice_subtypes[e.z], 1] for e in pos]))
+
     def validation_samples(self) -> Sequence[tuple[torch.Tensor, int | torch.Tensor]]:
         return self._val_samples
 
@@ -111,6 +131,13 @@ class ScanTask:
 
     def epoch_keys(self, epoch: int) -> list[Key]:
         return epoch_keys(balanced_scan_epoch(self.labels, self.n_samples, self.seed, epoch), epoch)
+
+    def label_prevalence(self) -> np.ndarray | None:
+        """(6,) label frequencies of the balanced training batches (subtype targets only)."""
+        if self.targets != "subtypes":
+            return None
+        targets = self.cohort.label_targets(self.train_ids)
+        return balanced_prevalence(targets[targets[:, -1] == 1])
 
     def forward(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x, lengths, y, _ = batch
