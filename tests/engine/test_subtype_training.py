@@ -195,3 +195,15 @@ def test_subtype_stages_build_their_head_at_the_training_prior(tiny, tmp_path):
     binary = open_run(load_config(CONFIGS / "3d_slice_cnn.yaml", tiny), tmp_path / "b", False, DistInfo(),
                       show_progress=False)
     assert SliceTask(binary).label_prevalence() is None
+
+
+def test_alexnet_trains_a_subtype_head(tiny, tmp_path):
+    small = tiny + ["model.weights=", "model.kwargs={num_classes: 2}", "optim.steps_per_epoch=1", "optim.epochs=1"]
+    b = load_bundle(train(load_config(CONFIGS / "2d_alexnet_subtypes.yaml", small), tmp_path / "a", show_progress=False))
+    assert b.model.model_name == "alexnet" and b.model.multilabel and b.labels == SUBTYPE_LABELS
+    assert b.model.num_classes == 6  # model.labels wins over a num_classes left in model.kwargs
+    cohort = PreparedCohort(load_config(None, tiny).data.manifest, b.prep)
+    ids = cohort.scan_ids()[:2]
+    scores, labels = score_scan_labels(b.kind, b.model, cohort, ids)
+    assert labels.shape == (2, 6)
+    np.testing.assert_array_equal(labels[:, -1], scores)
