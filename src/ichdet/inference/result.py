@@ -8,6 +8,7 @@ from ichdet.metrics import SUBTYPE_LABELS
 
 SUBTYPE_COLUMNS = SUBTYPE_LABELS[:-1]  # the five subtypes; "any" is the scan probability itself
 
+
 @dataclass
 class ScanPrediction:
     """One scan's result.
