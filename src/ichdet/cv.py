@@ -236,16 +236,16 @@ def write_oof_csv(path: Path, oof: dict[str, dict[str, Any]]) -> Path:
     """predictions.csv: one row per image and model (out-of-fold score, fold, threshold); with a
     subtype model also p_LABEL (its label probabilities, "any" last) and y_SUBTYPE (targets, -1
     unknown), empty for the binary models."""
-    from ichdet.metrics import SUBTYPE_LABELS
+    from ichdet.evaluate import SUBTYPE_CSV_COLUMNS, subtype_cells
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     sub = any(o["sub"] for o in oof.values())
     w.writerow(["model", "scan_id", "fold", "label", "score", "max_sensitivity_threshold"]
-               + ([f"p_{n}" for n in SUBTYPE_LABELS] + [f"y_{n}" for n in SUBTYPES] if sub else []))
+               + (SUBTYPE_CSV_COLUMNS if sub else []))
     for name, o in oof.items():
         for i, (sid, f, y, p, t) in enumerate(zip(o["ids"], o["fold"], o["y"], o["p"], o["t"])):
-            extra = ([repr(float(v)) for v in o["sub"][i]] + [int(v) for v in o["ysub"][i][:-1]] if o["sub"]
-                     else [""] * (len(SUBTYPE_LABELS) + len(SUBTYPES))) if sub else []
+            extra = (subtype_cells(o["sub"][i], o["ysub"][i]) if o["sub"]
+                     else [""] * len(SUBTYPE_CSV_COLUMNS)) if sub else []
             w.writerow([name, sid, f, int(y), repr(float(p)), repr(float(t))] + extra)
     return write_text_atomic(path, buf.getvalue())

@@ -87,21 +87,21 @@ def score_bundle(bundle: Bundle, cohort: PreparedCohort, scan_ids: Sequence[str]
                  progress: Progress | None = None) -> Scores:
     """Score every scan with the bundle (cohort prepared with ``bundle.prep``); a bundle with
     subtypes also gives each scan's label probabilities (same pass) and the manifest's targets."""
-    from ichdet.engine.scoring import score_scan_labels
+    from ichdet.engine.scoring import scan_outputs
 
     if cohort.spec != bundle.prep:
         raise InputError(f"cohort prepared as {cohort.spec.key()} but the bundle needs {bundle.prep.key()}")
     scores, labels, seconds = [], [], 0.0
     for i, sid in enumerate(scan_ids):
         t0 = time.perf_counter()  # reading and preparing are timed too: end-to-end seconds per scan
-        score, lab = score_scan_labels(bundle.kind, bundle.model, cohort, [sid], bundle.context, bundle.aggregate,
-                                       bundle.svm)
+        score, lab = scan_outputs(bundle.kind, bundle.model, cohort[sid].image, bundle.context, bundle.aggregate,
+                                  bundle.svm)
         seconds += time.perf_counter() - t0
-        scores.append(score[0])
-        labels.append(None if lab is None else lab[0])
+        scores.append(score)
+        labels.append(lab)
         if progress is not None:
             progress(i + 1, len(scan_ids))
-    multi = bundle.has_subtypes and bool(labels) and all(v is not None for v in labels)
+    multi = bool(labels) and labels[0] is not None  # the bundle's labels (`model_labels`) decide, for every scan
     return Scores(bundle.name, list(scan_ids), cohort.labels(scan_ids), np.asarray(scores, dtype=np.float64),
                   bundle.threshold, seconds / max(len(scan_ids), 1),
                   np.stack(labels).astype(np.float64) if multi else None,
@@ -138,17 +138,25 @@ def model_metrics(s: Scores, n_boot: int = 2000, seed: int = 0) -> dict[str, Any
     return out
 
 
+SUBTYPE_CSV_COLUMNS = [f"p_{n}" for n in SUBTYPE_LABELS] + [f"y_{n}" for n in SUBTYPE_LABELS[:-1]]
+
+
+def subtype_cells(probs: Any, targets: Any) -> list[Any]:
+    """One case's `SUBTYPE_CSV_COLUMNS` cells: label probabilities (6,) ("any" last), then the five
+    subtype targets of targets (6,) (-1 unknown)."""
+    return [repr(float(v)) for v in probs] + [int(v) for v in targets[:-1]]
+
+
 def write_predictions(path: Path, s: Scores, cohort: PreparedCohort | None = None) -> Path:
     """predictions.csv: scan_id, patient_id, label, score, threshold, decision; with subtypes also
     p_LABEL (each label's probability, "any" last) and y_SUBTYPE (targets, -1 unknown)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     sub = s.subtypes is not None
-    w.writerow(["scan_id", "patient_id", "label", "score", "threshold", "decision"]
-               + ([f"p_{n}" for n in SUBTYPE_LABELS] + [f"y_{n}" for n in SUBTYPE_LABELS[:-1]] if sub else []))
+    w.writerow(["scan_id", "patient_id", "label", "score", "threshold", "decision"] + (SUBTYPE_CSV_COLUMNS if sub else []))
     for i, (sid, y, p) in enumerate(zip(s.scan_ids, s.labels, s.scores)):
         pid = cohort.row(sid).patient_id if cohort is not None else ""
-        extra = ([repr(float(v)) for v in s.subtypes[i]] + [int(v) for v in s.subtype_targets[i, :-1]]) if sub else []
+        extra = subtype_cells(s.subtypes[i], s.subtype_targets[i]) if sub else []
         w.writerow([sid, pid, int(y), repr(float(p)), repr(float(s.threshold)), int(p >= s.threshold)] + extra)
     return write_text_atomic(path, buf.getvalue())
 

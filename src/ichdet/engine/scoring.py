@@ -158,7 +158,7 @@ def scan_outputs(kind: str, model: torch.nn.Module, image: np.ndarray, context: 
                  svm: Any = None) -> tuple[float, np.ndarray | None]:
     """One prepared scan (C, Z, S, S) -> (its score for a bundle `kind` (see `kind_score`), its
     label probabilities (L,) from `kind_subtypes` or None), computing only what that kind needs."""
-    multi = is_multilabel(model) and kind in ("slice", "aggregate", "scan")
+    multi = len(model_labels(model, kind)) > 1
     if kind == "scan":
         if multi:
             labels = scan_label_probabilities(model, image, context)

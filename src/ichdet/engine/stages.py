@@ -23,7 +23,7 @@ from ichdet.datasets.slices import SliceDataset, SliceIndex, validation_sample
 from ichdet.engine.config import dump_config
 from ichdet.engine.loop import fit
 from ichdet.engine.run import Run
-from ichdet.engine.scoring import sample_features, score_scan_labels, score_slices, slice_features
+from ichdet.engine.scoring import is_multilabel, sample_features, score_scan_labels, score_slices, slice_features
 from ichdet.engine.tasks import ScanTask, SliceTask
 from ichdet.errors import InputError
 from ichdet.metrics import operating_point as choose_operating_point
@@ -46,6 +46,11 @@ def label_kwargs(labels: str) -> dict[str, Any]:
     return {"num_classes": len(SUBTYPE_LABELS), "multilabel": True} if labels == "subtypes" else {}
 
 
+def label_mode(model: torch.nn.Module) -> str:
+    """The `model.labels` value a network was built for: "subtypes" (multi-label head) or "binary"."""
+    return "subtypes" if is_multilabel(model) else "binary"
+
+
 def init_prior_bias(model: torch.nn.Module, prevalence: np.ndarray) -> None:
     """Set a fresh multi-label head's biases to the logits of the labels' training prevalence, so
     training starts at the prior instead of 0.5 for every label (Lin et al. 2017's prior
@@ -66,7 +71,7 @@ def build_model(run: Run, prevalence: np.ndarray | None = None) -> torch.nn.Modu
     in_ch = len(run.spec.windows) * (2 * run.context + 1)
     torch.manual_seed(cfg.seed)
     if src is not None and src.meta["model"]["name"] == name:
-        was = "subtypes" if src.meta["model"]["kwargs"].get("multilabel") else "binary"
+        was = label_mode(src.model)
         if was != cfg.model.labels:
             raise InputError(f"model.init_from holds a {name} with {was} labels, but this config trains "
                              f"model.labels {cfg.model.labels}", src.path)
@@ -212,7 +217,7 @@ def fit_aggregate(run: Run, resume: bool) -> Path:
     """The slice model's maximum or 95th-percentile slice probability as the scan score (and, for
     a multi-label model, each subtype's)."""
     model = run.source.model.eval()
-    has = "subtypes" if getattr(model, "multilabel", False) else "binary"
+    has = label_mode(model)
     if has != run.cfg.model.labels:
         raise InputError(f"model.init_from holds a slice model with {has} labels, but this config says "
                          f"model.labels {run.cfg.model.labels}", run.source.path)
