@@ -1,5 +1,5 @@
-"""What every benchmark script shares: machine facts, the atomic JSON write, ratios, table cells and
-the measured matrix-multiply peak."""
+"""What every benchmark script shares: machine facts, the atomic JSON write, ratios, table cells,
+the measured matrix-multiply peak and which bf16 variants run on this CPU (`--precision`)."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -127,9 +128,92 @@ def torch_machine_info(dists: tuple[str, ...]) -> dict:
     except OSError:
         pass
     info["mkldnn"] = bool(torch.backends.mkldnn.is_available())
+    info["cpu_features"] = cpu_features_dict()
     for dist in dists:
         info[dist] = version(dist)
     return info
+
+
+def cpu_features_dict() -> dict | None:
+    """`ichdet.engine.precision.cpu_features().to_dict()`: CPU model, the ISA torch and oneDNN use,
+    the overrides in the environment and whether bf16 is native (None where ichdet is missing)."""
+    try:
+        from ichdet.engine.precision import cpu_features
+    except ImportError:
+        return None
+    return cpu_features().to_dict()
+
+
+# ----------------------------------------------------------------------------------------------
+# --precision: which bf16 variants run
+# ----------------------------------------------------------------------------------------------
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+PRECISION_HELP = ("auto (default): the bf16 variants run only where bf16 is native (AVX512-BF16 / AMX in use), "
+                  "else they are listed in 'skipped'; fp32: never run them; bf16: run them even where bf16 is "
+                  "emulated (about ten times slower than fp32)")
+EMULATED_BF16_MAX_N = 512  # bf16 matmul peak sizes are capped here where bf16 is emulated (~1-3 GFLOP/s)
+
+
+@dataclass
+class PrecisionPlan:
+    """What `--precision` means on this CPU: whether the bf16 variants run (`run_bf16`), whether
+    bf16 is emulated there (`emulated`), and a `skipped` entry with a one-line reason for each bf16
+    variant that does not run."""
+
+    requested: str
+    cpu: str  # CpuFeatures.describe(): CPU model, ISA in use, overrides
+    native_bf16: bool
+    run_bf16: bool
+    emulated: bool
+    skipped: list[dict] = field(default_factory=list)
+
+    @property
+    def note(self) -> str:
+        if self.run_bf16:
+            return (f"bf16 variants run, {'emulated (--precision bf16)' if self.emulated else 'native'} on "
+                    f"{self.cpu}")
+        if self.requested == "fp32":
+            return f"bf16 variants not run: --precision fp32 (CPU: {self.cpu})"
+        return f"bf16 variants not run: bf16 is not native on {self.cpu}"
+
+    def bf16_sizes(self, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        """The bf16 matmul peak's sizes: `sizes`, capped at EMULATED_BF16_MAX_N where bf16 is emulated
+        (n = 4096 would take about a minute a call there)."""
+        if not self.emulated:
+            return tuple(sizes)
+        return tuple(dict.fromkeys(min(n, EMULATED_BF16_MAX_N) for n in sizes))
+
+    def to_dict(self) -> dict:
+        return {"requested": self.requested, "cpu": self.cpu, "native_bf16": self.native_bf16,
+                "bf16_variants_run": self.run_bf16, "bf16_emulated": self.emulated, "note": self.note}
+
+
+def plan_precision(requested: str, bf16_variants: list[str], log=None) -> PrecisionPlan:
+    """`--precision` auto | fp32 | bf16 on this CPU, for the selected `bf16_variants`: auto runs them
+    where bf16 is native (`cpu_features().native_bf16`), fp32 never, bf16 always (logging that
+    it is emulated where it is). The variants that do not run get a `skipped` entry each."""
+    from ichdet.engine.precision import cpu_features
+
+    if requested not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {requested!r}")
+    f = cpu_features()
+    cpu, native = f.describe(), f.native_bf16
+    run = bool(bf16_variants) and (requested == "bf16" or (requested == "auto" and native))
+    plan = PrecisionPlan(requested, cpu, native, run, emulated=run and not native)
+    if not run:
+        if requested == "fp32":
+            reason = f"not asked: --precision fp32 runs fp32 variants only (CPU: {cpu})"
+        else:
+            reason = (f"bf16 is not native on this CPU ({cpu}): it would run emulated, about ten times slower than "
+                      "fp32; --precision bf16 runs it anyway")
+        plan.skipped = [{"case": f"variant {v}", "reason": reason} for v in bf16_variants]
+    if log is not None:
+        if plan.emulated:
+            log(f"bf16 is emulated on {cpu}: the bf16 variants run because --precision bf16 asks for them "
+                "(expect them about ten times slower than fp32)")
+        elif bf16_variants and not run:
+            log(f"skipping {', '.join(bf16_variants)}: {plan.skipped[0]['reason']}")
+    return plan
 
 
 GOAL_CELL = {True: "met", False: "MISSED", None: "-"}

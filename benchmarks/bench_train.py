@@ -4,17 +4,23 @@
     python benchmarks/bench_train.py --out benchmarks/results/bench_train.json [--quick]
                                      [--steps 5] [--warmup 2] [--batch 25] [--size 256]
                                      [--widths 8,16,32] [--base-width 16] [--variants ...]
+                                     [--precision auto|fp32|bf16]
 
 What runs, all in this one process with torch using every core (``torch.get_num_threads()``):
 
-1. **Matmul peak**: ``torch.mm`` of square fp32 and bf16 matrices (n = 2048 and 4096), best of a
-   few repeats, GFLOP/s = 2 n^3 / t. Measured before, between and after the training runs; the peak
+0. **Precision** (``--precision``, ``bench_common.plan_precision``): ``auto`` runs the bf16
+   variants only where bf16 is native (``ichdet.engine.precision.cpu_features().native_bf16``:
+   AVX512-BF16 / AMX in use) and lists each of them in ``skipped`` with the reason elsewhere;
+   ``fp32`` skips them everywhere; ``bf16`` runs them even where bf16 is emulated.
+1. **Matmul peak**: ``torch.mm`` of square fp32 matrices (n = 2048 and 4096), and of bf16 ones
+   only when a bf16 variant runs (capped at n = 512 where bf16 is emulated), best of a few
+   repeats, GFLOP/s = 2 n^3 / t. Measured before, between and after the training runs; the peak
    is the highest of the three (the conservative choice for a fraction of peak).
 2. **Training step** of ``create_model("slice_cnn", base_width=W)`` on a batch of 25 one-channel
    256 x 256 slices: forward, cross-entropy, backward, Adam step (lr 1e-4, the paper's recipe),
    on pre-batched random tensors. Variants at the default width: ``fp32`` (contiguous NCHW),
-   ``fp32-cl`` (channels_last), ``bf16`` (``torch.autocast("cpu", dtype=torch.bfloat16)``,
-   fp32 master weights) and ``bf16-cl``; then the base widths ``--widths`` in fp32 and in the
+   ``fp32-cl`` (channels_last), ``bf16`` (the autocast of ``resolve_precision("bf16")``, fp32
+   master weights) and ``bf16-cl``; then the base widths ``--widths`` in fp32 and in the
    fastest variant. FLOPs per step come from ``torch.utils.flop_counter.FlopCounterMode`` over
    forward + loss + backward (matmul/conv FLOPs; the optimizer step, ReLU and pooling are not
    counted), achieved GFLOP/s = FLOPs / median step time.
@@ -27,9 +33,10 @@ What runs, all in this one process with torch using every core (``torch.get_num_
    Stall fraction = time spent waiting for the next batch / total step time (wait + compute).
 
 Rows (``{"case", "metric", "unit", "ichdet", "peer", "peer_value", "ratio", ...}``, ratio =
-ichdet / peer_value): ``train_slices_per_s`` (peer: fp32 contiguous at the same width),
-``train_gflops`` (peer: the matching measured matmul peak, so ratio = fraction of peak; bf16
-variants get a second row against the fp32 peak), ``data_stall_fraction`` (peer: zero stall with
+ichdet / peer_value; ``precision`` = the arithmetic the step really ran, "fp32" or "bf16"):
+``train_slices_per_s`` (peer: fp32 contiguous at the same width), ``train_gflops`` (peer: the
+measured matmul peak of the row's precision, so ratio = fraction of peak; bf16 variants get a
+second row against the fp32 peak), ``data_stall_fraction`` (peer: zero stall with
 pre-batched tensors, so ratio is null) and ``loader_step_seconds`` (peer: the same step on
 pre-batched tensors). Output is written atomically.
 """
@@ -47,8 +54,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_common import (GOAL_CELL, MATMUL_MIN_TIMED_S, MATMUL_WARMUP_S, fmt, matmul_peak, print_aligned,
-                          ratio, torch_machine_info, write_json_atomic)
+from bench_common import (EMULATED_BF16_MAX_N, GOAL_CELL, MATMUL_MIN_TIMED_S, MATMUL_WARMUP_S, PRECISION_CHOICES, PRECISION_HELP,
+                          PrecisionPlan, fmt, matmul_peak, plan_precision, print_aligned, ratio, torch_machine_info,
+                          write_json_atomic)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -57,12 +65,15 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-VARIANTS = {  # name -> (autocast dtype or None, channels_last)
-    "fp32": (None, False),
-    "fp32-cl": (None, True),
-    "bf16": (torch.bfloat16, False),
-    "bf16-cl": (torch.bfloat16, True),
+from ichdet.engine.precision import Precision, resolve_precision  # noqa: E402
+
+VARIANTS = {  # name -> (precision asked, channels_last)
+    "fp32": ("fp32", False),
+    "fp32-cl": ("fp32", True),
+    "bf16": ("bf16", False),
+    "bf16-cl": ("bf16", True),
 }
+BF16_VARIANTS = [v for v, (prec, _) in VARIANTS.items() if prec == "bf16"]
 BASELINE = "fp32"
 LR = 1e-4  # Adam learning rate of the paper's slice-CNN recipe
 PEAK_GOAL = 0.35  # achieved FLOP/s of the training step, as a fraction of the matmul peak
@@ -132,12 +143,26 @@ def count_train_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tup
 # ----------------------------------------------------------------------------------------------
 # training step
 # ----------------------------------------------------------------------------------------------
-class Trainer:
-    """One model + Adam in one variant; ``step(x, y)`` is the timed training step."""
+def variant_precision(variant: str, plan: PrecisionPlan) -> Precision:
+    """The arithmetic of `variant`'s step: fp32, or for a bf16 variant `resolve_precision("bf16")`
+    (bf16 autocast where native); where bf16 is emulated and --precision bf16 still asks for it, a
+    bf16 Precision all the same (resolve_precision would run fp32 there), so the row measures bf16."""
+    asked = VARIANTS[variant][0]
+    if asked == "fp32":
+        return resolve_precision("fp32")
+    if plan.emulated:
+        return Precision("cpu", "bf16", "bf16", f"bf16 autocast, emulated (--precision bf16) on {plan.cpu}")
+    return resolve_precision("bf16")
 
-    def __init__(self, base_width: int, variant: str, seed: int = 0) -> None:
+
+class Trainer:
+    """One model + Adam in one variant; ``step(x, y)`` is the timed training step, run in
+    ``precision`` (``precision.autocast()`` around the forward pass; fp32 master weights)."""
+
+    def __init__(self, base_width: int, variant: str, precision: Precision | None = None, seed: int = 0) -> None:
         torch.manual_seed(seed)
-        self.amp_dtype, self.channels_last = VARIANTS[variant]
+        self.precision = precision or resolve_precision(VARIANTS[variant][0])
+        self.channels_last = VARIANTS[variant][1]
         self.model, self.model_source = make_model(base_width)
         self.model.train()
         if self.channels_last:
@@ -150,10 +175,7 @@ class Trainer:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         x = self.prepare(x)
         self.opt.zero_grad(set_to_none=True)
-        if self.amp_dtype is not None:
-            with torch.autocast("cpu", dtype=self.amp_dtype):
-                out = _logits(self.model(x))
-        else:
+        with self.precision.autocast():
             out = _logits(self.model(x))
         loss = F.cross_entropy(out.float(), y)
         loss.backward()
@@ -161,8 +183,9 @@ class Trainer:
         return float(loss.detach())
 
 
-def time_variant(base_width: int, variant: str, batch: int, size: int, warmup: int, steps: int) -> dict:
-    tr = Trainer(base_width, variant)
+def time_variant(base_width: int, variant: str, precision: Precision, batch: int, size: int, warmup: int,
+                 steps: int) -> dict:
+    tr = Trainer(base_width, variant, precision)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(batch, 1, size, size, generator=g)
     y = torch.randint(0, 2, (batch,), generator=g)
@@ -175,7 +198,8 @@ def time_variant(base_width: int, variant: str, batch: int, size: int, warmup: i
         loss = tr.step(x, y)
         times.append(time.perf_counter() - t0)
     t = statistics.median(times)
-    return {"base_width": base_width, "variant": variant, "times": times, "step_seconds": t,
+    return {"base_width": base_width, "variant": variant, "precision": tr.precision.dtype,
+            "precision_note": tr.precision.note, "times": times, "step_seconds": t,
             "slices_per_s": batch / t, "flops_per_step": flops, "gflops": flops / t / 1e9,
             "flop_method": flop_method, "count_flops_crosscheck": cross, "model_source": tr.model_source,
             "n_params": sum(p.numel() for p in tr.model.parameters()), "final_loss": loss,
@@ -309,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-width", type=int, default=16, help="base width of the layout/precision variants")
     ap.add_argument("--widths", default="8,16,32", help="base widths to sweep")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list out of {','.join(VARIANTS)}")
+    ap.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     ap.add_argument("--loader-steps", type=int, default=None, help="timed steps per DataLoader setting (8; 1 with --quick)")
     ap.add_argument("--loader-workers", default="0,1", help="DataLoader num_workers values for the stall test")
     ap.add_argument("--matmul-sizes", default=None, help="square matmul sizes for the peak (2048,4096; 256,512 quick)")
@@ -349,19 +374,33 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.time()
     machine = machine_info()
+    plan = plan_precision(a.precision, [v for v in variants if v in BF16_VARIANTS], log)
+    asked_variants = list(variants)
+    variants = [v for v in variants if v not in BF16_VARIANTS or plan.run_bf16]
+    precisions = {v: variant_precision(v, plan) for v in variants}
     mm_repeats = 3 if q else 5
     mm_times = (0.05, 0.1) if q else (MATMUL_WARMUP_S, MATMUL_MIN_TIMED_S)
+    bf16_sizes = plan.bf16_sizes(mm_sizes) if plan.run_bf16 else ()
+
+    def peaks() -> dict:  # the bf16 peak only when a bf16 variant runs (emulated, it takes minutes at n=4096)
+        p = {"fp32": matmul_peak(torch.float32, mm_sizes, mm_repeats, *mm_times)}
+        if bf16_sizes:
+            p["bf16"] = matmul_peak(torch.bfloat16, bf16_sizes, mm_repeats, *mm_times)
+        return p
+
+    def peak_line(p: dict) -> str:
+        return ", ".join(f"{k} {v['gflops']:.0f} GFLOP/s" for k, v in p.items())
+
     log(f"matmul peak (torch.mm, n={mm_sizes}, {torch.get_num_threads()} threads) ...")
-    peaks_before = {"fp32": matmul_peak(torch.float32, mm_sizes, mm_repeats, *mm_times),
-                    "bf16": matmul_peak(torch.bfloat16, mm_sizes, mm_repeats, *mm_times)}
-    log(f"  fp32 {peaks_before['fp32']['gflops']:.0f} GFLOP/s, bf16 {peaks_before['bf16']['gflops']:.0f} GFLOP/s")
+    peaks_before = peaks()
+    log(f"  {peak_line(peaks_before)}")
 
     runs: dict[tuple[int, str], dict] = {}
 
     def run(width: int, variant: str) -> dict:
         if (width, variant) not in runs:
-            log(f"train step: base width {width}, {variant} ...")
-            r = time_variant(width, variant, batch, size, warmup, steps)
+            log(f"train step: base width {width}, {variant} ({precisions[variant].note}) ...")
+            r = time_variant(width, variant, precisions[variant], batch, size, warmup, steps)
             log(f"  {r['step_seconds']:.3f} s/step, {r['slices_per_s']:.1f} slices/s, {r['gflops']:.1f} GFLOP/s")
             runs[(width, variant)] = r
         return runs[(width, variant)]
@@ -375,8 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             run(w, v)
 
     log("matmul peak between the training runs and the data pipeline ...")
-    peaks_mid = {"fp32": matmul_peak(torch.float32, mm_sizes, mm_repeats, *mm_times),
-                 "bf16": matmul_peak(torch.bfloat16, mm_sizes, mm_repeats, *mm_times)}
+    peaks_mid = peaks()
 
     # real input pipeline, fed into the fastest variant at the default width
     log("data pipeline: synthetic cohort -> read_volume -> prepare_volume -> DataLoader ...")
@@ -388,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             volumes, labels, cohort = build_cohort(Path(td), 8, 512, 24, size, log)
     ds = SliceSamples(volumes, labels, augment)
-    loader_trainer = Trainer(a.base_width, best_variant)
+    loader_trainer = Trainer(a.base_width, best_variant, precisions[best_variant])
     # the peer: the same step on batches of the same pipeline, drawn and collated beforehand (zero stall)
     pre_loader = torch.utils.data.DataLoader(
         ds, batch_size=batch, drop_last=True, num_workers=0,
@@ -411,19 +449,18 @@ def main(argv: list[str] | None = None) -> int:
         loader_results.append(r)
 
     log("matmul peak again ...")
-    peaks_after = {"fp32": matmul_peak(torch.float32, mm_sizes, mm_repeats, *mm_times),
-                   "bf16": matmul_peak(torch.bfloat16, mm_sizes, mm_repeats, *mm_times)}
-    peak = {k: max(p[k]["gflops"] for p in (peaks_before, peaks_mid, peaks_after)) for k in ("fp32", "bf16")}
-    log(f"  fp32 {peaks_after['fp32']['gflops']:.0f} GFLOP/s, bf16 {peaks_after['bf16']['gflops']:.0f} GFLOP/s; "
-        f"peak used: fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f}")
+    peaks_after = peaks()
+    peak = {k: max(p[k]["gflops"] for p in (peaks_before, peaks_mid, peaks_after)) for k in peaks_before}
+    log(f"  {peak_line(peaks_after)}; peak used: " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()))
 
     # ---- rows
     rows: list[dict] = []
     for (w, v), r in runs.items():
         base = runs.get((w, BASELINE))
-        amp, cl = VARIANTS[v]
+        prec, cl = r["precision"], VARIANTS[v][1]
         case = f"slice_cnn w{w} {v}"
-        common = {"case": case, "variant": v, "base_width": w, "dtype": "bf16 autocast" if amp else "fp32",
+        common = {"case": case, "variant": v, "base_width": w, "precision": prec,
+                  "precision_note": r["precision_note"], "dtype": "bf16 autocast" if prec == "bf16" else "fp32",
                   "memory_format": "channels_last" if cl else "contiguous", "batch": batch, "size": size,
                   "step_seconds_median": r["step_seconds"], "step_seconds": r["times"], "steps": steps,
                   "warmup": warmup, "flops_per_step": r["flops_per_step"], "n_params": r["n_params"],
@@ -434,17 +471,22 @@ def main(argv: list[str] | None = None) -> int:
                      "ratio": ratio(r["slices_per_s"], base["slices_per_s"] if base else None),
                      "goal": "higher is faster; ratio = speed-up over fp32 contiguous at the same width",
                      "goal_met": None})
-        peak_keys = ["bf16", "fp32"] if amp else ["fp32"]
+        peak_keys = ["bf16", "fp32"] if prec == "bf16" else ["fp32"]  # the row's own precision first
         for k in peak_keys:
             frac = r["gflops"] / peak[k]
+            sizes = bf16_sizes if k == "bf16" else mm_sizes
             rows.append({**common, "metric": "train_gflops", "unit": "GFLOP/s", "ichdet": r["gflops"],
-                         "peer": f"torch.mm {k} peak (n={mm_sizes})", "peer_value": peak[k], "ratio": frac,
+                         "peer": f"torch.mm {k} peak (n={sizes})", "peer_value": peak[k], "ratio": frac,
                          "fraction_of_peak": frac, "peak_dtype": k,
-                         "goal": f"ratio >= {PEAK_GOAL} (fraction of the measured {k} matmul peak)",
-                         "goal_met": bool(frac >= PEAK_GOAL) if k == peak_keys[0] else None})
+                         "goal": f"ratio >= {PEAK_GOAL} (fraction of the measured {k} matmul peak)"
+                                 + ("; not judged: bf16 is emulated here, so its peak is no hardware figure"
+                                    if k == "bf16" and plan.emulated else ""),
+                         "goal_met": bool(frac >= PEAK_GOAL) if k == peak_keys[0] and not (k == "bf16" and plan.emulated)
+                         else None})
     for r in loader_results:
         case = f"slice_cnn w{a.base_width} {best_variant} + DataLoader(num_workers={r['workers']})"
         common = {"case": case, "variant": best_variant, "base_width": a.base_width, "loader_workers": r["workers"],
+                  "precision": loader_trainer.precision.dtype,
                   "batch": batch, "size": size, "augmentation": aug_name,
                   "steps": loader_steps,
                   "wait_seconds": r["wait_seconds"], "step_seconds": r["step_seconds"], "pre_batched_step_seconds": pre}
@@ -465,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"benchmark": "bench_train", "machine": machine,
            "settings": {"quick": q, "batch": batch, "size": size, "in_channels": 1, "warmup": warmup, "steps": steps,
                         "base_width": a.base_width, "widths": widths, "variants": variants,
+                        "variants_asked": asked_variants, "precision": plan.to_dict(),
                         "width_sweep_variants": sweep_variants, "loader_steps": loader_steps, "optimizer": f"Adam(lr={LR})",
                         "loss": "cross_entropy", "threads": torch.get_num_threads(),
                         "matmul_sizes": list(mm_sizes), "matmul_repeats": mm_repeats,
@@ -473,25 +516,32 @@ def main(argv: list[str] | None = None) -> int:
                         "count_flops_crosscheck": {f"w{w} {v}": r["count_flops_crosscheck"] for (w, v), r in runs.items()},
                         "model_source": runs[(a.base_width, BASELINE)]["model_source"],
                         "augmentation": aug_name, "cohort": cohort},
-           "peaks": {"fp32_gflops": peak["fp32"], "bf16_gflops": peak["bf16"], "before": peaks_before,
-                     "middle": peaks_mid, "after": peaks_after,
+           "peaks": {"fp32_gflops": peak["fp32"], "bf16_gflops": peak.get("bf16"), "before": peaks_before,
+                     "middle": peaks_mid, "after": peaks_after, "matmul_sizes": {"fp32": list(mm_sizes),
+                                                                                  "bf16": list(bf16_sizes) or None},
+                     "bf16_emulated": plan.emulated if plan.run_bf16 else None,
                      "method": f"best of >= {mm_repeats} calls and >= {mm_times[1]:g} s per size after {mm_times[0]:g} s "
                                "warm-up; the peak is the highest of the three measurements (before, between, after "
-                               "the training runs)"},
+                               "the training runs); bf16 only when a bf16 variant runs (null otherwise), at sizes "
+                               f"capped at {EMULATED_BF16_MAX_N} where bf16 is emulated"},
            "summary": {"fastest_variant_at_base_width": best_variant,
                        "fastest_overall": {"base_width": fastest["base_width"], "variant": fastest["variant"],
                                            "slices_per_s": fastest["slices_per_s"]},
                        "fraction_of_fp32_peak": {f"w{w} {v}": r["gflops"] / peak["fp32"] for (w, v), r in runs.items()},
                        "fraction_of_bf16_peak": {f"w{w} {v}": r["gflops"] / peak["bf16"] for (w, v), r in runs.items()
-                                                 if VARIANTS[v][0] is not None},
+                                                 if r["precision"] == "bf16"},
+                       "precision": {f"w{w} {v}": r["precision"] for (w, v), r in runs.items()},
                        "stall_fraction": {str(r["workers"]): r["stall_fraction"] for r in loader_results}},
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - t_start, 1),
-           "skipped": [], "results": rows}
+           "skipped": plan.skipped, "results": rows}
     write_json_atomic(a.out, out)
     print_table(rows)
-    print(f"matmul peak: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s; "
-          f"fastest at w{a.base_width}: {best_variant}; fastest overall: w{fastest['base_width']} {fastest['variant']} "
+    print(f"matmul peak: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items())
+          + f"; fastest at w{a.base_width}: {best_variant}; fastest overall: w{fastest['base_width']} {fastest['variant']} "
           f"{fastest['slices_per_s']:.1f} slices/s")
+    print(f"precision: {plan.note}")
+    for sk in plan.skipped:
+        print(f"skipped {sk['case']}: {sk['reason']}")
     print(f"wrote {a.out}")
     return 0
 
