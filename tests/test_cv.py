@@ -31,7 +31,7 @@ from ichdet.synth import make_cohort
 from ichdet.synth.images import export_image_set
 
 train_mod = importlib.import_module("ichdet.engine.train")  # `ichdet.engine.train` the attribute is the function
-TINY = ["threads=1", "autocast_bf16=false", "channels_last=false", "target_sensitivity=0.9"]
+TINY = ["threads=1", "precision=fp32", "channels_last=false", "target_sensitivity=0.9"]
 MODELS = ["cnn", "alexnet-svm"]
 
 
@@ -139,7 +139,7 @@ def test_model_config_per_model(tmp_path):
     batch = load_config("quick/2d_cnn").optim.batch_size
     assert cnn.experiment == "2d_cnn" and cnn.optim.steps_per_epoch == math.ceil(60 / batch)
     assert (cnn.optim.epochs, cnn.data.size, cnn.data.crop_head, cnn.optim.patience) == (3, 96, True, 0)
-    assert (cnn.threads, cnn.autocast_bf16, cnn.channels_last, cnn.target_sensitivity) == (1, False, False, 0.9)
+    assert (cnn.threads, cnn.precision, cnn.channels_last, cnn.target_sensitivity) == (1, "fp32", False, 0.9)
     assert cnn.data.manifest == str(m) and cnn.data.slice_labels == ""
     alex = model_config("alexnet", m, 60, opts, tmp_path / "cache")
     assert alex.experiment == "2d_alexnet" and alex.model.weights == "" and alex.data.size == 96
@@ -157,7 +157,7 @@ def test_model_config_per_model(tmp_path):
 
 def test_model_config_top_level_overrides_reach_the_svm(tmp_path):
     svm = model_config("alexnet-svm", tmp_path / "m.csv", 60, _opts(), tmp_path / "cache")
-    assert (svm.threads, svm.autocast_bf16, svm.channels_last, svm.target_sensitivity) == (1, False, False, 0.9)
+    assert (svm.threads, svm.precision, svm.channels_last, svm.target_sensitivity) == (1, "fp32", False, 0.9)
 
 
 # ---------------------------------------------------------------- end to end

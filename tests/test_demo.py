@@ -11,7 +11,7 @@ from ichdet.bundle import load_bundle
 from ichdet.demo import PROPOSED, ROWS_3D, ROWS_SUBTYPES, SUBTYPE_ORDER, TRAIN_ORDER, Profile, run_demo
 from ichdet.metrics import SUBTYPE_LABELS, rsna_log_loss
 
-FAST = ["threads=1", "autocast_bf16=false", "channels_last=false", "optim.batch_size=4", "optim.val_samples=24"]
+FAST = ["threads=1", "precision=fp32", "channels_last=false", "optim.batch_size=4", "optim.val_samples=24"]
 TINY = Profile(
     scans=30, size=64, slices=8, difficulty=0.2,
     sets={"3d_slice_cnn": ["data.size=64", "model.kwargs={base_width: 2, feature_dim: 16}", "optim.epochs=1",
@@ -21,7 +21,7 @@ TINY = Profile(
                      "model.kwargs.encoder_kw.feature_dim=16",
                      "optim.epochs=1", "optim.steps_per_epoch=2", *FAST]},
     cv_folds=2, cv_epochs={"cnn": 1, "alexnet": 1}, cv_images=16, cv_size=64,
-    cv_sets=["threads=1", "autocast_bf16=false", "channels_last=false"],
+    cv_sets=["threads=1", "precision=fp32", "channels_last=false"],
 )
 
 

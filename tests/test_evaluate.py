@@ -39,7 +39,7 @@ def _overrides(manifest: Path, cache: Path) -> list[str]:
     return [f"data.manifest={manifest}", f"data.cache={cache}", "data.size=64", "data.val_fraction=0.2",
             "data.test_fraction=0.4", "model.kwargs={base_width: 4, feature_dim: 16}", "optim.epochs=1",
             "optim.steps_per_epoch=2", "optim.batch_size=4", "optim.val_samples=20", "threads=1",
-            "autocast_bf16=false", "channels_last=false"]
+            "precision=fp32", "channels_last=false"]
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,10 @@ from ichdet import __version__
 from ichdet.errors import InputError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # ichdet.engine.precision.PRECISIONS (not imported: keeps --help fast)
+TRAIN_PRECISION_HELP = ("autocast of the slice encoder (the config's precision): auto = bf16 where the CPU has "
+                        "AMX/AVX-512 BF16 or the GPU has bf16, else fp32 on a CPU and fp16 with a gradient scaler "
+                        "on a GPU; bf16 where it would be emulated warns and runs fp32")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
@@ -63,7 +67,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from ichdet.engine import load_config, train
 
-    overrides = list(args.set or [])
+    overrides = list(args.set or []) + ([f"precision={args.precision}"] if args.precision else [])
     if args.data:
         overrides.append(f"data.manifest={args.data}")
     cfg = load_config(args.config, overrides)
@@ -125,7 +129,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
     models = list(BINARY_MODELS) if args.model == "all" else [args.model]
     opts = CVOptions(models=models, subtypes=args.subtypes, folds=args.folds, seed=args.seed, weights=args.weights or "", epochs=args.epochs,
-                     size=args.size, quick=args.quick, final=not args.no_final, overrides=list(args.set or []),
+                     size=args.size, quick=args.quick, final=not args.no_final,
+                     overrides=list(args.set or []) + ([f"precision={args.precision}"] if args.precision else []),
                      show_progress=not args.quiet, label_column=args.label_column, id_column=args.id_column,
                      patient_column=args.patient_column)
     result = cross_validate(args.images, args.labels, args.out, opts)
@@ -140,7 +145,9 @@ def cmd_cv(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ichdet.demo import run_demo
 
-    result = run_demo(args.out, quick=args.quick, seed=args.seed, data=args.data, show_progress=not args.quiet)
+    overrides = list(args.set or []) + ([f"precision={args.precision}"] if args.precision else [])
+    result = run_demo(args.out, quick=args.quick, seed=args.seed, data=args.data, show_progress=not args.quiet,
+                      overrides=overrides)
     for name, m in result["models"].items():
         print(_summary_line(name, m, "test AUC", "at the operating point: ") + f", {m['seconds_per_scan']:.2f} s/scan")
     for name, m in (result.get("subtypes") or {}).get("models", {}).items():
@@ -265,8 +272,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="auto (default): onnxruntime when BUNDLE/model.onnx holds this bundle's weights (the fastest "
                         "runtime with PyTorch's outputs), else PyTorch; torch; onnx")
     p.add_argument("--onnx", help="the ONNX file (default: BUNDLE/model.onnx)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="torch runtime arithmetic (default fp32; bf16 is faster on CPUs with AMX/AVX-512 BF16)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="torch runtime arithmetic of the slice encoder: auto (default: bf16 where the CPU has "
+                        "AMX/AVX-512 BF16 or the GPU has bf16, else fp32 on a CPU, fp16 on a GPU), fp32, bf16 (where "
+                        "it would be emulated: a warning and fp32), fp16 (GPUs). The LSTM always runs in fp32")
     p.add_argument("--top", type=int, default=3, help="suspicious slices to report and draw (default 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
@@ -295,6 +304,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="a smaller cohort and shorter training (about 10 minutes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="use this manifest instead of a synthetic cohort (e.g. from `ichdet prepare rsna`)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, help=TRAIN_PRECISION_HELP + " (default: auto)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="config override for every model, 3D and 2D (repeatable), e.g. --set threads=2")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
@@ -345,6 +357,7 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="the laptop-sized configs (configs/quick)")
     p.add_argument("--no-final", action="store_true", help="skip training on all images (no bundles)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every model (repeatable)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, help=TRAIN_PRECISION_HELP + " (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_cv)
 
@@ -359,6 +372,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="manifest CSV (same as --set data.manifest=...)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, help=TRAIN_PRECISION_HELP + " (default: the config's, auto)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch remains)")
     p.set_defaults(func=cmd_train)

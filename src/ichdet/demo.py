@@ -20,9 +20,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 import ichdet
 from ichdet.errors import InputError
@@ -105,7 +106,7 @@ def has_subtypes(manifest: Path) -> bool:
 
 
 def train_3d(out: Path, manifest: Path, profile: Profile, show_progress: bool,
-             names: tuple[str, ...] = TRAIN_ORDER) -> dict[str, float]:
+             names: tuple[str, ...] = TRAIN_ORDER, overrides: Sequence[str] = ()) -> dict[str, float]:
     """Train the 3D experiments `names` in stage order; returns seconds per experiment (0 when reused)."""
     from ichdet.engine import load_config
     from ichdet.engine.train import train_or_resume
@@ -115,7 +116,7 @@ def train_3d(out: Path, manifest: Path, profile: Profile, show_progress: bool,
         t0 = time.perf_counter()
         _log(f"3D: {name}")
         cfg = load_config(f"quick/{name}", [f"data.manifest={manifest}", f"data.cache={out / 'cache'}",
-                                            *_sets(profile, name)])
+                                            *_sets(profile, name), *overrides])
         train_or_resume(cfg, out / "runs" / name, show_progress=show_progress, keep_checkpoints=False)
         seconds[name] = time.perf_counter() - t0
     return seconds
@@ -184,7 +185,8 @@ def report_3d(report: Path, ids: list[str], y: np.ndarray, scores: dict[str, Any
     return metrics
 
 
-def run_2d(out: Path, manifest: Path, profile: Profile, seed: int, show_progress: bool) -> dict[str, Any] | None:
+def run_2d(out: Path, manifest: Path, profile: Profile, seed: int, show_progress: bool,
+           overrides: Sequence[str] = ()) -> dict[str, Any] | None:
     """`ichdet cv` on one PNG per scan (needs the cohort's slice labels to pick bleed slices)."""
     from ichdet.cv import CVOptions, cross_validate
     from ichdet.synth.images import export_image_set
@@ -197,7 +199,7 @@ def run_2d(out: Path, manifest: Path, profile: Profile, seed: int, show_progress
     labels = export_image_set(manifest, out / "images2d", seed=seed, limit=profile.cv_images, subtypes=bool(subtypes))
     opts = CVOptions(models=("cnn", "alexnet", "alexnet-svm", *subtypes), folds=profile.cv_folds, seed=seed,
                      epochs=profile.cv_epochs, quick=True, size=profile.cv_size,
-                     overrides=list(profile.cv_sets), show_progress=show_progress)
+                     overrides=[*profile.cv_sets, *overrides], show_progress=show_progress)
     return cross_validate(out / "images2d" / "images", labels, out / "cv", opts)
 
 
@@ -218,26 +220,35 @@ def keep_bundles(out: Path, cv_result: dict[str, Any] | None) -> dict[str, str]:
 
 
 def run_demo(out: str | Path = "demo-out", quick: bool = False, seed: int = 0, data: str | Path | None = None,
-             show_progress: bool = True, profile: Profile | None = None) -> dict[str, Any]:
+             show_progress: bool = True, profile: Profile | None = None, overrides: Sequence[str] = ()
+             ) -> dict[str, Any]:
     """Run everything (see the module docstring); returns the report's metrics.json content.
-    `profile` replaces the quick/full sizes (tests use a tiny one)."""
+    `profile` replaces the quick/full sizes (tests use a tiny one); `overrides` (``key=value``, as
+    ``ichdet train --set``) apply to every model, 3D and 2D (e.g. ``precision=fp32``)."""
+    from ichdet.engine import load_config
+    from ichdet.engine.precision import cpu_features, resolve_precision
     from ichdet.demo_report import write_demo_report
     from ichdet.evaluate import write_json
 
     out = Path(out)
     profile = profile or (QUICK if quick else FULL)
+    overrides = list(overrides)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as training picks it
+    precision = resolve_precision(load_config(None, overrides).precision, device, warn=False)
+    machine = {"cpu": cpu_features().describe(), "device": device.type, "precision": precision.dtype}
+    _log(f"{machine['cpu']}; training in {precision.dtype} on {device.type}")
     started = time.perf_counter()
     t0 = time.perf_counter()
     manifest = Path(data).resolve() if data else make_data(out, profile, seed)
     synth_s = 0.0 if data else time.perf_counter() - t0
-    train_s = train_3d(out, manifest, profile, show_progress)
+    train_s = train_3d(out, manifest, profile, show_progress, overrides=overrides)
     ids, y, scores = score_3d(out, manifest)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     metrics_3d = report_3d(report, ids, y, scores)
     subtypes = None
     if has_subtypes(manifest):
-        train_s.update(train_3d(out, manifest, profile, show_progress, SUBTYPE_ORDER))
+        train_s.update(train_3d(out, manifest, profile, show_progress, SUBTYPE_ORDER, overrides))
         sub_ids, _, sub_scores = score_3d(out, manifest, ROWS_SUBTYPES)
         if sub_ids != ids:
             raise InputError("the subtype experiments were trained on another split than the binary ones", manifest)
@@ -245,14 +256,14 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, seed: int = 0, d
     else:
         _log("subtypes: skipped (the manifest has no subtype columns)")
     t0 = time.perf_counter()
-    cv_result = run_2d(out, manifest, profile, seed, show_progress)
+    cv_result = run_2d(out, manifest, profile, seed, show_progress, overrides)
     cv_s = time.perf_counter() - t0
     if cv_result is not None:
         shutil.copyfile(out / "cv" / "roc.png", report / "roc_2d.png")
     bundles = keep_bundles(out, cv_result)
     result = {"ichdet_version": ichdet.__version__,
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "profile": "quick" if quick else "full", "synthetic": data is None,
+              "profile": "quick" if quick else "full", "synthetic": data is None, "machine": machine,
               "data": {"manifest": str(manifest), "test_scans": len(ids), "test_positive": int(y.sum()),
                        **({"scans": profile.scans, "size": profile.size, "slices": profile.slices,
                            "difficulty": profile.difficulty, "seed": seed} if data is None else {})},

@@ -94,7 +94,9 @@ def write_demo_report(report: Path, result: Mapping[str, Any]) -> tuple[Path, Pa
         f"`ichdet demo{' --quick' if result['profile'] == 'quick' else ''}` (ichdet {result['ichdet_version']}, "
         f"{result['created']}): {sec['total']:.0f} s in all, {sec['synth']:.0f} s for the cohort, "
         f"{sum(sec['train_3d'].values()):.0f} s for the 3D experiments, {sec['cv_2d']:.0f} s for the 2D "
-        "cross-validation (runs that already existed are reused, so a rerun is faster).",
+        "cross-validation (runs that already existed are reused, so a rerun is faster)"
+        + (f", on {result['machine']['cpu']}, training in {result['machine']['precision']} on "
+           f"{result['machine']['device']}." if result.get("machine") else "."),
         f"Every trained model is kept as a bundle under `bundles/` beside this report's folder: {bundles}. "
         "Try `ichdet predict SCAN --model bundles/3d_lstm2_e2e` or `ichdet evaluate --model bundles/NAME --data MANIFEST`.",
         "All numbers are in `metrics.json` next to this page."])

@@ -20,4 +20,4 @@ def tiny(train_manifest, tmp_path) -> list[str]:
     private cache, one thread (bitwise-reproducible runs)."""
     return [f"data.manifest={train_manifest}", f"data.cache={tmp_path / 'cache'}", "data.size=64",
             "model.kwargs={base_width: 2, feature_dim: 16}", "optim.epochs=2", "optim.steps_per_epoch=3",
-            "optim.batch_size=4", "optim.val_samples=40", "threads=1", "autocast_bf16=false"]
+            "optim.batch_size=4", "optim.val_samples=40", "threads=1", "precision=fp32"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ def exported(bundles, tmp_path_factory) -> dict[str, Path]:
 def test_onnx_outputs_equal_pytorch(bundles, exported, kind):
     b = ichdet.load_bundle(bundles[kind])
     rt = OnnxRuntime(exported[kind], batch=3)  # batches of 3: the dynamic slice axis and chunking
-    ref = TorchRuntime(b.model, b.kind, channels_last=False)
+    ref = TorchRuntime(b.model, b.kind, precision="fp32", channels_last=False)
     for z in (1, 7, 20):
         seq = torch.rand(z, rt._slice_shape[0], 64, 64, generator=torch.Generator().manual_seed(z))
         got, want = rt(seq), ref(seq)
@@ -52,7 +53,7 @@ def test_onnx_file_carries_the_bundle(bundles, exported):
 def test_predict_with_onnx_runtime_matches_torch(cohort, bundles, exported):
     b = ichdet.load_bundle(bundles["scan"])
     scan = sorted((cohort.parent / "scans").iterdir())[1]
-    a = Predictor(b).predict(scan)
+    a = Predictor(b, precision="fp32").predict(scan)
     o = Predictor(b, runtime="onnx", onnx_path=exported["scan"]).predict(scan)
     assert o.runtime == "onnxruntime (scan.onnx)"
     assert abs(o.probability - a.probability) < 1e-4
@@ -98,7 +99,8 @@ def test_cli_export_and_predict_onnx(cohort, bundles, tmp_path, capsys):
 
 
 def test_auto_runtime_takes_the_bundles_own_onnx(bundles, exported, tmp_path):
-    """`auto` uses onnxruntime only on an export of exactly these weights, and only for fp32."""
+    """`auto` uses onnxruntime only on an export of exactly these weights, and only for fp32 or auto
+    precision (onnxruntime is fp32, which auto allows everywhere)."""
     import shutil
 
     copy = tmp_path / "bundle"
@@ -107,7 +109,10 @@ def test_auto_runtime_takes_the_bundles_own_onnx(bundles, exported, tmp_path):
     assert isinstance(Predictor(b).runtime, TorchRuntime)  # no model.onnx yet
     shutil.copy(exported["scan"], copy / "model.onnx")
     assert isinstance(Predictor(b).runtime, OnnxRuntime)
-    assert isinstance(Predictor(b, precision="bf16").runtime, TorchRuntime)
+    assert isinstance(Predictor(b, precision="fp32").runtime, OnnxRuntime)
+    with warnings.catch_warnings():  # bf16 where it is not native: a warning, then fp32 in PyTorch
+        warnings.simplefilter("ignore")
+        assert isinstance(Predictor(b, precision="bf16").runtime, TorchRuntime)
     assert isinstance(Predictor(b, runtime="torch").runtime, TorchRuntime)
     shutil.copy(exported["slice"], copy / "model.onnx")  # another bundle's export: not used
     assert isinstance(Predictor(b).runtime, TorchRuntime)

@@ -3,6 +3,7 @@ result fields a reader needs."""
 from __future__ import annotations
 
 import json
+import warnings
 import shutil
 import zipfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from PIL import Image
 
 import ichdet
 from ichdet.datasets.prepared import PreparedCohort
+from ichdet.engine.precision import PrecisionWarning, cpu_features
 from ichdet.engine.scoring import score_scans
 from ichdet.errors import InputError
 from ichdet.inference import Predictor, ScanPrediction
@@ -34,7 +36,8 @@ def test_predict_gives_the_evaluation_score(cohort, bundles, kind):
     pc = PreparedCohort(cohort, b.prep)
     ids = pc.scan_ids()[:3]
     ref = score_scans(b.kind, b.model, pc, ids, b.context, b.aggregate, b.svm)
-    got = [b.predict(pc.row(s).resolved_path(pc.root)).probability for s in ids]
+    exact = Predictor(b, precision="fp32")  # the default (auto) is bf16 on CPUs with bf16 units
+    got = [exact.predict(pc.row(s).resolved_path(pc.root)).probability for s in ids]
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
     assert len(set(np.round(got, 6))) > 1 or kind == "feature_svm"  # the scans differ, so should the scores
 
@@ -58,7 +61,8 @@ def test_result_fields_of_a_scan_model(cohort, bundles):
         assert t["z_mm"] == pytest.approx((vol.affine @ [0, 0, t["index"], 1])[2], abs=1e-3)
         assert t["file"] == Path(vol.source[t["index"]]).name
     assert r.decision == (r.probability >= r.threshold) and r.threshold == b.threshold
-    assert r.runtime == "torch (fp32, channels-last)" and r.seconds > 0 and r.heatmaps is None
+    auto = "bf16" if cpu_features().native_bf16 else "fp32"  # Bundle.predict's default precision
+    assert r.runtime == f"torch ({auto}, channels-last)" and r.seconds > 0 and r.heatmaps is None
     doc = json.loads(json.dumps(r.to_dict()))
     assert set(doc) >= {"input", "series_uid", "probability", "threshold", "decision", "slice_probabilities",
                         "top_slices", "subtypes", "seconds"}
@@ -104,14 +108,27 @@ def test_reader_warnings_travel_with_the_result(cohort, bundles, tmp_path):
     assert r.shape[0] == 7 and any("gap" in w for w in r.warnings)
 
 
-def test_bf16_is_close_to_fp32(cohort, bundles):
+def test_bf16_is_close_to_fp32_where_native_and_fp32_elsewhere(cohort, bundles):
+    """bf16 autocast of the encoder where the CPU has bf16 units (the LSTM stays fp32); elsewhere
+    asking for bf16 warns once and runs fp32, never a crash (oneDNN has no bf16 LSTM there)."""
     b = ichdet.load_bundle(bundles["scan"])
     scan = _scan_dirs(cohort)[3]
-    fp32 = Predictor(b).predict(scan)
-    bf16 = Predictor(b, precision="bf16").predict(scan)
-    assert bf16.runtime == "torch (bf16, channels-last)"
-    assert abs(bf16.probability - fp32.probability) < 0.02
-    assert np.abs(np.subtract(bf16.slice_probabilities, fp32.slice_probabilities)).max() < 0.02
+    fp32 = Predictor(b, precision="fp32").predict(scan)
+    assert fp32.runtime == "torch (fp32, channels-last)"
+    if cpu_features().native_bf16:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            bf16 = Predictor(b, precision="bf16").predict(scan)
+        assert bf16.runtime == "torch (bf16, channels-last)"
+        assert Predictor(b).runtime.describe() == "torch (bf16, channels-last)"  # auto
+        assert abs(bf16.probability - fp32.probability) < 0.02
+        assert np.abs(np.subtract(bf16.slice_probabilities, fp32.slice_probabilities)).max() < 0.02
+    else:
+        with pytest.warns(PrecisionWarning, match="^bf16 is not native on this CPU .* so fp32 runs instead$"):
+            bf16 = Predictor(b, precision="bf16").predict(scan)
+        assert bf16.runtime == "torch (fp32, channels-last)"
+        assert Predictor(b).runtime.describe() == "torch (fp32, channels-last)"  # auto
+        assert bf16.probability == fp32.probability and bf16.slice_probabilities == fp32.slice_probabilities
 
 
 def test_bad_input_is_one_clear_error(bundles, tmp_path):
@@ -125,8 +142,10 @@ def test_bad_input_is_one_clear_error(bundles, tmp_path):
         b.predict(3)
     with pytest.raises(InputError, match="^runtime must be one of auto, torch, onnx, got 'tf'$"):
         Predictor(b, runtime="tf")
-    with pytest.raises(InputError, match="^precision must be one of fp32, bf16, got 'fp16'$"):
-        Predictor(b, precision="fp16")
+    with pytest.raises(InputError, match="^precision must be one of auto, fp32, bf16, fp16, got 'fp8'$"):
+        Predictor(b, precision="fp8")
+    with pytest.raises(InputError, match="^precision fp16 is for GPUs; on the CPU use auto, fp32 or bf16$"):
+        Predictor(b, runtime="torch", precision="fp16")
     garbage = tmp_path / "x.nii.gz"
     garbage.write_bytes(b"not a nifti")
     with pytest.raises(InputError, match=str(garbage)):

@@ -81,13 +81,13 @@ def test_torch_runtime_outputs(ml_bundles, bundles):
     cases = (("slice", True, False), ("scan", True, True), ("scan_binary_encoder", False, True))
     for kind, has_slice, has_scan in cases:
         b = ichdet.load_bundle(ml_bundles[kind])
-        out = TorchRuntime(b.model, b.kind, batch=3)(seq)
+        out = TorchRuntime(b.model, b.kind, precision="fp32", batch=3)(seq)
         assert (out.slice_labels is not None, out.scan_labels is not None) == (has_slice, has_scan)
         if has_slice:
             assert out.slice_labels.shape == (7, 6) and np.array_equal(out.slice_labels[:, -1], out.slice_probability)
         if has_scan:
             assert out.scan_labels.shape == (6,) and out.scan_labels[-1] == out.scan_probability
-    out = TorchRuntime(ichdet.load_bundle(bundles["scan"]).model, "scan")(seq)
+    out = TorchRuntime(ichdet.load_bundle(bundles["scan"]).model, "scan", precision="fp32")(seq)
     assert out.slice_labels is None and out.scan_labels is None
 
 
@@ -100,7 +100,7 @@ def test_subtypes_equal_scan_outputs(cohort, ml_bundles, ml_exported, kind, runt
     `evaluate` scores) within 1e-6, in SUBTYPE_LABELS order, "any" exactly the probability."""
     b = ichdet.load_bundle(ml_bundles[kind])
     onnx_path = ml_exported["scan" if kind == "scan" else "slice"] if runtime == "onnx" else None
-    predictor = Predictor(b, runtime=runtime, onnx_path=onnx_path)
+    predictor = Predictor(b, runtime=runtime, precision="fp32", onnx_path=onnx_path)
     assert predictor.runtime.name == runtime
     pc = PreparedCohort(cohort, b.prep)
     got = []
@@ -134,7 +134,7 @@ def test_onnx_label_outputs(ml_bundles, ml_exported, bundles):
         b = ichdet.load_bundle(ml_bundles[kind])
         seq = torch.rand(9, 1, S, S, generator=torch.Generator().manual_seed(2))
         got = OnnxRuntime(ml_exported[kind], batch=4)(seq)
-        want = TorchRuntime(b.model, b.kind, channels_last=False)(seq)
+        want = TorchRuntime(b.model, b.kind, precision="fp32", channels_last=False)(seq)
         np.testing.assert_allclose(got.slice_labels, want.slice_labels, rtol=0, atol=1e-5)
         assert got.slice_labels.shape == (9, 6)
         if kind == "scan":

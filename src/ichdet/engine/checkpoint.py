@@ -40,9 +40,10 @@ def save_torch_atomic(obj: Any, path: Path) -> Path:
 
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    state: TrainState, config: dict[str, Any]) -> Path:
+                    state: TrainState, config: dict[str, Any], scaler: torch.amp.GradScaler | None = None) -> Path:
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
-               "state": state.to_dict(), "config": config}
+               "state": state.to_dict(), "config": config,
+               "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
     return save_torch_atomic(payload, run_dir / LATEST)
 
 
@@ -61,12 +62,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise InputError(f"checkpoint unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]})", path) from None
 
 
-def restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> TrainState:
-    """Load `latest.pt` into `model` and `optimizer`; returns the saved progress."""
+def restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+            scaler: torch.amp.GradScaler | None = None) -> TrainState:
+    """Load `latest.pt` into `model`, `optimizer` and (fp16 on a GPU) the gradient scaler; returns
+    the saved progress."""
     ckpt = load_checkpoint(run_dir / LATEST)
     model.load_state_dict(ckpt["model"])
     if optimizer is not None and ckpt.get("optimizer"):
         optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and scaler.is_enabled() and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
     s = ckpt["state"]
     return TrainState(epoch=s["epoch"], best_metric=s["best_metric"], best_epoch=s["best_epoch"],
                       bad_epochs=s["bad_epochs"], history=list(s["history"]))

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from ichdet.engine.precision import PRECISIONS
 from ichdet.errors import InputError
 from ichdet.preprocess.pipeline import PrepSpec
 
@@ -102,7 +103,10 @@ class TrainConfig:
     seed: int = 0
     target_sensitivity: float = 0.98  # operating point: highest threshold reaching it on validation
     channels_last: bool = True  # benchmarks/bench_train.py: 1.55x fp32 slices/s on CPU
-    autocast_bf16: bool = True  # with channels_last 3.3x fp32 (AMX CPU); set false on CPUs without bf16 units
+    # autocast of the slice encoder (ichdet.engine.precision): auto = bf16 where the CPU has bf16 units
+    # (3.3x fp32 with channels_last on AMX), fp32 elsewhere; on a GPU bf16, else fp16 with a grad scaler.
+    # The old switch autocast_bf16: true / false is read as precision bf16 / fp32.
+    precision: str = "auto"
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -116,6 +120,8 @@ class TrainConfig:
             raise InputError(f"config aggregate must be max or p95, got {self.aggregate!r}")
         if self.optim.name not in OPTIMIZERS:
             raise InputError(f"config optim.name must be one of {', '.join(OPTIMIZERS)}, got {self.optim.name!r}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"config precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.model.labels not in LABELS:
             raise InputError(f"config model.labels must be one of {', '.join(LABELS)}, got {self.model.labels!r}")
         if self.optim.loss not in LOSSES:
@@ -187,7 +193,25 @@ def _set_dotted(tree: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
+LEGACY_KEYS = {"autocast_bf16": ("precision", {True: "bf16", False: "fp32"})}  # old key -> (new key, values)
+
+
+def legacy_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Top-level keys of older configs (and the configs inside older bundles) in today's names."""
+    out = dict(values)
+    for old, (new, mapping) in LEGACY_KEYS.items():
+        if old in out:
+            value = out.pop(old)
+            if not isinstance(value, bool):
+                raise InputError(f"config {old} must be true or false, got {value!r} (or use {new}: "
+                                 f"{'|'.join(PRECISIONS)})")
+            out.setdefault(new, mapping[value])
+    return out
+
+
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    if cls is TrainConfig:
+        values = legacy_keys(values)
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:

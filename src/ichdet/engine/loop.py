@@ -8,6 +8,11 @@ unfinished epoch exactly and ends with the weights an uninterrupted run ends wit
 
 DDP: every rank builds the same global batch keys; rank r takes keys r::world_size, the
 gradients are averaged, and only rank 0 validates and writes.
+
+Device and precision: the model trains on `run.info.device` (a GPU when there is one), batches
+come from pinned memory with non-blocking copies there, and the slice encoder runs under the
+autocast `ichdet.engine.precision.resolve_precision` chooses for `cfg.precision` on that device
+(bf16 only where it is native; fp16 on a GPU without bf16, with a gradient scaler).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from tqdm import tqdm
 from ichdet.datasets.slices import shard
 from ichdet.engine.checkpoint import BEST, TrainState, load_checkpoint, restore, save_best, save_checkpoint
 from ichdet.engine.distributed import barrier, broadcast_object
+from ichdet.engine.precision import resolve_precision
 from ichdet.engine.run import Run
 from ichdet.engine.tasks import loss_and_hits
 from ichdet.errors import InputError
@@ -65,6 +71,16 @@ def write_metrics_csv(run: Run, state: TrainState) -> None:
     write_text_atomic(run.out / "metrics.csv", buf.getvalue())
 
 
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Every tensor of a batch (tuples and lists of tensors and other values) on `device`; the
+    copies are asynchronous from pinned memory. A no-op on the CPU."""
+    if isinstance(batch, torch.Tensor):
+        return batch if batch.device == device else batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch
+
+
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % (2**63)
 
@@ -73,14 +89,20 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
     """Train `model` on `task` for the configured epochs; returns the progress (best epoch etc.).
     On return `model` holds the best-by-validation weights."""
     cfg, info = run.cfg, run.info
+    device = info.device
+    precision = resolve_precision(cfg.precision, device)
+    run.log(f"training on {device.type} in {precision.dtype}: {precision.note}")
+    model.to(device)
     optimizer = make_optimizer(run, model)
+    scaler = precision.grad_scaler()
     state = TrainState()
     if resume and (run.out / "latest.pt").exists():
-        state = restore(run.out, model, optimizer)
+        state = restore(run.out, model, optimizer, scaler)
         run.log(f"resuming after epoch {state.epoch} (best {cfg.optim.select_metric} "
                 f"{state.best_metric} at epoch {state.best_epoch})")
     stopped = bool(state.history and state.history[-1].get("stopped"))
-    wrapped = (DistributedDataParallel(model, find_unused_parameters=cfg.stage == "scan")
+    wrapped = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=cfg.stage == "scan")
                if info.enabled else model)
     B, W = cfg.optim.batch_size, info.world_size
     if B % W:
@@ -91,7 +113,7 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
         keys = task.epoch_keys(epoch)
         batches = [shard(keys[i:i + B], info.rank, W) for i in range(0, len(keys), B)]
         loader = DataLoader(task.dataset, batch_sampler=batches, num_workers=cfg.data.workers,
-                            collate_fn=task.collate)
+                            collate_fn=task.collate, pin_memory=device.type == "cuda")
         wrapped.train()
         t0, waited, loss_sum, hits, seen = time.perf_counter(), 0.0, 0.0, 0, 0
         bar = tqdm(total=len(batches), desc=f"{cfg.experiment or cfg.stage} {epoch}/{cfg.optim.epochs}",
@@ -99,14 +121,16 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
         t_wait = time.perf_counter()
         for batch in loader:
             waited += time.perf_counter() - t_wait
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
-                logits, y = task.forward(wrapped, batch)
+            with precision.autocast():
+                logits, y = task.forward(wrapped, to_device(batch, device))
             loss, h = loss_and_hits(logits, y, task.loss)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if cfg.optim.grad_clip > 0:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             loss_sum += loss.item() * len(y)
             hits, seen = hits + h, seen + len(y)
             bar.update(1)
@@ -130,7 +154,7 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
                               "seconds": seconds, "data_wait_fraction": waited / max(seconds, 1e-9),
                               "best": int(improved), "stopped": stopped})
         if info.is_main:
-            save_checkpoint(run.out, model, optimizer, state, cfg.to_dict())
+            save_checkpoint(run.out, model, optimizer, state, cfg.to_dict(), scaler)
             write_metrics_csv(run, state)
         run.log(f"epoch {epoch}/{cfg.optim.epochs}: loss {loss_sum / max(seen, 1):.4f} acc {hits / max(seen, 1):.3f} | "
                 f"val auc {val['val_auc']:.4f} acc {val['val_accuracy']:.3f} loss {val['val_loss']:.4f}"

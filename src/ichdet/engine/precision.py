@@ -12,7 +12,7 @@ CUDA: bf16 autocast where the GPU has it (`torch.cuda.is_bf16_supported`), else 
 which training pairs with a gradient scaler.
 
 Only the slice encoder runs in reduced precision: the LSTM (`ScanLSTM`, `SequenceGraph`) turns
-autocast off and reads fp32 features (`fp32_sequence`).
+autocast off and reads fp32 features (`ichdet.models.scan_lstm.fp32_sequence`).
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import contextlib
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -182,16 +181,3 @@ def resolve_precision(requested: str | bool = "auto", device: str | torch.device
         warnings.warn(f"bf16 is not native on this CPU ({features.describe()}): it would run emulated, about ten "
                       "times slower than fp32, so fp32 runs instead", PrecisionWarning, stacklevel=2)
     return Precision("cpu", "fp32", want, f"fp32: bf16 is not native on {features.describe()}")
-
-
-@contextlib.contextmanager
-def fp32_sequence(x: torch.Tensor) -> Iterator[torch.Tensor]:
-    """Run a sequence model (the LSTM) in fp32 whatever autocast is on around it: yields `x` as
-    float32 with autocast off on its device (nothing is traced when autocast is off, so ONNX
-    export sees a plain graph)."""
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        with torch.autocast(device, enabled=False):
-            yield x.float()
-    else:
-        yield x if x.dtype == torch.float32 else x.float()

@@ -23,14 +23,15 @@ from ichdet.cache import PreparedCache
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import split_by_patient, write_splits
 from ichdet.engine.checkpoint import LATEST
-from ichdet.engine.config import TrainConfig, dump_config
+from ichdet.engine.config import TrainConfig, dump_config, legacy_keys
 from ichdet.engine.distributed import DistInfo, barrier
 from ichdet.errors import InputError
 from ichdet.fileio import write_text_atomic
 from ichdet.preprocess.pipeline import PrepSpec
 
-# differences that do not change the result, so a resumed run may use other values
-RESUME_FREE_KEYS = {("data", "workers"), ("threads",), ("data", "cache")}
+# differences that do not change what is trained, so a resumed run may use other values (precision:
+# a run started on a CPU with bf16 units may finish on one without)
+RESUME_FREE_KEYS = {("data", "workers"), ("threads",), ("data", "cache"), ("precision",)}
 
 
 @dataclass
@@ -65,7 +66,7 @@ def check_resume(cfg: TrainConfig, out: Path) -> None:
     saved_path = out / "config.yaml"
     if not saved_path.is_file():
         raise InputError("cannot resume: the run folder has a checkpoint but no config.yaml", out)
-    saved, now = _flatten(yaml.safe_load(saved_path.read_text()) or {}), _flatten(cfg.to_dict())
+    saved, now = _flatten(legacy_keys(yaml.safe_load(saved_path.read_text()) or {})), _flatten(cfg.to_dict())
     changed = sorted(".".join(k) for k in set(saved) | set(now)
                      if saved.get(k) != now.get(k) and k not in RESUME_FREE_KEYS)
     if changed:

@@ -32,6 +32,18 @@ def adapt_input(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where `model`'s weights live (inputs are moved there; results come back to the CPU)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def to_model(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`x` on `model`'s device (a no-op on the CPU; an asynchronous copy from pinned memory on a GPU)."""
+    device = model_device(model)
+    return x if x.device == device else x.to(device, non_blocking=True)
+
+
 def is_multilabel(model: Any) -> bool:
     """Whether `model`'s head is multi-label (subtypes, "any" last) rather than a two-class softmax."""
     return bool(getattr(model, "multilabel", False))
@@ -59,10 +71,11 @@ def model_labels(model: Any, kind: str) -> tuple[str, ...]:
     return ("any",)
 
 
-def _slice_chunks(image: np.ndarray, context: int, batch: int) -> Iterator[torch.Tensor]:
+def _slice_chunks(model: torch.nn.Module, image: np.ndarray, context: int, batch: int) -> Iterator[torch.Tensor]:
+    """Prepared image (C, Z, S, S) -> slice batches (b, C', S, S) on the model's device, fit for it."""
     seq = volume_to_sequence(torch.from_numpy(np.array(image, dtype=np.float32)), context)  # (Z, C', S, S)
     for i in range(0, seq.shape[0], batch):
-        yield seq[i:i + batch]
+        yield adapt_input(model, to_model(model, seq[i:i + batch]))
 
 
 @torch.inference_mode()
@@ -71,8 +84,8 @@ def slice_probabilities(model: torch.nn.Module, image: np.ndarray, context: int 
     """Slice classifier on every slice: (C, Z, S, S) -> float64 (Z,) P(bleed)."""
     model.eval()
     multi = is_multilabel(model)
-    out = [positive_probability(model(adapt_input(model, x)), multi) for x in _slice_chunks(image, context, batch)]
-    return torch.cat(out).double().numpy()
+    out = [positive_probability(model(x), multi) for x in _slice_chunks(model, image, context, batch)]
+    return torch.cat(out).double().cpu().numpy()
 
 
 @torch.inference_mode()
@@ -81,8 +94,8 @@ def slice_label_probabilities(model: torch.nn.Module, image: np.ndarray, context
     """Multi-label slice classifier on every slice: (C, Z, S, S) -> float64 (Z, L), "any" last."""
     _require_multilabel(model)
     model.eval()
-    out = [label_probabilities(model(adapt_input(model, x))) for x in _slice_chunks(image, context, batch)]
-    return torch.cat(out).double().numpy()
+    out = [label_probabilities(model(x)) for x in _slice_chunks(model, image, context, batch)]
+    return torch.cat(out).double().cpu().numpy()
 
 
 def _require_multilabel(model: Any) -> None:
@@ -95,8 +108,8 @@ def slice_features(model: torch.nn.Module, image: np.ndarray, context: int = 0,
                    batch: int = SLICE_BATCH) -> np.ndarray:
     """`forward_features` on every slice: (C, Z, S, S) -> float32 (Z, F)."""
     model.eval()
-    out = [model.forward_features(adapt_input(model, x)) for x in _slice_chunks(image, context, batch)]
-    return torch.cat(out).float().numpy()
+    out = [model.forward_features(x) for x in _slice_chunks(model, image, context, batch)]
+    return torch.cat(out).float().cpu().numpy()
 
 
 @torch.inference_mode()
@@ -104,7 +117,7 @@ def scan_probability(model: torch.nn.Module, image: np.ndarray, context: int = 0
     """Scan model (scan_lstm) on one scan: (C, Z, S, S) -> P(bleed)."""
     model.eval()
     seq = volume_to_sequence(torch.from_numpy(np.array(image, dtype=np.float32)), context)
-    return float(positive_probability(model(seq.unsqueeze(0)), is_multilabel(model))[0])
+    return float(positive_probability(model(to_model(model, seq.unsqueeze(0))), is_multilabel(model))[0])
 
 
 @torch.inference_mode()
@@ -113,7 +126,7 @@ def scan_label_probabilities(model: torch.nn.Module, image: np.ndarray, context:
     _require_multilabel(model)
     model.eval()
     seq = volume_to_sequence(torch.from_numpy(np.array(image, dtype=np.float32)), context)
-    return label_probabilities(model(seq.unsqueeze(0)))[0].double().numpy()
+    return label_probabilities(model(to_model(model, seq.unsqueeze(0))))[0].double().cpu().numpy()
 
 
 def kind_subtypes(kind: str, slice_labels: np.ndarray | None = None, scan_labels: np.ndarray | None = None,
@@ -203,7 +216,7 @@ def _sample_batches(model: torch.nn.Module, samples: Sequence[tuple[torch.Tensor
     """Slice samples [(x (C', S, S), y)] -> batches (x (b, C', S, S) fit for `model`, bleed labels)."""
     for i in range(0, len(samples), batch):
         part = samples[i:i + batch]
-        yield adapt_input(model, torch.stack([s[0] for s in part])), [any_label(s[1]) for s in part]
+        yield adapt_input(model, to_model(model, torch.stack([s[0] for s in part]))), [any_label(s[1]) for s in part]
 
 
 @torch.inference_mode()
@@ -213,7 +226,7 @@ def sample_features(model: torch.nn.Module, samples: Sequence[tuple[torch.Tensor
     model.eval()
     feats, labels = [], []
     for xs, ys in _sample_batches(model, samples, batch):
-        feats.append(model.forward_features(xs).float().numpy())
+        feats.append(model.forward_features(xs).float().cpu().numpy())
         labels += ys
     return np.concatenate(feats), np.asarray(labels, dtype=np.int64)
 
@@ -227,9 +240,9 @@ def score_slices(model: torch.nn.Module, samples: Sequence[tuple[torch.Tensor, i
     probs, labels = [], []
     for xs, ys in _sample_batches(model, samples, batch):
         if svm is None:
-            probs.append(positive_probability(model(xs), is_multilabel(model)).double().numpy())
+            probs.append(positive_probability(model(xs), is_multilabel(model)).double().cpu().numpy())
         else:
-            probs.append(svm.predict_proba(model.forward_features(xs).float().numpy())[:, 1])
+            probs.append(svm.predict_proba(model.forward_features(xs).float().cpu().numpy())[:, 1])
         labels += ys
     return np.concatenate(probs) if probs else np.zeros(0), np.asarray(labels, dtype=np.int64)
 
@@ -243,7 +256,7 @@ def score_slice_labels(model: torch.nn.Module, samples: Sequence[tuple[torch.Ten
     model.eval()
     probs = []
     for i in range(0, len(samples), batch):
-        xs = adapt_input(model, torch.stack([s[0] for s in samples[i:i + batch]]))
-        probs.append(label_probabilities(model(xs)).double().numpy())
+        xs = adapt_input(model, to_model(model, torch.stack([s[0] for s in samples[i:i + batch]])))
+        probs.append(label_probabilities(model(xs)).double().cpu().numpy())
     targets = np.stack([np.asarray(s[1], dtype=np.float64) for s in samples]) if samples else np.zeros((0, 0))
     return (np.concatenate(probs) if probs else np.zeros((0, 0))), targets

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ichdet.engine.scoring import is_multilabel, label_probabilities, model_labels, positive_probability
+from ichdet.models.scan_lstm import fp32_sequence
 
 
 class SliceGraph(nn.Module):
@@ -66,8 +67,9 @@ class SequenceGraph(nn.Module):
         self.multilabel, self.labels = is_multilabel(scan_model), bool(labels)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        _, (h_n, _) = self.lstm(features.unsqueeze(0))  # h_n (layers * 2, 1, hidden)
-        logits = self.head(torch.cat([h_n[-2], h_n[-1]], dim=1))
+        with fp32_sequence(features) as f:  # the LSTM always in fp32, whatever autocast is on
+            _, (h_n, _) = self.lstm(f.unsqueeze(0))  # h_n (layers * 2, 1, hidden)
+            logits = self.head(torch.cat([h_n[-2], h_n[-1]], dim=1))
         if self.labels:
             labels = label_probabilities(logits)
             return labels[:, -1], labels

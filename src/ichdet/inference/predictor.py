@@ -28,7 +28,7 @@ from ichdet.preprocess import prepare_volume
 RUNTIMES = ("auto", "torch", "onnx")
 DEFAULT_RUNTIME = "auto"
 ONNX_FILE = "model.onnx"  # where `auto` looks for the bundle's ONNX export
-DEFAULT_PRECISION = "fp32"
+DEFAULT_PRECISION = "auto"  # bf16 where the device does it natively, else fp32 (ichdet.engine.precision)
 TOP_SLICES = 3  # prepared slices reported (and given heatmaps) per scan
 TISSUE_HU, TISSUE_DISPLAY = -200.0, 0.1  # above these a voxel is tissue (HU; display intensity of an image)
 MIN_TISSUE_FRACTION = 0.01  # less tissue than this in the whole input: warn that it may not be a head
@@ -90,8 +90,10 @@ class Predictor:
 
     runtime: "auto" (default: onnxruntime on the bundle's `model.onnx` when that file exists, was
     exported from these weights and onnxruntime is installed, since it is the fastest runtime
-    whose outputs equal PyTorch fp32's (benchmarks/bench_infer.py); otherwise PyTorch fp32),
-    "torch" (precision "fp32" or "bf16", channels-last) or "onnx" (`onnx_path`, default
+    whose outputs equal PyTorch fp32's (benchmarks/bench_infer.py), unless bf16 is asked for;
+    otherwise PyTorch at `precision`), "torch" (precision "auto": bf16 autocast of the slice
+    encoder where the CPU or GPU has bf16 units, else fp32 on a CPU and fp16 on a GPU; "fp32"; "bf16",
+    which warns and runs fp32 where bf16 would be emulated; channels-last) or "onnx" (`onnx_path`, default
     BUNDLE/model.onnx, the file `ichdet export` wrote; it must come from this bundle's weights).
     """
 
@@ -103,7 +105,7 @@ class Predictor:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         self.bundle, self.top_k = bundle, top_k
         onnx_path = Path(onnx_path) if onnx_path is not None else bundle.path / ONNX_FILE
-        chosen = _own_onnx(bundle, onnx_path, batch) if runtime == "auto" and precision == "fp32" else None
+        chosen = _own_onnx(bundle, onnx_path, batch) if runtime == "auto" and precision in ("auto", "fp32") else None
         if runtime == "onnx":
             if not onnx_path.is_file():
                 raise InputError(f"no ONNX file at {onnx_path}: run `ichdet export --model {bundle.path} --onnx "

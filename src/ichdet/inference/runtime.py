@@ -1,5 +1,6 @@
 """Runtimes that run a bundle's network on one scan: PyTorch (eager, optionally channels-last,
-bf16 autocast or `torch.compile`) and onnxruntime on a file written by `ichdet export`.
+autocast of the slice encoder where the device does it natively, or `torch.compile`; CPU or GPU)
+and onnxruntime on a file written by `ichdet export`.
 
 Both take the slice sequence (Z, C', S, S) float32 in [0, 1] and return `ModelOutputs`; slices
 go through the encoder a few at a time, so memory does not grow with the scan's length.
@@ -20,7 +21,7 @@ from ichdet.inference.graph import split_model
 
 SLICE_BATCH = 16  # slices per onnxruntime pass
 BATCH_PIXELS = 131072  # slices x S x S per PyTorch encoder pass: 2 at 256 px, whose activations stay in cache
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # fp16: GPUs only (ichdet.engine.precision)
 ONNX_META_KEY = "ichdet_bundle"  # ONNX metadata_props key holding the bundle.json the graph came from
 ONNX_HASH_KEY = "ichdet_weights_sha256"
 SLICE_LABELS, SCAN_LABELS = "slice_labels", "scan_labels"  # ONNX outputs of subtype bundles
@@ -55,24 +56,33 @@ def _as_tensor(seq: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 class TorchRuntime:
-    """A bundle's network in PyTorch on the CPU.
+    """A bundle's network in PyTorch, on the CPU or a GPU.
 
-    precision: "fp32", or "bf16" (autocast; fast on CPUs with AMX/AVX-512 BF16, outputs differ
-        from fp32 by about 1e-3). channels_last: NHWC memory format for the convolutions (faster
-        on CPU with oneDNN, same numbers to float rounding). compile: `torch.compile` the slice
-        graph (a one-off cost of tens of seconds; only worth it for long batches).
+    precision: "auto" (bf16 autocast of the slice encoder where the device does bf16 natively,
+        else fp32 on a CPU and fp16 on a GPU), "fp32", "bf16" (where it would be emulated: a
+        warning and fp32) or "fp16" (GPUs); `ichdet.engine.precision` decides, and `.precision`
+        holds the dtype that runs. bf16 moves probabilities from fp32's by up to about 0.02 on
+        trained models. The LSTM always runs in fp32. channels_last: NHWC memory format for the
+        convolutions (faster with oneDNN, same numbers to float rounding). compile:
+        `torch.compile` the slice graph (a one-off cost of tens of seconds). device: "cpu",
+        "cuda" (inputs copied from pinned memory without blocking) or None (a GPU when there is one).
     """
 
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, kind: str, precision: str = "fp32", channels_last: bool = True,
-                 compile: bool = False, batch: int | None = None):
+    def __init__(self, model: torch.nn.Module, kind: str, precision: str = "auto", channels_last: bool = True,
+                 compile: bool = False, batch: int | None = None, device: str | torch.device | None = None):
+        from ichdet.engine.precision import resolve_precision
+
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if batch is not None and (not isinstance(batch, int) or batch < 1):
             raise InputError(f"slice batch must be a positive integer, got {batch!r}")
-        self.kind, self.precision, self.channels_last, self.batch = kind, precision, bool(channels_last), batch
-        self.slice_graph, self.sequence_graph = split_model(_inference_copy(model, self.channels_last), kind)
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.mode = resolve_precision(precision, self.device)
+        self.kind, self.precision, self.channels_last, self.batch = kind, self.mode.dtype, bool(channels_last), batch
+        net = _inference_copy(model, self.channels_last).to(self.device)
+        self.slice_graph, self.sequence_graph = split_model(net, kind)
         self._slices = torch.compile(self.slice_graph, dynamic=True) if compile else self.slice_graph
         self.compiled = bool(compile)
 
@@ -81,19 +91,22 @@ class TorchRuntime:
         return self.batch or max(1, min(64, BATCH_PIXELS // (size * size)))
 
     def describe(self) -> str:
-        parts = [self.precision] + (["channels-last"] if self.channels_last else []) + (["compiled"] if self.compiled else [])
+        parts = ([self.device.type] if self.device.type != "cpu" else []) + [self.precision] + \
+            (["channels-last"] if self.channels_last else []) + (["compiled"] if self.compiled else [])
         return f"torch ({', '.join(parts)})"
 
     @torch.inference_mode()
     def __call__(self, seq: np.ndarray | torch.Tensor) -> ModelOutputs:
         """seq (Z, C', S, S) -> ModelOutputs."""
         x = _as_tensor(seq)
+        if self.device.type == "cuda":
+            x = x.pin_memory()
         batch = self.slice_batch(x.shape[-1])
         probs, feats, labels = [], [], []
         scan = scan_labels = None
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with self.mode.autocast():  # the slice encoder only
             for i in range(0, x.shape[0], batch):
-                chunk = x[i:i + batch]
+                chunk = x[i:i + batch].to(self.device, non_blocking=True)
                 if self.channels_last:
                     chunk = chunk.contiguous(memory_format=torch.channels_last)
                 out = self._slices(chunk)
@@ -101,14 +114,14 @@ class TorchRuntime:
                 feats.append(out[1].float())
                 if len(out) > 2:
                     labels.append(out[2].float())
-            features = torch.cat(feats)
-            if self.sequence_graph is not None:
-                seq_out = self.sequence_graph(features)
-                if isinstance(seq_out, tuple):
-                    seq_out, scan_labels = seq_out[0], seq_out[1][0].double().numpy()
-                scan = float(seq_out[0])
-        return ModelOutputs(torch.cat(probs).double().numpy(), features.numpy(), scan,
-                            torch.cat(labels).double().numpy() if labels else None, scan_labels)
+        features = torch.cat(feats)
+        if self.sequence_graph is not None:  # fp32, outside autocast
+            seq_out = self.sequence_graph(features)
+            if isinstance(seq_out, tuple):
+                seq_out, scan_labels = seq_out[0], seq_out[1][0].double().cpu().numpy()
+            scan = float(seq_out[0])
+        return ModelOutputs(torch.cat(probs).double().cpu().numpy(), features.cpu().numpy(), scan,
+                            torch.cat(labels).double().cpu().numpy() if labels else None, scan_labels)
 
 
 def _inference_copy(model: torch.nn.Module, channels_last: bool) -> torch.nn.Module:

@@ -5,11 +5,14 @@ x (B, Z, C, H, W) -> the encoder's `forward_features` on every real slice -> (B,
 backward hidden states, concatenated (B, 2*hidden) -> Linear -> scan logits (B, num_classes).
 Scans are padded at the end; with `lengths` the sequence is packed, so padding never changes the
 result. LSTM initialisation follows the paper: Glorot-uniform input weights and orthogonal
-recurrent weights (per gate block), forget-gate bias 1, all other biases 0.
+recurrent weights (per gate block), forget-gate bias 1, all other biases 0. Under autocast only the
+encoder runs in bf16/fp16: the LSTM reads fp32 features in fp32 (`fp32_sequence`; oneDNN has no
+bf16 LSTM on CPUs without bf16 units, and the recurrence is a small part of the work).
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -18,6 +21,20 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from ichdet.errors import InputError
 from ichdet.models.checks import check_feature_batch
 from ichdet.models.registry import create_model, register_model
+
+
+@contextlib.contextmanager
+def fp32_sequence(x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Run a sequence model (the LSTM) in fp32 whatever autocast is on around it: yields `x` as
+    float32 with autocast off on its device (nothing is traced when autocast is off, so ONNX
+    export sees a plain graph)."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            yield x.float()
+    else:
+        yield x if x.dtype == torch.float32 else x.float()
+
 
 GATES = ("input", "forget", "cell", "output")  # PyTorch's order of the 4 blocks in weight_ih / weight_hh
 
@@ -134,11 +151,11 @@ class ScanLSTM(nn.Module):
         """x (B, Z, C, H, W), lengths (B,) -> scan vector (B, 2*hidden): last layer's final forward and
         backward hidden states."""
         lengths = self._check(x, lengths)
-        seq = self._per_slice(x, lengths, self._encode)
-        if lengths is not None:
-            seq = pack_padded_sequence(seq, lengths, batch_first=True, enforce_sorted=False)
-        _, (h_n, _) = self.lstm(seq)  # h_n (layers*2, B, hidden), original batch order
-        return torch.cat([h_n[-2], h_n[-1]], dim=1)
+        with fp32_sequence(self._per_slice(x, lengths, self._encode)) as seq:  # the LSTM always in fp32
+            if lengths is not None:
+                seq = pack_padded_sequence(seq, lengths, batch_first=True, enforce_sorted=False)
+            _, (h_n, _) = self.lstm(seq)  # h_n (layers*2, B, hidden), original batch order
+            return torch.cat([h_n[-2], h_n[-1]], dim=1)
 
     def forward_head(self, f: torch.Tensor) -> torch.Tensor:
         """Scan vector (B, 2*hidden) -> logits (B, num_classes)."""
