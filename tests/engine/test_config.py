@@ -56,11 +56,25 @@ def test_base_chain_and_loop(tmp_path):
     ("optim.batch_size=0", "config optim.batch_size must be >= 1, got 0"),
     ("data.windows=[nope]", "nope"),
     ("nonsense", "--set expects key=value"),
+    ("precision=fp8", "config precision must be one of auto, fp32, bf16, fp16, got 'fp8'"),
+    ("autocast_bf16=maybe", "config autocast_bf16 must be true or false, got 'maybe' (or use precision: "
+                            "auto|fp32|bf16|fp16)"),
 ])
 def test_bad_values_are_named(override, message):
     with pytest.raises(InputError) as e:
         load_config(None, [override])
     assert message in str(e.value)
+
+
+def test_precision_defaults_to_auto_and_reads_the_old_switch(tmp_path):
+    assert load_config(None).precision == "auto"
+    assert load_config(None, ["autocast_bf16=false"]).precision == "fp32"
+    assert load_config(None, ["autocast_bf16=true"]).precision == "bf16"
+    assert load_config(None, ["autocast_bf16=true", "precision=fp32"]).precision == "fp32"  # the new key wins
+    old = tmp_path / "old.yaml"  # a config saved by an older ichdet (as inside older bundles)
+    old.write_text("stage: slice\nautocast_bf16: true\nchannels_last: true\n")
+    cfg = load_config(old)
+    assert cfg.precision == "bf16" and "autocast_bf16" not in cfg.to_dict()
 
 
 def test_svm_stage_needs_a_trained_model():

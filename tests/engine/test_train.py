@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ from ichdet.cli import run as cli
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import read_splits
 from ichdet.engine import load_config, train
+from ichdet.engine.loop import to_device
+from ichdet.engine.precision import PrecisionWarning, cpu_features
 from ichdet.engine.scoring import slice_probabilities
 from ichdet.errors import InputError
 
@@ -81,6 +84,35 @@ def test_stages_chain_into_baselines_and_lstm(tiny, tmp_path):
                            show_progress=False))
     enc2 = {k.removeprefix("encoder."): v for k, v in b2.model.state_dict().items() if k.startswith("encoder.")}
     assert any(not torch.equal(slice_w[k], enc2[k]) for k in slice_w), "end-to-end must train the encoder"
+
+
+def test_scan_model_trains_in_bf16_where_native_and_fp32_elsewhere(tiny, tmp_path, capsys):
+    """Asking for bf16 on the CNN + BiLSTM: where the CPU has bf16 units the encoder trains under
+    bf16 autocast with the LSTM in fp32; elsewhere one warning and an fp32 run (oneDNN has no bf16
+    LSTM there, and emulated bf16 is ten times slower). Either way the run finishes."""
+    lstm = ["model.kwargs={lstm_layers: 1, hidden: 8, encoder_kw: {base_width: 2, feature_dim: 16}}",
+            "optim.batch_size=2", "optim.epochs=1", "precision=bf16"]
+    native = cpu_features().native_bf16
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        b = load_bundle(train(load_config(CONFIGS / "3d_e2e_nostage.yaml", tiny + lstm), tmp_path / "run",
+                              show_progress=False))
+    assert b.kind == "scan" and all(torch.isfinite(v).all() for v in b.model.state_dict().values())
+    err = capsys.readouterr().err
+    bf16_warnings = [w for w in caught if issubclass(w.category, PrecisionWarning)]
+    if native:
+        assert "training on cpu in bf16: bf16 autocast: native on" in err and not bf16_warnings
+    else:
+        assert "training on cpu in fp32: fp32: bf16 is not native on" in err and len(bf16_warnings) == 1
+
+
+def test_to_device_moves_every_tensor_of_a_batch():
+    x, lengths, y = torch.zeros(2, 3), torch.tensor([3, 2]), torch.tensor([0, 1])
+    batch = (x, lengths, y, ["a", "b"])
+    moved = to_device(batch, torch.device("cpu"))
+    assert moved[0] is x and moved[3] == ["a", "b"]  # a no-op on the CPU: same tensors, no copies
+    meta = to_device([x, (y, 3)], torch.device("meta"))
+    assert meta[0].device.type == "meta" and meta[1][0].device.type == "meta" and meta[1][1] == 3
 
 
 def test_alexnet_and_alexnet_svm_stages(tiny, tmp_path):
