@@ -3,13 +3,19 @@
 
     python benchmarks/bench_infer.py --out benchmarks/results/bench_infer.json [--quick]
                                      [--cases synthetic,cq500] [--variants ...] [--repeats 5]
-                                     [--threads N] [--bundle PATH]
+                                     [--threads N] [--bundle PATH] [--precision auto|fp32|bf16]
 
 What runs, all in this one process with torch (and onnxruntime) on every usable core:
 
-1. **Matmul peak**: ``torch.mm`` of square fp32 and bf16 matrices (n = 2048, 4096; the same
-   function as bench_train, ``bench_common.matmul_peak``), before, between the inputs and after;
-   the highest is the peak.
+0. **Precision** (``--precision``, ``bench_common.plan_precision``): ``auto`` runs the bf16
+   variants only where bf16 is native (``ichdet.engine.precision.cpu_features().native_bf16``:
+   AVX512-BF16 / AMX in use) and lists each of them in ``skipped`` with the reason elsewhere;
+   ``fp32`` skips them everywhere; ``bf16`` builds them even where bf16 is emulated (their
+   ``TorchRuntime(precision="bf16")`` then decides what runs, and the rows say what it ran).
+1. **Matmul peak**: ``torch.mm`` of square fp32 matrices (n = 2048, 4096; the same function as
+   bench_train, ``bench_common.matmul_peak``), and of bf16 ones only when a variant's runtime
+   runs bf16 (capped at n = 512 where bf16 is emulated), after the variants are built, between
+   the inputs and after; the highest is the peak.
 2. **The model**: by default the paper's proposed 3D model at full size with seeded random
    weights, ``create_model("scan_lstm", encoder_kw={in_channels 1, base_width 16, feature_dim 512,
    dropout 0.5}, lstm_layers=2, hidden=512)``, written with ``save_bundle`` (kind "scan", brain
@@ -19,8 +25,8 @@ What runs, all in this one process with torch (and onnxruntime) on every usable 
 3. **Variants**, each a ``Predictor`` whose ``.runtime`` is replaced by the variant's runtime on
    its own fresh copy of the weights: ``eager-fp32`` (TorchRuntime fp32, contiguous NCHW: the
    peer), ``eager-fp32-cl`` (channels_last, in-place ReLU: what ``Predictor`` runs when the bundle
-   has no model.onnx), ``bf16`` (bf16
-   autocast), ``bf16-cl``, ``compile-fp32-cl`` (``torch.compile``; its first call is timed as
+   has no model.onnx), ``bf16`` (``TorchRuntime(precision="bf16")``: bf16 autocast of the slice
+   encoder, the LSTM in fp32), ``bf16-cl``, ``compile-fp32-cl`` (``torch.compile``; its first call is timed as
    its own row) and ``onnx`` (``export_onnx`` once, timed as a row, then ``OnnxRuntime``).
 4. **Inputs**: ``synthetic`` (``ichdet.synth.make_cohort``: one 32-slice, 5 mm, 512 x 512 DICOM
    series) and ``cq500`` (the real series at ../shared/data/cq500-ct-1: 238 slices of 512 x 512;
@@ -35,10 +41,11 @@ What runs, all in this one process with torch (and onnxruntime) on every usable 
    every variant: bf16 is reported but does not agree).
 
 Rows (``{"case", "metric", "unit", "ichdet", "peer", "peer_value", "ratio", "goal", "goal_met",
-"input", "variant", ...}``, ratio = ichdet / peer_value): ``read_seconds``, ``prepare_seconds``
+"input", "variant", ...}``, ratio = ichdet / peer_value; a variant's rows carry ``precision``, the
+dtype its runtime really ran, "fp32" or "bf16"): ``read_seconds``, ``prepare_seconds``
 (peer: eager-fp32 end to end, so ratio = share of it), ``end_to_end_seconds``, ``model_seconds``
-(peer: eager-fp32 on the same input), ``model_gflops`` (peer: the matching matmul peak, so ratio =
-fraction of peak; bf16 variants get a second row against the fp32 peak), ``max_abs_diff`` (peer:
+(peer: eager-fp32 on the same input), ``model_gflops`` (peer: the matmul peak of the row's
+precision, so ratio = fraction of peak; bf16 rows get a second row against the fp32 peak), ``max_abs_diff`` (peer:
 eager-fp32, peer_value 0, ratio null), ``first_call_s`` (compile-fp32-cl) and
 ``onnx_export_seconds``. Output is written atomically.
 """
@@ -47,6 +54,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import inspect
 import os
 import resource
 import statistics
@@ -57,8 +65,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_common import (GOAL_CELL, MATMUL_MIN_TIMED_S, MATMUL_WARMUP_S, matmul_peak, print_aligned, ratio,
-                          torch_machine_info, write_json_atomic)
+from bench_common import (EMULATED_BF16_MAX_N, GOAL_CELL, MATMUL_MIN_TIMED_S, MATMUL_WARMUP_S, PRECISION_CHOICES,
+                          PRECISION_HELP, matmul_peak, plan_precision, print_aligned, ratio, torch_machine_info,
+                          write_json_atomic)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -73,6 +82,7 @@ VARIANTS = {
     "compile-fp32-cl": {"runtime": "torch", "precision": "fp32", "channels_last": True, "compile": True},
     "onnx": {"runtime": "onnx", "precision": "fp32", "channels_last": False, "compile": False},
 }
+BF16_VARIANTS = [v for v, spec in VARIANTS.items() if spec["precision"] == "bf16"]
 BASELINE = "eager-fp32"  # plain contiguous PyTorch: the peer of every speed row
 DEFAULT_VARIANT = "onnx"  # what predict's runtime "auto" runs once the bundle has model.onnx
 FALLBACK_VARIANT = "eager-fp32-cl"  # ...and without it
@@ -157,8 +167,20 @@ def build_variant(name: str, bundle_path: Path, pristine, onnx_path: Path | None
     else:
         pred = Predictor(b)
         pred.runtime = TorchRuntime(copy.deepcopy(pristine), b.kind, precision=spec["precision"],
-                                    channels_last=spec["channels_last"], compile=spec["compile"])
+                                    channels_last=spec["channels_last"], compile=spec["compile"], **_cpu_kw(TorchRuntime))
     return pred
+
+
+def _cpu_kw(runtime_cls) -> dict:
+    """device="cpu" where TorchRuntime takes a device (it would pick a GPU when there is one): this
+    benchmark measures the CPU."""
+    return {"device": "cpu"} if "device" in inspect.signature(runtime_cls).parameters else {}
+
+
+def runtime_precision(runtime) -> str:
+    """The dtype a runtime really runs: TorchRuntime.precision ("fp32" / "bf16"); onnxruntime: fp32."""
+    prec = getattr(runtime, "precision", "fp32")
+    return prec if prec in ("fp32", "bf16") else "fp32"
 
 
 def count_scan_flops(runtime, seq, features) -> dict:
@@ -199,7 +221,7 @@ def time_variant(pred, path: Path, seq, repeats: int, warmup: int) -> dict:
     return {"first_call_s": first, "wall": wall, "seconds_field": fields, "model": model,
             "e2e": _median(wall), "model_s": _median(model), "probability": float(res.probability),
             "slice_probabilities": np.asarray(res.slice_probabilities, dtype=np.float64),
-            "runtime": pred.runtime.describe()}
+            "runtime": pred.runtime.describe(), "precision": runtime_precision(pred.runtime)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=None, help="synthetic slice side (512; 64 with --quick)")
     ap.add_argument("--slices", type=int, default=None, help="synthetic slices (32; 8 with --quick)")
     ap.add_argument("--matmul-sizes", default=None, help="square matmul sizes for the peak (2048,4096; 256,512 quick)")
+    ap.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     a = ap.parse_args(argv)
 
     def fail(msg: str) -> int:  # one line on stderr, exit 2 (as argparse does for bad options)
@@ -309,16 +332,21 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.time()
     machine = machine_info()
+    plan = plan_precision(a.precision, [v for v in variants if v in BF16_VARIANTS], log)
+    skipped += plan.skipped
+    asked_variants = list(variants)
+    variants = [v for v in variants if v not in BF16_VARIANTS or plan.run_bf16]
     mm_repeats = 3 if q else 5
     mm_times = (0.05, 0.1) if q else (MATMUL_WARMUP_S, MATMUL_MIN_TIMED_S)
+    bf16_sizes: tuple[int, ...] = ()  # set once the variants are built: bf16 only if one of them runs bf16
 
     def peaks() -> dict:
-        return {"fp32": matmul_peak(torch.float32, mm_sizes, mm_repeats, *mm_times),
-                "bf16": matmul_peak(torch.bfloat16, mm_sizes, mm_repeats, *mm_times)}
+        p = {"fp32": matmul_peak(torch.float32, mm_sizes, mm_repeats, *mm_times)}
+        if bf16_sizes:
+            p["bf16"] = matmul_peak(torch.bfloat16, bf16_sizes, mm_repeats, *mm_times)
+        return p
 
-    log(f"matmul peak (torch.mm, n={mm_sizes}, {threads} threads) ...")
-    peak_runs = {"before": peaks()}
-    log(f"  fp32 {peak_runs['before']['fp32']['gflops']:.0f} GFLOP/s, bf16 {peak_runs['before']['bf16']['gflops']:.0f} GFLOP/s")
+    peak_runs: dict[str, dict] = {}
 
     rows: list[dict] = []
     results: dict[str, dict] = {}  # input -> per-variant timings and its facts
@@ -361,7 +389,26 @@ def main(argv: list[str] | None = None) -> int:
                                                                   f"{str(e).splitlines()[0][:200] if str(e) else ''}"})
                 log(f"  {v} skipped: {e}")
                 continue
-            build[v] = {"build_seconds": time.perf_counter() - t0, "runtime": predictors[v].runtime.describe()}
+            rt = predictors[v].runtime
+            build[v] = {"build_seconds": time.perf_counter() - t0, "runtime": rt.describe(),
+                        "precision": runtime_precision(rt)}
+            if build[v]["precision"] != VARIANTS[v]["precision"]:
+                log(f"  {v}: asked {VARIANTS[v]['precision']}, the runtime runs {build[v]['precision']}")
+
+        # ---- the matmul peak, before any timed run; bf16 only when a variant runs bf16 (where bf16 is
+        # emulated a bf16 matmul of n = 4096 takes about a minute, so there its sizes are capped)
+        precision_info = plan.to_dict()
+        precision_info["runtime_precision"] = {v: build[v]["precision"] for v in predictors}
+        if any(build[v]["precision"] == "bf16" for v in predictors):
+            bf16_sizes = plan.bf16_sizes(mm_sizes)
+        elif plan.run_bf16 and any(v in predictors for v in BF16_VARIANTS):
+            precision_info["note"] += ("; but their TorchRuntime(precision='bf16') runs fp32 here (bf16 is not native), "
+                                       "so their rows are fp32")
+            log(f"  {precision_info['note']}")
+        log(f"matmul peak (torch.mm, n={mm_sizes}{f', bf16 n={bf16_sizes}' if bf16_sizes else ''}, "
+            f"{threads} threads) ...")
+        peak_runs["before"] = peaks()
+        log("  " + ", ".join(f"{k} {p['gflops']:.0f} GFLOP/s" for k, p in peak_runs["before"].items()))
 
         # ---- the inputs
         inputs: list[tuple[str, Path]] = []
@@ -416,8 +463,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"  end to end {r['e2e']:.3f} s (first call {r['first_call_s']:.2f} s), model {r['model_s']:.3f} s, "
                     f"{flops / r['model_s'] / 1e9:.1f} GFLOP/s, p={r['probability']:.6f}")
         peak_runs["after"] = peaks()
-    peak = {k: max(p[k]["gflops"] for p in peak_runs.values()) for k in ("fp32", "bf16")}
-    log(f"peak used: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    peak = {k: max(p[k]["gflops"] for p in peak_runs.values()) for k in peak_runs["before"]}
+    log("peak used: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
 
     # ---- rows
     for name, info in results.items():
@@ -429,20 +476,21 @@ def main(argv: list[str] | None = None) -> int:
                      "flops_parts": info["flop_parts"], "repeats": repeats}
         for metric, key, what in (("read_seconds", "read", "load_volume(path): DICOM read -> HU volume"),
                                   ("prepare_seconds", "prepare", "prepare_volume(volume, bundle.prep)")):
-            rows.append({"case": f"{label} {metric.split('_')[0]}", **common_in, "variant": None,
+            rows.append({"case": f"{label} {metric.split('_')[0]}", **common_in, "variant": None, "precision": None,
                          "metric": metric, "unit": "s (median)", "ichdet": info[f"{key}_s"],
                          "peer": f"{BASELINE} end to end (same input)", "peer_value": base["e2e"],
                          "ratio": ratio(info[f"{key}_s"], base["e2e"]), "times": info[key], "what": what,
                          "goal": "none; ratio = share of the eager-fp32 end-to-end time", "goal_met": None})
         for v, r in info["variants"].items():
             spec = VARIANTS[v]
-            dtype = "bf16" if spec["precision"] == "bf16" else "fp32"
+            dtype = r["precision"]  # what the runtime really ran (bf16 asked may run fp32 where not native)
             tol = TOLERANCE[dtype]
             d_prob = abs(r["probability"] - base["probability"])
             d_slice = float(np.max(np.abs(r["slice_probabilities"] - base["slice_probabilities"])))
             agrees = bool(max(d_prob, d_slice) <= tol)
             r.update(max_abs_prob_diff=d_prob, max_abs_slice_prob_diff=d_slice, tolerance=tol, agrees=agrees)
             common = {"case": f"{label} {v}", **common_in, "variant": v, "runtime": r["runtime"], "dtype": dtype,
+                      "precision": dtype, "precision_asked": spec["precision"],
                       "memory_format": "channels_last" if spec["channels_last"] else "contiguous",
                       "compiled": spec["compile"], "agrees": agrees, "tolerance": tol,
                       "max_abs_prob_diff": d_prob, "max_abs_slice_prob_diff": d_slice}
@@ -469,12 +517,15 @@ def main(argv: list[str] | None = None) -> int:
             for pk in peak_keys:
                 frac = gflops / peak[pk]
                 r[f"fraction_of_{pk}_peak"] = frac
+                judged = pk == peak_keys[0] and not (pk == "bf16" and plan.emulated)
                 rows.append({**common, "metric": "model_gflops", "unit": "GFLOP/s", "ichdet": gflops,
-                             "peer": f"torch.mm {pk} peak (n={','.join(map(str, mm_sizes))})", "peer_value": peak[pk],
-                             "ratio": frac, "fraction_of_peak": frac, "peak_dtype": pk,
+                             "peer": f"torch.mm {pk} peak (n={','.join(map(str, bf16_sizes if pk == 'bf16' else mm_sizes))})",
+                             "peer_value": peak[pk], "ratio": frac, "fraction_of_peak": frac, "peak_dtype": pk,
                              "goal": f"ratio >= {PEAK_GOAL} (fraction of the measured {pk} matmul peak)"
-                                     + ("" if pk == peak_keys[0] else "; for reference, judged against the bf16 peak"),
-                             "goal_met": bool(frac >= PEAK_GOAL) if pk == peak_keys[0] else None})
+                                     + ("" if pk == peak_keys[0] else "; for reference, judged against the bf16 peak")
+                                     + ("; not judged: bf16 is emulated here, so its peak is no hardware figure"
+                                        if pk == "bf16" and plan.emulated else ""),
+                             "goal_met": bool(frac >= PEAK_GOAL) if judged else None})
             rows.append({**common, "metric": "max_abs_diff", "unit": "probability",
                          "ichdet": float(max(d_prob, d_slice)), "peer": f"{BASELINE} outputs (same input)",
                          "peer_value": 0.0, "ratio": None, "goal": f"<= {tol:g} (scan and slice probabilities)",
@@ -485,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
                              "peer_value": base["first_call_s"], "ratio": ratio(r["first_call_s"], base["first_call_s"]),
                              "goal": "none; a one-off cost per process", "goal_met": None})
     if "onnx_export_seconds" in build:
-        rows.append({"case": "onnx export", "input": None, "variant": "onnx", "metric": "onnx_export_seconds",
+        rows.append({"case": "onnx export", "input": None, "variant": "onnx", "precision": "fp32",
+                     "metric": "onnx_export_seconds",
                      "unit": "s (once)", "ichdet": build["onnx_export_seconds"], "peer": "none", "peer_value": None,
                      "ratio": None, "onnx_mb": build["onnx_mb"], "goal": "none; a one-off cost per bundle",
                      "goal_met": None})
@@ -493,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- summary
     def brief(info: dict, v: str) -> dict:
         r = info["variants"][v]
-        out = {"variant": v, "end_to_end_seconds": r["e2e"], "model_seconds": r["model_s"], "gflops": r["gflops"],
+        out = {"variant": v, "precision": r["precision"], "end_to_end_seconds": r["e2e"], "model_seconds": r["model_s"], "gflops": r["gflops"],
                "fraction_of_fp32_peak": r["fraction_of_fp32_peak"], "agrees": r["agrees"],
                "max_abs_diff": max(r["max_abs_prob_diff"], r["max_abs_slice_prob_diff"])}
         if "fraction_of_bf16_peak" in r:
@@ -528,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:
         machine["load_average_end"] = None
     out = {"benchmark": "bench_infer", "machine": machine,
-           "settings": {"quick": q, "cases": cases, "variants": variants, "repeats": repeats, "warmup": a.warmup,
+           "settings": {"quick": q, "cases": cases, "variants": variants, "variants_asked": asked_variants,
+                        "precision": precision_info, "repeats": repeats, "warmup": a.warmup,
                         "threads": threads, "synthetic": {"size": size, "slices": n_slices, "slice_thickness_mm": 5.0,
                                                           "format": "DICOM (ichdet.synth.make_cohort)"},
                         "model": model_desc, "slice_batch": predictors[BASELINE].runtime.slice_batch(model_desc["prep"]["size"]),
@@ -540,16 +593,21 @@ def main(argv: list[str] | None = None) -> int:
                                  "count_flops adds the LSTM's matmuls by formula (layers x directions x Z x "
                                  "2 * 4H * (I + H)), which FlopCounterMode does not see",
                         "build": build, "peak_rss_mb": peak_rss_mb()},
-           "peaks": {"fp32_gflops": peak["fp32"], "bf16_gflops": peak["bf16"], "runs": peak_runs,
+           "peaks": {"fp32_gflops": peak["fp32"], "bf16_gflops": peak.get("bf16"), "runs": peak_runs,
+                     "matmul_sizes": {"fp32": list(mm_sizes), "bf16": list(bf16_sizes) or None},
+                     "bf16_emulated": plan.emulated if bf16_sizes else None,
                      "method": f"best of >= {mm_repeats} calls and >= {mm_times[1]:g} s per size after {mm_times[0]:g} s "
-                               "warm-up; the peak is the highest of the runs (before, between the inputs, after)"},
+                               "warm-up; the peak is the highest of the runs (before, between the inputs, after); "
+                               "bf16 only when a variant's runtime runs bf16 (null otherwise), at sizes capped at "
+                               f"{EMULATED_BF16_MAX_N} where bf16 is emulated"},
            "fastest_agreeing_variant": fastest, "summary": summary,
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - t_start, 1),
            "skipped": skipped, "results": rows}
     write_json_atomic(a.out, out)
     print_table(rows)
-    print(f"matmul peak: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s; peak RSS "
-          f"{out['settings']['peak_rss_mb']} MB")
+    print("matmul peak: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items())
+          + f"; peak RSS {out['settings']['peak_rss_mb']} MB")
+    print(f"precision: {precision_info['note']}")
     for name, s in summary["by_input"].items():
         d, f = s["default"], s["fastest_agreeing"]
         print(f"{s['input']}: default {DEFAULT_VARIANT} "
