@@ -35,3 +35,33 @@ def head_like_volume(z: int = 6, size: int = 32, spacing=(5.0, 0.7, 0.7), tilt_d
 def write_series(folder: Path, volume: Volume | None = None, **kw) -> list[Path]:
     volume = volume or head_like_volume()
     return write_dicom_series(volume, folder, **kw)
+
+
+JPEG_LS_FILE = "MR_small_jpeg_ls_lossless.dcm"  # pydicom's test file: 64 x 64, 16-bit, JPEG-LS lossless
+JPEG_LS_REASON = "pylibjpeg: A misplaced marker segment was found - found a double frame header"  # what the bytes below give
+
+
+def write_corrupt_jpeg_ls(path: Path) -> Path:
+    """pydicom's real JPEG-LS file as a CT slice at `path`, its header intact and every 7th byte of
+    its pixel stream's entropy-coded data set to 0xFF (markers where none belong); skips the test
+    when the file is not there."""
+    import pydicom
+    import pytest
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import generate_frames
+
+    source = get_testdata_file(JPEG_LS_FILE)
+    if not source:
+        pytest.skip(f"{JPEG_LS_FILE} not found (pydicom's test files)")
+    ds = pydicom.dcmread(source)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.Modality = "CT"  # the readers read CT only
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path)
+    raw = bytearray(path.read_bytes())
+    start = raw.find(frame)
+    assert start > 0 and raw.count(frame) == 1
+    for i in range(start + 100, start + len(frame) - 100, 7):
+        raw[i] = 0xFF
+    path.write_bytes(bytes(raw))
+    return path

@@ -1,6 +1,8 @@
 """Bad input through the CLI: exit code 2 and exactly one line on stderr naming the file and the problem."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -15,7 +17,7 @@ from pydicom.uid import JPEGLSLossless, JPEGLossless
 
 from ichdet.cli import run
 
-from ctfactory import head_like_volume, write_series
+from ctfactory import JPEG_LS_REASON, head_like_volume, write_corrupt_jpeg_ls, write_series
 
 
 def _fails(capsys, argv, *needles):
@@ -86,15 +88,105 @@ def test_absurd_header_dimensions_are_not_allocated(capsys, tmp_path):
     _fails(capsys, ["info", str(path)], "IM00001.dcm: Rows x Columns 65535x65535 is outside 1..4096")
 
 
-def test_pixel_data_no_plugin_can_decode(capsys, tmp_path):
+def test_pixel_data_no_plugin_can_decode(capsys, tmp_path, monkeypatch):
+    from pydicom.pixels import get_decoder
+
     files = _series(tmp_path, z=1)
     ds = pydicom.dcmread(files[0])
     ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + b"\x00" * 64])
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = JPEGLSLossless
     ds.save_as(files[0], enforce_file_format=True)
-    _fails(capsys, ["info", str(files[0])], "IM00001.dcm: pixel data in transfer syntax JPEG-LS Lossless Image Compression",
-           "cannot be decoded by any installed plugin")
+    decoder = get_decoder(JPEGLSLossless)  # as where none of its plugins is installed
+    monkeypatch.setattr(decoder, "_available", {})
+    monkeypatch.setattr(decoder, "_unavailable", {"gdcm": ("gdcm>=3.0.10",),
+                                                  "pylibjpeg": ("pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1")})
+    assert run(["info", str(files[0])]) == 2
+    assert capsys.readouterr().err == (
+        f"ichdet: error: {files[0]}: pixel data cannot be decoded (JPEG-LS Lossless Image Compression "
+        "1.2.840.10008.1.2.4.80): no decoding plugin for it is installed (install one of: gdcm>=3.0.10; "
+        "pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1)\n")
+
+
+JPEG_LS_ERROR = ("ichdet: error: {}: pixel data cannot be decoded (JPEG-LS Lossless Image Compression "
+                 f"1.2.840.10008.1.2.4.80): {JPEG_LS_REASON}")
+
+
+def test_corrupt_jpeg_ls_pixel_stream_is_one_line(capsys, tmp_path):
+    """The plugins are installed: the file is corrupt, not undecodable for want of a package."""
+    path = write_corrupt_jpeg_ls(tmp_path / "jls.dcm")
+    assert run(["info", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == JPEG_LS_ERROR.format(path) + "\n"
+
+
+def test_corrupt_jpeg_ls_logs_nothing_without_verbose(tmp_path):
+    path = write_corrupt_jpeg_ls(tmp_path / "jls.dcm")
+    quiet = _console(["info", str(path)])
+    assert quiet.returncode == 2 and quiet.stdout == ""
+    assert quiet.stderr == JPEG_LS_ERROR.format(path) + "\n"  # no pydicom traceback, no libjpeg line
+    loud = _console(["info", "-v", str(path)])  # the libraries' log records may show with -v
+    assert loud.returncode == 2 and loud.stderr.endswith(JPEG_LS_ERROR.format(path) + "\n")
+    assert "libjpeg error code" in loud.stderr and "Traceback" in loud.stderr
+
+
+def _console(args: list[str]) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "ichdet"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ichdet.cli"]
+    env = {k: v for k, v in os.environ.items() if k != "ICHDET_DEBUG"}
+    return subprocess.run(cmd + args, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_garbage_dicom_files(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    noise = tmp_path / "noise.dcm"  # random bytes named .dcm
+    noise.write_bytes(rng.integers(0, 256, 2000, dtype=np.uint8).tobytes())
+    _is_one_line(capsys, noise, "no pixel data (7FE0,0010) in an image file: truncated or corrupt")
+    path = _series(tmp_path, z=1)[0]
+    raw = path.read_bytes()
+    tag = b"\x20\x00\x0e\x00UI"  # SeriesInstanceUID, explicit VR: its VR becomes one pydicom does not know
+    assert raw.count(tag) == 1
+    (tmp_path / "vr.dcm").write_bytes(raw.replace(tag, b"\x20\x00\x0e\x00Uc"))
+    _is_one_line(capsys, tmp_path / "vr.dcm", "corrupt DICOM header: SeriesInstanceUID cannot be read "
+                 "(NotImplementedError: Unknown Value Representation 'Uc' in tag (0020,000E))")
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = "42"
+    ds.save_as(tmp_path / "frames.dcm")
+    tag = b"\x28\x00\x08\x00IS\x02\x00"  # NumberOfFrames, 2 bytes: "42" -> "ab"
+    (tmp_path / "frames.dcm").write_bytes((tmp_path / "frames.dcm").read_bytes().replace(tag + b"42", tag + b"ab"))
+    _is_one_line(capsys, tmp_path / "frames.dcm", "NumberOfFrames is not an integer, got 'ab'")
+
+
+def test_garbage_in_a_reported_value_is_not_an_error(capsys, tmp_path):
+    path = _one_slice_with(tmp_path, SliceThickness="5.000", GantryDetectorTilt="0.00")
+    raw = path.read_bytes()
+    for old, new in ((b"DS\x06\x005.000 ", b"DS\x06\x00thick "), (b"DS\x04\x000.00", b"DS\x04\x00tilt")):
+        assert raw.count(old) == 1
+        raw = raw.replace(old, new)
+    path.write_bytes(raw)
+    assert run(["info", str(path), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["gantry_tilt_tag_deg"] is None and d["spacing_mm"][0] == 1.0
+
+
+def test_garbage_image_and_nifti_files(capsys, tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    _is_one_line(capsys, tmp_path / "notes.png", "not a readable image (UnidentifiedImageError: cannot identify "
+                 f"image file '{tmp_path / 'notes.png'}')")
+    (tmp_path / "noise.nii.gz").write_bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes())
+    _is_one_line(capsys, tmp_path / "noise.nii.gz", "not a readable NIfTI file (ImageFileError: File "
+                 f"{tmp_path / 'noise.nii.gz'} is not a gzip file)")
+    affine = np.eye(4)
+    affine[2, 1] = -1e25  # not singular, but no axis maps onto S
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3), np.int16), affine), str(tmp_path / "shear.nii.gz"))
+    _is_one_line(capsys, tmp_path / "shear.nii.gz", "affine [[1, 0, 0, 0], [0, 1, 0, 0], [0, -1e+25, 1, 0], "
+                 "[0, 0, 0, 1]] gives no orientation (Unable to find out axis 1.0 in start_ornt)")
+
+
+def _is_one_line(capsys, path: Path, message: str) -> None:
+    assert run(["info", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"ichdet: error: {path}: {message}\n"
 
 
 def test_corrupt_compressed_pixel_data(capsys, tmp_path):

@@ -27,6 +27,18 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"ichdet: warning: {message}", file=sys.stderr)
 
 
+def _configure_logging(verbose: bool) -> None:
+    """ichdet's log messages on stderr (INFO with -v, else WARNING and up); the libraries' (pydicom,
+    pylibjpeg, PIL, nibabel, ...) only with -v. A program that set up logging itself keeps its own."""
+    root = logging.getLogger()
+    ours = not root.handlers
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="ichdet: %(message)s")
+    if ours and not verbose:
+        for handler in root.handlers:
+            handler.addFilter(logging.Filter("ichdet"))
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # its notes on odd values are not the user's errors
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from ichdet.inspect import describe_input, format_description
 
@@ -436,9 +448,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Parse, run, and map errors to exit codes; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="ichdet: %(message)s")
+    _configure_logging(args.verbose)
     warnings.showwarning = _show_warning
-    logging.getLogger("pydicom").setLevel(logging.ERROR)  # its notes on odd values are not the user's errors
     warnings.filterwarnings("ignore", module=r"pydicom\..*")
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -23,6 +23,7 @@ from pydicom.errors import InvalidDicomError
 
 from ichdet.errors import InputError, InputWarning
 from ichdet.io.dicom_pixels import slice_to_hu
+from ichdet.io.dicom_values import check_elements, int_value, optional_float
 from ichdet.io.sources import resolve_inputs
 from ichdet.io.volume import Volume, affine_from_geometry
 
@@ -75,10 +76,15 @@ def _read_header(path: Path) -> Dataset | None:
         return None
     try:
         ds = pydicom.dcmread(path, defer_size=2048, force=claims_dicom and not has_preamble)
+        check_elements(ds, path)
     except InvalidDicomError:
         if claims_dicom:
             raise InputError("not a valid DICOM file", path) from None
         return None
+    except InputError:
+        if not claims_dicom:
+            return None
+        raise
     except Exception as e:  # noqa: BLE001 - pydicom raises many types on damaged files
         if not claims_dicom:
             return None
@@ -135,7 +141,7 @@ def _group(files: list[Path], label: str) -> list[SeriesSummary]:
         g = groups.get(uid)
         if g is None:
             g = groups[uid] = SeriesSummary(uid, 0, str(ds.get("Modality", "") or ""), str(ds.get("SeriesDescription", "") or ""),
-                                            int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), _is_axial(ds, f))
+                                            int_value(ds, "Rows", f, 0), int_value(ds, "Columns", f, 0), _is_axial(ds, f))
         g.files.append(f)
         g.headers.append(ds)
         g.n_files += 1
@@ -196,8 +202,8 @@ def _geometry(headers: list[Dataset], files: list[Path]) -> tuple[np.ndarray, np
         raise InputError(f"PixelSpacing must be positive, got {_fmt(ps)}", ref_file)
     positions = np.zeros((len(headers), 3))
     for i, (ds, f) in enumerate(zip(headers, files)):
-        for kw, want in (("Rows", int(ref.Rows)), ("Columns", int(ref.Columns))):
-            if int(ds.get(kw, 0) or 0) != want:
+        for kw, want in (("Rows", int_value(ref, "Rows", ref_file, 0)), ("Columns", int_value(ref, "Columns", ref_file, 0))):
+            if int_value(ds, kw, f, 0) != want:
                 raise InputError(f"{kw} is {ds.get(kw)} but the series' first slice has {want} (inconsistent geometry)", f)
         o = _floats(ds, "ImageOrientationPatient", 6, f)
         if o is not None and np.max(np.abs(o - iop)) > 1e-3:
@@ -216,19 +222,16 @@ def _geometry(headers: list[Dataset], files: list[Path]) -> tuple[np.ndarray, np
 
 def _single_slice_thickness(ds: Dataset) -> float:
     """SliceThickness (mm) of a lone slice, 1 mm when absent, unreadable or not positive."""
-    try:
-        t = float(ds.get("SliceThickness") or 1.0)
-    except (TypeError, ValueError):
-        return 1.0
-    return t if np.isfinite(t) and t > 0 else 1.0
+    t = optional_float(ds, "SliceThickness")
+    return t if t is not None and t > 0 else 1.0
 
 
 def _assemble(s: SeriesSummary, label: str, zipped: bool = False) -> Volume:
     headers, files = s.headers, s.files
     ref = headers[0]
-    if int(ref.get("NumberOfFrames", 1) or 1) > 1:
+    if int_value(ref, "NumberOfFrames", files[0], 1) > 1:
         raise InputError("multi-frame (enhanced) DICOM is not supported; export the series as single-frame files", files[0])
-    rows, cols = int(ref.get("Rows", 0) or 0), int(ref.get("Columns", 0) or 0)
+    rows, cols = int_value(ref, "Rows", files[0], 0), int_value(ref, "Columns", files[0], 0)
     if not (0 < rows <= 4096 and 0 < cols <= 4096):
         raise InputError(f"Rows x Columns {rows}x{cols} is outside 1..4096", files[0])
     if len(headers) > MAX_SLICES or len(headers) * rows * cols * 4 > MAX_VOLUME_BYTES:
@@ -268,7 +271,6 @@ def _assemble(s: SeriesSummary, label: str, zipped: bool = False) -> Volume:
         corrections = sum(pool.map(decode, range(len(keep))))
     if corrections:
         warn.append(f"RSNA 12-bit intercept defect corrected on {corrections} slice(s)")
-    tilt_tag = ref.get("GantryDetectorTilt")
     affine = affine_from_geometry(positions[keep[0]], iop[:3], iop[3:], step_vec, row_spacing=ps[0], col_spacing=ps[1])
     vol = Volume(hu=hu, spacing=(dz, float(ps[0]), float(ps[1])), affine=affine,
                  patient_id=str(ref.get("PatientID", "") or ""), study_uid=str(ref.get("StudyInstanceUID", "") or ""),
@@ -277,8 +279,8 @@ def _assemble(s: SeriesSummary, label: str, zipped: bool = False) -> Volume:
     vol.info.update({
         "format": "dicom", "series_description": s.description, "modality": s.modality,
         "transfer_syntax": str(getattr(ref.file_meta, "TransferSyntaxUID", "")) if hasattr(ref, "file_meta") else "",
-        "gantry_tilt_tag_deg": float(tilt_tag) if tilt_tag not in (None, "") else None,
-        "slice_spacing_mm": round(dz, 4), "slice_thickness_mm": float(ref.get("SliceThickness", 0) or 0) or None,
+        "gantry_tilt_tag_deg": optional_float(ref, "GantryDetectorTilt"),
+        "slice_spacing_mm": round(dz, 4), "slice_thickness_mm": optional_float(ref, "SliceThickness") or None,
         "gaps": gaps, "duplicates_dropped": len(dropped), "warnings": warn,
     })
     return vol

@@ -1,13 +1,16 @@
 """Decode one DICOM slice's pixel data and convert it to Hounsfield units, in place."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from ichdet.errors import InputError
+from ichdet.io.dicom_values import int_value
 
 try:  # optional fast decoders (libjpeg-turbo 3 lossless); pydicom + pylibjpeg is the fallback
     import imagecodecs
@@ -17,19 +20,25 @@ except ImportError:  # pragma: no cover - imagecodecs is a declared dependency
 AIR_HU = -1024.0  # floor: padding and out-of-field values (-2000, -3024) become air
 NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
 JPEG_LOSSLESS_SYNTAXES = {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}  # process 14 (and SV1)
+MAX_REASON_CHARS = 200  # a decoder's message is cut to this in the one error line
+_ERROR_CODE = re.compile(r"\w+ error code '[^']*' returned from \w+\(\):\s*")  # libjpeg's preamble to its reason
 
 
 def _check_pixel_module(ds: Dataset, path: Path) -> tuple[int, int, int, int]:
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    spp = int_value(ds, "SamplesPerPixel", path, 1) or 1
     if spp != 1:
         raise InputError(f"SamplesPerPixel is {spp}; a CT slice must be grayscale (1)", path)
-    bits = int(ds.get("BitsAllocated", 0) or 0)
+    bits = int_value(ds, "BitsAllocated", path, 0)
     if bits not in (8, 16, 32):
         raise InputError(f"BitsAllocated is {bits}; expected 8, 16 or 32", path)
-    stored = int(ds.get("BitsStored", bits) or bits)
+    stored = int_value(ds, "BitsStored", path, bits) or bits
     if not 1 <= stored <= bits:
         raise InputError(f"BitsStored is {stored} with BitsAllocated {bits}", path)
-    return int(ds.Rows), int(ds.Columns), bits, stored
+    return int_value(ds, "Rows", path, 0), int_value(ds, "Columns", path, 0), bits, stored
+
+
+def _signed(ds: Dataset, path: Path) -> bool:
+    return int_value(ds, "PixelRepresentation", path, 0) == 1
 
 
 def _as_stored(arr: np.ndarray, signed: bool, bits: int, stored: int) -> np.ndarray:
@@ -46,7 +55,7 @@ def _as_stored(arr: np.ndarray, signed: bool, bits: int, stored: int) -> np.ndar
 
 def _native_pixels(ds: Dataset, path: Path, rows: int, cols: int, bits: int, stored: int) -> np.ndarray:
     """Uncompressed little-endian pixels, one slice, no extra copies."""
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    signed = _signed(ds, path)
     data = ds.PixelData
     need = rows * cols * bits // 8
     if len(data) < need:
@@ -56,7 +65,7 @@ def _native_pixels(ds: Dataset, path: Path, rows: int, cols: int, bits: int, sto
     return _as_stored(arr, signed, bits, stored)
 
 
-def _fast_jpeg_lossless(ds: Dataset, rows: int, cols: int, bits: int, stored: int) -> np.ndarray | None:
+def _fast_jpeg_lossless(ds: Dataset, path: Path, rows: int, cols: int, bits: int, stored: int) -> np.ndarray | None:
     """Decode single-frame JPEG Lossless with libjpeg-turbo (releases the GIL); None to fall back."""
     if imagecodecs is None or bits != 16:
         return None
@@ -68,24 +77,37 @@ def _fast_jpeg_lossless(ds: Dataset, rows: int, cols: int, bits: int, stored: in
         return None
     if arr.shape != (rows, cols) or arr.dtype.itemsize != 2:
         return None
-    return _as_stored(arr, int(ds.get("PixelRepresentation", 0) or 0) == 1, bits, stored)
+    return _as_stored(arr, _signed(ds, path), bits, stored)
+
+
+def _decoder_reason(e: Exception) -> str:
+    """The decoders' own words, short: pydicom's "all plugins failed" text -> "plugin: reason; ..."."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Unable to decode"):
+        lines = lines[1:]
+    reason = "; ".join(_ERROR_CODE.sub("", line) for line in lines) or e.__class__.__name__
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS - 3] + "..."
 
 
 def _decoded_pixels(ds: Dataset, path: Path, rows: int, cols: int) -> np.ndarray:
+    """Pixels of a compressed (or big-endian, deflated) slice through pydicom's decoding plugins."""
     syntax = UID(str(ds.file_meta.TransferSyntaxUID))
     if not syntax.is_transfer_syntax:
         raise InputError(f"unknown transfer syntax {syntax} (0002,0010); cannot decode pixel data", path)
+    cannot = f"pixel data cannot be decoded ({syntax.name} {syntax})"
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise InputError(f"{cannot}: pydicom has no decoder for this transfer syntax", path) from None
+    if not decoder.is_available:
+        needs = "; ".join(m.split(" - requires ", 1)[-1] for m in decoder.missing_dependencies)
+        raise InputError(f"{cannot}: no decoding plugin for it is installed (install one of: {needs})", path)
     try:
         arr = ds.pixel_array
-    except (NotImplementedError, RuntimeError, ImportError) as e:
-        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        if "plugin" in msg.lower() or "missing" in msg.lower() or "no pixel data decoders" in msg.lower() or isinstance(e, NotImplementedError):
-            raise InputError(f"pixel data in transfer syntax {syntax.name} ({syntax}) cannot be decoded by any "
-                             f"installed plugin (install pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle)", path) from None
-        raise InputError(f"pixel data cannot be decoded ({syntax.name}): {msg}", path) from None
-    except (ValueError, EOFError, OSError, IndexError, KeyError) as e:
-        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        raise InputError(f"pixel data is corrupt or truncated ({syntax.name}): {msg}", path) from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the decoders raise many types on damaged data
+        raise InputError(f"{cannot}: {_decoder_reason(e)}", path) from None
     if arr.shape != (rows, cols):
         raise InputError(f"decoded pixel data has shape {arr.shape}, header says {rows}x{cols}", path)
     return arr
@@ -117,7 +139,7 @@ def slice_to_hu(ds: Dataset, path: Path, out: np.ndarray) -> int:
         if syntax in NATIVE_SYNTAXES:
             arr = _native_pixels(ds, path, rows, cols, bits, stored)
         elif syntax in JPEG_LOSSLESS_SYNTAXES:
-            arr = _fast_jpeg_lossless(ds, rows, cols, bits, stored)
+            arr = _fast_jpeg_lossless(ds, path, rows, cols, bits, stored)
         if arr is None:
             arr = _decoded_pixels(ds, path, rows, cols)
     except OSError as e:
@@ -130,7 +152,7 @@ def slice_to_hu(ds: Dataset, path: Path, out: np.ndarray) -> int:
     if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
         raise InputError(f"RescaleSlope {slope} / RescaleIntercept {intercept} cannot map to HU", path)
     fixed = 0
-    if stored == 12 and int(ds.get("PixelRepresentation", 0) or 0) == 0 and intercept > -100:
+    if stored == 12 and not _signed(ds, path) and intercept > -100:
         shifted = arr.astype(np.int32) + 1000
         shifted[shifted >= 4096] -= 4096
         arr, intercept, fixed = shifted, -1000.0, 1

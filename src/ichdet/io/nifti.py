@@ -21,6 +21,11 @@ def is_nifti(path: str | Path) -> bool:
     return name.endswith(NIFTI_SUFFIXES)
 
 
+def _fmt(affine: np.ndarray) -> str:
+    """A 4 x 4 affine as a user reads it in a message."""
+    return "[" + ", ".join("[" + ", ".join(f"{float(v) + 0.0:.6g}" for v in row) + "]" for row in affine) + "]"
+
+
 def read_nifti(path: str | Path) -> Volume:
     """Read a 3D NIfTI (HU) into a Volume: ``hu`` (Z, H, W) with columns toward patient left,
     rows toward posterior and slices inferior -> superior, whatever the stored orientation."""
@@ -53,7 +58,11 @@ def read_nifti(path: str | Path) -> Volume:
     n_nan = int(np.count_nonzero(~np.isfinite(data)))
     if n_nan:
         raise InputError(f"{n_nan} voxel(s) are NaN or infinite", path)
-    ornt = ornt_transform(io_orientation(affine), axcodes2ornt(("L", "P", "S")))
+    try:
+        ornt = ornt_transform(io_orientation(affine), axcodes2ornt(("L", "P", "S")))
+        stored_orientation = "".join(nib.aff2axcodes(affine))
+    except ValueError as e:  # an affine whose axes do not map one-to-one onto L, P and S
+        raise InputError(f"affine {_fmt(affine)} gives no orientation ({e})", path) from None
     data = nib.orientations.apply_orientation(data, ornt)
     affine_ras = affine @ inv_ornt_aff(ornt, shape)
     hu = np.ascontiguousarray(data.transpose(2, 1, 0), dtype=np.float32)  # (i, j, k) -> (k, j, i)
@@ -68,7 +77,7 @@ def read_nifti(path: str | Path) -> Volume:
     lo, hi = float(hu.min()), float(hu.max())
     if lo >= 0 and hi > 1000:
         warn.append(f"values range {lo:.0f}..{hi:.0f}: no air at -1000, are these Hounsfield units?")
-    vol.info.update({"format": "nifti", "stored_orientation": "".join(nib.aff2axcodes(affine)), "warnings": warn})
+    vol.info.update({"format": "nifti", "stored_orientation": stored_orientation, "warnings": warn})
     return vol
 
 

@@ -17,13 +17,17 @@ SKIP_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db"}
 
 
 def list_files(folder: Path) -> list[Path]:
-    """All regular files below `folder` (recursive), hidden files and known non-images skipped."""
+    """All regular files below `folder` (recursive), hidden files and known non-images skipped;
+    InputError naming the folder that cannot be listed."""
     out: list[Path] = []
-    for p in sorted(folder.rglob("*")):
-        if p.name.startswith(".") or p.name in SKIP_NAMES:
-            continue
-        if p.is_file():
-            out.append(p)
+    try:
+        for p in sorted(folder.rglob("*")):
+            if p.name.startswith(".") or p.name in SKIP_NAMES:
+                continue
+            if p.is_file():
+                out.append(p)
+    except OSError as e:
+        raise InputError(f"cannot list folder ({e.strerror or e})", e.filename or folder) from None
     return out
 
 
