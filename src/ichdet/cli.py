@@ -27,6 +27,21 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"ichdet: warning: {message}", file=sys.stderr)
 
 
+def _add_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show the traceback of an internal error (also: environment variable ICHDET_DEBUG=1)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="log progress, and the libraries' own log messages")
+
+
+def _flags() -> argparse.ArgumentParser:
+    """--debug and -v/--verbose for a subcommand, so they work after it too; their default is
+    SUPPRESS, so a flag given before the subcommand is not overwritten by the subcommand's default."""
+    parent = argparse.ArgumentParser(add_help=False)
+    _add_flags(parent, argparse.SUPPRESS)
+    return parent
+
+
 def _configure_logging(verbose: bool) -> None:
     """ichdet's log messages on stderr (INFO with -v, else WARNING and up); the libraries' (pydicom,
     pylibjpeg, PIL, nibabel, ...) only with -v. A program that set up logging itself keeps its own."""
@@ -247,7 +262,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="a local web viewer and JSON API: upload a scan, scroll it, see verdict and heatmaps",
+    p = sub.add_parser("serve", parents=[_flags()], help="a local web viewer and JSON API: upload a scan, scroll it, see verdict and heatmaps",
                        description="Serve a bundle over HTTP (FastAPI under uvicorn): a viewer page to upload a study "
                                    "(zip of a DICOM series, NIfTI, PNG/JPEG, single DICOM) or open one from --studies, "
                                    "and a JSON API under /api (schema at /openapi.json; see docs/serve-api.md). "
@@ -267,7 +282,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="run a model bundle on scans: probability, decision, suspicious slices, heatmaps",
+    p = sub.add_parser("predict", parents=[_flags()], help="run a model bundle on scans: probability, decision, suspicious slices, heatmaps",
                        description="INPUT: a DICOM series folder or zip, a NIfTI file, a PNG/JPEG or single DICOM image, "
                                    "or a folder of many studies (one result per study; a bad study is reported and "
                                    "skipped). Prints a table (or JSON with --json); a subtype bundle adds each scan's probabilities of the "
@@ -294,7 +309,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a bundle's network as ONNX (for predict --runtime onnx)",
+    p = sub.add_parser("export", parents=[_flags()], help="write a bundle's network as ONNX (for predict --runtime onnx)",
                        description="Export the network of a bundle to ONNX (dynamic slice count; the bundle's "
                                    "metadata embedded; a subtype bundle adds its label outputs slice_labels and/or "
                                    "scan_labels) and check onnxruntime against PyTorch on random slices.")
@@ -304,7 +319,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="every experiment of both papers on a synthetic cohort -> an HTML/Markdown report",
+    p = sub.add_parser("demo", parents=[_flags()], help="every experiment of both papers on a synthetic cohort -> an HTML/Markdown report",
                        description="Synthetic cohort -> the 3D experiments (slice max/p95, feature SVM, 1- and 2-LSTM "
                                    "after each stage, end-to-end without staging) evaluated on held-out scans with "
                                    "AUC CIs and DeLong tests; the subtype experiments (five subtypes + any, per-label "
@@ -324,7 +339,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="test a model bundle on held-out scans or images",
+    p = sub.add_parser("evaluate", parents=[_flags()], help="test a model bundle on held-out scans or images",
                        description="Score a bundle on a manifest (or a labelled image folder) and write metrics.json "
                                    "(AUC with DeLong and bootstrap 95%% CIs, figures at the bundle's operating point "
                                    "with Wilson CIs, Brier score, calibration; for a subtype bundle per-subtype AUCs "
@@ -342,7 +357,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_cv(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cv", help="the 2D paper's comparison by k-fold cross-validation on an image folder",
+    p = sub.add_parser("cv", parents=[_flags()], help="the 2D paper's comparison by k-fold cross-validation on an image folder",
                        description="CNN from scratch vs fine-tuned AlexNet vs AlexNet-SVM on a labelled image folder "
                                    "(PNG/JPEG/DICOM of any size): stratified folds grouped by patient, model selection "
                                    "inside the training folds, pooled out-of-fold AUC with CI, DeLong tests, report.md, "
@@ -375,7 +390,7 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one experiment (a config in configs/) and write a model bundle",
+    p = sub.add_parser("train", parents=[_flags()], help="train one experiment (a config in configs/) and write a model bundle",
                        description="Train one stage of an experiment from a YAML config; the run folder gets "
                                    "config.yaml, splits.csv, metrics.csv, checkpoints and bundle/. Runs unchanged "
                                    "under `torchrun --nproc_per_node N` (DDP).")
@@ -391,14 +406,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prepare", help="write a manifest for a public data set or an image folder",
+    p = sub.add_parser("prepare", parents=[_flags()], help="write a manifest for a public data set or an image folder",
                        description="Turn RSNA 2019, CQ500, PhysioNet CT-ICH or a labelled image folder into a manifest CSV.")
     ds = p.add_subparsers(dest="dataset", required=True, metavar="{rsna,cq500,ctich,folder}")
     from ichdet.datasets import adapters
 
     for name in adapters.ADAPTERS:
         text = adapters.DESCRIPTIONS.get(name, f"{name} adapter")
-        q = ds.add_parser(name, help=text, description=text)
+        q = ds.add_parser(name, parents=[_flags()], help=text, description=text)
         q.add_argument("src", help="the data set's root folder")
         q.add_argument("--out", required=True, help="manifest CSV to write")
         getattr(adapters, name).add_arguments(q)
@@ -408,18 +423,17 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ichdet", description="Intracranial haemorrhage detection in head CT.")
     parser.add_argument("--version", action="version", version=f"ichdet {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for internal errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    _add_flags(parser, False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("info", help="show what the readers see in a scan, a folder or a zip",
+    p = sub.add_parser("info", parents=[_flags()], help="show what the readers see in a scan, a folder or a zip",
                        description="Series found and picked, shape, spacing, orientation, gantry tilt, HU range, gaps, warnings.")
     p.add_argument("path", help="DICOM folder, zip, DICOM file, NIfTI file or image")
     p.add_argument("--series", help="SeriesInstanceUID to read (default: the largest axial CT series)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("synth", help="generate a synthetic head-CT cohort with labelled bleeds",
+    p = sub.add_parser("synth", parents=[_flags()], help="generate a synthetic head-CT cohort with labelled bleeds",
                        description="Anatomical head phantoms in HU with bleeds of five subtypes and bleed-like mimics; "
                                    "writes DICOM and/or NIfTI, voxel masks, a manifest and per-slice labels.")
     p.add_argument("--out", required=True, help="output folder")
@@ -460,13 +474,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ichdet: interrupted", file=sys.stderr)
         return 130
-    except MemoryError:
-        print("ichdet: error: out of memory reading the input", file=sys.stderr)
-        return EXIT_INPUT
-    except Exception as e:  # noqa: BLE001 - the last line of defence: one line unless --debug
+    except Exception as e:  # noqa: BLE001 - the last line of defence (out of memory too): one line unless --debug
         if args.debug or os.environ.get("ICHDET_DEBUG"):
             raise
-        print(f"ichdet: internal error: {e.__class__.__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        what = f"{e.__class__.__name__}: {first}" if first else e.__class__.__name__
+        print(f"ichdet: internal error: {what} (run with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
 
 

@@ -125,3 +125,73 @@ def test_cli_predict_bad_input_is_one_line(bundles, tmp_path, capsys):
     assert capsys.readouterr().err == "ichdet: error: --heatmaps needs --out DIR (the overlays and contact sheets go there)\n"
     assert run(["predict", str(tmp_path), "--model", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"ichdet: error: {tmp_path}: not a model bundle (no bundle.json)\n"
+
+
+ONEDNN = "could not create a primitive"  # what a oneDNN failure inside the model says
+
+
+def _failing(real, victim: str, error: BaseException):
+    """`real` (a Predictor method taking the study first) raising `error` for the study named `victim`."""
+    def method(self, x, *args, **kwargs):
+        if victim in str(x):
+            raise error
+        return real(self, x, *args, **kwargs)
+
+    return method
+
+
+@pytest.mark.parametrize("error, message", [
+    (OSError(5, "Input/output error"), "cannot be read (OSError: [Errno 5] Input/output error)"),
+    (MemoryError(), "out of memory reading the scan"),
+])
+def test_a_study_that_cannot_be_read_is_recorded(bundles, studies_dir, monkeypatch, error, message):
+    victim = str(studies_dir / _scans_in(studies_dir)[0])
+    monkeypatch.setattr(Predictor, "prepare", _failing(Predictor.prepare, victim, error))
+    results, errors = predict_inputs(Predictor(ichdet.load_bundle(bundles["slice"])), [studies_dir])
+    assert len(results) == 3 and {"input": victim, "error": message} in errors and len(errors) == 2
+
+
+@pytest.mark.parametrize("error", [ValueError("a bug in a transform"), KeyError("spacing"), RuntimeError(ONEDNN)])
+def test_a_bug_while_reading_is_not_blamed_on_the_input(bundles, studies_dir, monkeypatch, error):
+    victim = str(studies_dir / _scans_in(studies_dir)[0])
+    monkeypatch.setattr(Predictor, "prepare", _failing(Predictor.prepare, victim, error))
+    with pytest.raises(type(error)):
+        predict_inputs(Predictor(ichdet.load_bundle(bundles["slice"])), [studies_dir])
+
+
+@pytest.mark.parametrize("error", [RuntimeError(ONEDNN), MemoryError(), OSError(5, "Input/output error")])
+def test_an_error_in_the_model_propagates(bundles, studies_dir, monkeypatch, error):
+    def score_labels(self, image):
+        raise error
+
+    monkeypatch.setattr(Predictor, "score_labels", score_labels)
+    with pytest.raises(type(error)):
+        predict_inputs(Predictor(ichdet.load_bundle(bundles["slice"])), [studies_dir])
+
+
+def test_cli_predict_model_crash_is_an_internal_error(cohort, bundles, monkeypatch, capsys):
+    def score_labels(self, image):
+        raise RuntimeError(ONEDNN)
+
+    monkeypatch.setattr(Predictor, "score_labels", score_labels)
+    monkeypatch.delenv("ICHDET_DEBUG", raising=False)
+    assert run(["predict", str(_scans(cohort)[0]), "--model", str(bundles["slice"]), "--quiet", "-v"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"ichdet: internal error: RuntimeError: {ONEDNN} (run with --debug for the traceback)\n"
+    with pytest.raises(RuntimeError, match=ONEDNN):
+        run(["predict", str(_scans(cohort)[0]), "--model", str(bundles["slice"]), "--quiet", "--debug"])
+
+
+def test_cli_predict_corrupt_jpeg_ls_is_bad_input(bundles, tmp_path, capsys):
+    from ctfactory import JPEG_LS_REASON, write_corrupt_jpeg_ls
+
+    path = write_corrupt_jpeg_ls(tmp_path / "jls.dcm")
+    assert run(["predict", str(path), "--model", str(bundles["slice"]), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"ichdet: error: {path}: pixel data cannot be decoded (JPEG-LS Lossless Image "
+                                       f"Compression 1.2.840.10008.1.2.4.80): {JPEG_LS_REASON}\n")
+
+
+def _scans_in(studies_dir: Path) -> list[str]:
+    """The DICOM studies of `studies_dir` (folder names relative to it), sorted."""
+    return sorted(f"{p.name}/series" for p in studies_dir.iterdir() if (p / "series").is_dir() and p.name != "broken")

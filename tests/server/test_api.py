@@ -321,6 +321,25 @@ def test_not_a_scan(client, tmp_path, dicom_file):
     assert _study_dirs(client.app) == []
 
 
+def test_a_corrupt_file_is_400_and_our_own_error_500(make_app, tmp_path, nifti_path, monkeypatch):
+    from ctfactory import JPEG_LS_REASON, write_corrupt_jpeg_ls
+
+    from ichdet.inference.predictor import Predictor
+
+    jls = write_corrupt_jpeg_ls(tmp_path / "jls.dcm")
+    with TestClient(make_app(), raise_server_exceptions=False) as c:
+        r = _upload(c, jls, "head.dcm")
+        assert r.status_code == 400 and r.json() == {"detail": "head.dcm: pixel data cannot be decoded (JPEG-LS "
+                                                     f"Lossless Image Compression 1.2.840.10008.1.2.4.80): {JPEG_LS_REASON}"}
+
+        def prepare(self, x, series_uid=None):
+            raise ValueError("a bug in a transform")  # not the upload's fault
+
+        monkeypatch.setattr(Predictor, "prepare", prepare)
+        assert _upload(c, nifti_path, "head.nii.gz").status_code == 500
+        assert _study_dirs(c.app) == []
+
+
 def _zip_of(files: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:

@@ -1,10 +1,16 @@
 """Predict on many inputs: studies found in each, read one ahead in a background thread while the
-model runs, and every failure recorded against its study while the others go on."""
+model runs, and every study that cannot be read recorded against it while the others go on.
+
+Only input errors are recorded: an `InputError`, or an `OSError` / `MemoryError` while a study is
+read and prepared (the file could not be read). Anything else, from the readers or the model, is
+ours and propagates: the CLI reports it as an internal error (exit 1), not as bad input.
+"""
 from __future__ import annotations
 
 import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -14,6 +20,7 @@ from ichdet.inference.result import ScanPrediction
 from ichdet.inference.studies import Study, find_studies
 
 Progress = Callable[[int, int], None]
+UNREADABLE = (InputError, OSError, MemoryError)  # raised while reading a study: that input cannot be read
 
 
 def study_slug(label: str, taken: set[str]) -> str:
@@ -27,36 +34,46 @@ def study_slug(label: str, taken: set[str]) -> str:
 
 
 def _error(label: str, e: BaseException) -> dict[str, str]:
+    """{"input", "error"} for an input that cannot be read (one of `UNREADABLE`)."""
     if isinstance(e, InputError):
         msg = str(e)
         return {"input": label, "error": msg[len(label) + 2:] if msg.startswith(label + ": ") else msg}
-    return {"input": label, "error": f"internal error ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})"}
+    if isinstance(e, MemoryError):
+        return {"input": label, "error": "out of memory reading the scan"}
+    first = str(e).splitlines()[0] if str(e) else ""
+    return {"input": label, "error": f"cannot be read ({e.__class__.__name__}: {first})" if first else
+            f"cannot be read ({e.__class__.__name__})"}
 
 
 def predict_inputs(predictor: Predictor, inputs: Sequence[str | Path], series_uid: str | None = None,
                    heatmaps: str | Path | None = None, progress: Progress | None = None
                    ) -> tuple[list[ScanPrediction], list[dict[str, str]]]:
-    """Every study under `inputs` -> (results in study order, errors [{"input", "error"}])."""
+    """Every study under `inputs` -> (results in study order, errors [{"input", "error"}] of the
+    inputs that cannot be read); any other exception propagates."""
     studies: list[Study] = []
     errors: list[dict[str, str]] = []
     for inp in inputs:
         try:
             studies += find_studies(inp)
-        except InputError as e:
+        except UNREADABLE as e:
             errors.append(_error(str(inp), e))
     results: list[ScanPrediction] = []
     taken: set[str] = set()
-    for i, (study, outcome) in enumerate(_prepared(predictor, studies, series_uid)):
-        try:
-            if isinstance(outcome, BaseException):
+    with closing(_prepared(predictor, studies, series_uid)) as prepared:
+        for i, (study, outcome) in enumerate(prepared):
+            if isinstance(outcome, UNREADABLE):
+                errors.append(_error(study.label, outcome))
+            elif isinstance(outcome, BaseException):
                 raise outcome
-            volume, image, seconds = outcome
-            where = None if heatmaps is None else Path(heatmaps) / study_slug(study.label, taken)
-            results.append(predictor.finish(volume, image, seconds, study.label, where))
-        except (InputError, OSError, ValueError, RuntimeError, MemoryError) as e:
-            errors.append(_error(study.label, e))
-        if progress is not None:
-            progress(i + 1, len(studies))
+            else:
+                volume, image, seconds = outcome
+                where = None if heatmaps is None else Path(heatmaps) / study_slug(study.label, taken)
+                try:
+                    results.append(predictor.finish(volume, image, seconds, study.label, where))
+                except InputError as e:
+                    errors.append(_error(study.label, e))
+            if progress is not None:
+                progress(i + 1, len(studies))
     return results, errors
 
 
@@ -69,10 +86,15 @@ def _prepared(predictor: Predictor, studies: list[Study], series_uid: str | None
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ichdet-read") as pool:
         pending: Future | None = pool.submit(load, studies[0]) if studies else None
-        for i, study in enumerate(studies):
-            current = pending
-            pending = pool.submit(load, studies[i + 1]) if i + 1 < len(studies) else None
-            try:
-                yield study, current.result()
-            except Exception as e:  # noqa: BLE001 - handed to the caller, who records it for this study
-                yield study, e
+        try:
+            for i, study in enumerate(studies):
+                current = pending
+                pending = pool.submit(load, studies[i + 1]) if i + 1 < len(studies) else None
+                try:
+                    outcome = current.result()
+                except Exception as e:  # noqa: BLE001 - handed to the caller, who records or raises it
+                    outcome = e
+                yield study, outcome
+        finally:  # the caller stopped early (an error): do not start the read queued next
+            if pending is not None:
+                pending.cancel()

@@ -57,7 +57,7 @@ def _read(predictor: Predictor, source: Path | list[Path], zipped: bool,
         raise InputError(hide_paths(str(e), hide)) from None
     except MemoryError:
         raise InputError(f"{name}: out of memory reading the scan") from None
-    except (OSError, ValueError) as e:
+    except OSError as e:  # the file could not be read; anything else is ours (500), not the upload's
         raise InputError(f"{name}: not a readable scan ({e.__class__.__name__})") from None
 
 
