@@ -21,6 +21,7 @@ from ichdet.preprocess.pipeline import PrepSpec
 STAGES = ("slice", "scan", "svm", "aggregate")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 SELECT_METRICS = ("accuracy", "auc", "loss")
+SCHEDULES = ("constant", "cosine")
 LABELS = ("binary", "subtypes")
 LOSSES = ("auto", "cross_entropy", "rsna", "bce")
 
@@ -76,6 +77,8 @@ class OptimConfig:
     select_metric: str = "accuracy"  # best-by-validation checkpoint
     patience: int = 0  # epochs without improvement before stopping; 0 = run all epochs
     grad_clip: float = 0.0
+    schedule: str = "constant"  # learning rate over the run: constant | cosine (decay to 0 by the last step)
+    warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs (before the schedule)
     loss: str = "auto"  # auto (cross_entropy for binary labels, rsna for subtypes) | cross_entropy | rsna | bce
 
     def resolved_loss(self, labels: str) -> str:
@@ -132,6 +135,10 @@ class TrainConfig:
                              "(binary labels train with cross_entropy; subtypes with rsna or bce)")
         if self.stage == "svm" and self.model.labels != "binary":
             raise InputError("config stage svm fits binary SVM heads; model.labels must be binary")
+        if self.optim.schedule not in SCHEDULES:
+            raise InputError(f"config optim.schedule must be one of {', '.join(SCHEDULES)}, got {self.optim.schedule!r}")
+        if not 0 <= self.optim.warmup_epochs <= self.optim.epochs:
+            raise InputError(f"config optim.warmup_epochs must be in [0, optim.epochs], got {self.optim.warmup_epochs}")
         if self.optim.select_metric not in SELECT_METRICS:
             raise InputError(f"config optim.select_metric must be one of {', '.join(SELECT_METRICS)}, "
                              f"got {self.optim.select_metric!r}")

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from ichdet.datasets.slices import shard
 from ichdet.engine.checkpoint import BEST, TrainState, load_checkpoint, restore, save_best, save_checkpoint
 from ichdet.engine.distributed import barrier, broadcast_object
-from ichdet.engine.precision import resolve_precision
+from ichdet.engine.precision import flush_denormals, resolve_precision
 from ichdet.engine.run import Run
 from ichdet.engine.tasks import loss_and_hits
 from ichdet.errors import InputError
@@ -47,11 +47,24 @@ def make_optimizer(run: Run, model: torch.nn.Module) -> torch.optim.Optimizer:
     groups = param_groups(model, o.lr, run.cfg.model.lr_mult)
     if not groups or not any(g["params"] for g in groups):
         raise InputError("no trainable parameters: check model.trainable / model.freeze_encoder")
-    if o.name == "adam":
-        return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
+    for g in groups:
+        g["base_lr"] = g["lr"]  # the schedule scales this (lr_factor)
+    if o.name == "adam":  # fused: one kernel per step instead of ten per tensor (CPU and GPU)
+        return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay, fused=True)
     if o.name == "rmsprop":  # Keras' defaults (rho 0.9, epsilon 1e-7), as the paper used Keras
         return torch.optim.RMSprop(groups, lr=o.lr, alpha=0.9, eps=1e-7, weight_decay=o.weight_decay)
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Learning-rate factor of optimiser step `step` (0-based) of `total`: linear warm-up over the
+    first `warmup` steps, then 1 ("constant") or a cosine from 1 to 0 at the last step ("cosine")."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        span = max(total - warmup - 1, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+    return 1.0
 
 
 def _better(metric: str, value: float, best: float | None) -> bool:
@@ -88,6 +101,11 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState:
     """Train `model` on `task` for the configured epochs; returns the progress (best epoch etc.).
     On return `model` holds the best-by-validation weights."""
+    with flush_denormals():
+        return _fit(run, model, task, resume)
+
+
+def _fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState:
     cfg, info = run.cfg, run.info
     device = info.device
     precision = resolve_precision(cfg.precision, device)
@@ -107,6 +125,9 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
     B, W = cfg.optim.batch_size, info.world_size
     if B % W:
         raise InputError(f"optim.batch_size {B} must be divisible by the number of processes {W}")
+    steps_per_epoch = cfg.optim.steps_per_epoch  # every epoch draws steps_per_epoch x batch_size samples
+    total_steps = steps_per_epoch * cfg.optim.epochs
+    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
     while state.epoch < cfg.optim.epochs and not stopped:
         epoch = state.epoch + 1
         torch.manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))  # dropout masks of this epoch
@@ -119,8 +140,11 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
         bar = tqdm(total=len(batches), desc=f"{cfg.experiment or cfg.stage} {epoch}/{cfg.optim.epochs}",
                    unit="step", disable=None if (run.show_progress and info.is_main) else True, leave=False)
         t_wait = time.perf_counter()
-        for batch in loader:
+        for i, batch in enumerate(loader):
             waited += time.perf_counter() - t_wait
+            factor = lr_factor((epoch - 1) * steps_per_epoch + i, total_steps, warmup_steps, cfg.optim.schedule)
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * factor
             with precision.autocast():
                 logits, y = task.forward(wrapped, to_device(batch, device))
             loss, h = loss_and_hits(logits, y, task.loss)
