@@ -21,7 +21,7 @@ from ichdet.cli import run as cli
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import read_splits
 from ichdet.engine import load_config, train
-from ichdet.engine.loop import to_device
+from ichdet.engine.loop import lr_factor, to_device
 from ichdet.engine.precision import PrecisionWarning, cpu_features
 from ichdet.engine.scoring import slice_probabilities
 from ichdet.errors import InputError
@@ -106,6 +106,31 @@ def test_scan_model_trains_in_bf16_where_native_and_fp32_elsewhere(tiny, tmp_pat
         assert "training on cpu in fp32: fp32: bf16 is not native on" in err and len(bf16_warnings) == 1
 
 
+def test_lr_factor_warms_up_then_follows_the_schedule():
+    assert [lr_factor(s, 10, 0, "constant") for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert [lr_factor(s, 10, 4, "constant") for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    cos = [lr_factor(s, 10, 2, "cosine") for s in range(10)]
+    assert cos[:3] == [0.5, 1.0, 1.0] and cos[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(cos[2:], cos[3:]))  # decays monotonically after the warm-up
+    assert cos[2 + 7 // 2] == pytest.approx(0.5 * (1 + np.cos(np.pi * 3 / 7)))
+
+
+def test_the_schedule_sets_every_groups_learning_rate(tiny, tmp_path):
+    """A cosine run with warm-up: each epoch's logged lr is the schedule's value at its last step."""
+    sched = ["optim.schedule=cosine", "optim.warmup_epochs=1", "optim.epochs=3", "optim.lr=1e-3"]
+    out = tmp_path / "run"
+    train(load_config(CONFIGS / "3d_slice_cnn.yaml", tiny + sched), out, show_progress=False)
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    steps = load_config(None, tiny).optim.steps_per_epoch
+    for r in rows:  # lr logged after the epoch's last step
+        last = int(r["epoch"]) * steps - 1
+        assert float(r["lr"]) == pytest.approx(1e-3 * lr_factor(last, 3 * steps, steps, "cosine"), rel=1e-5)
+    with pytest.raises(InputError, match=r"config optim.schedule must be one of constant, cosine, got 'step'"):
+        load_config(None, ["optim.schedule=step"])
+    with pytest.raises(InputError, match=r"config optim.warmup_epochs must be in \[0, optim.epochs\], got 5.0"):
+        load_config(None, ["optim.epochs=2", "optim.warmup_epochs=5"])
+
+
 def test_to_device_moves_every_tensor_of_a_batch():
     x, lengths, y = torch.zeros(2, 3), torch.tensor([3, 2]), torch.tensor([0, 1])
     batch = (x, lengths, y, ["a", "b"])
@@ -156,8 +181,10 @@ def _train_cmd(tiny: list[str], out: Path, *extra: str) -> list[str]:
 
 def test_killed_run_resumes_to_identical_weights(tiny, tmp_path):
     """Kill a real training process after its first epoch checkpoint, resume it, and compare
-    with an uninterrupted run of the same config and seed."""
-    cfg = tiny + ["optim.epochs=4", "optim.steps_per_epoch=6", "model.kwargs={base_width: 4, feature_dim: 32}"]
+    with an uninterrupted run of the same config and seed (a warmed-up cosine schedule: the
+    learning rate follows from the step, not from state carried over)."""
+    cfg = tiny + ["optim.epochs=4", "optim.steps_per_epoch=6", "model.kwargs={base_width: 4, feature_dim: 32}",
+                  "optim.schedule=cosine", "optim.warmup_epochs=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full = tmp_path / "full"
     subprocess.run(_train_cmd(cfg, full), check=True, env=env, capture_output=True)

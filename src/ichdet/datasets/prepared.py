@@ -144,8 +144,8 @@ def load_prepared(row: ManifestRow, root: str | Path, spec: PrepSpec = PrepSpec(
         msg = str(e)
         raise InputError(msg if f"scan {row.scan_id!r}" in msg else f"scan {row.scan_id!r}: {msg}",
                          None if str(path) in msg else path) from None
-    except (OSError, ValueError, RuntimeError, MemoryError) as e:
-        raise InputError(f"scan {row.scan_id!r}: cannot prepare ({e.__class__.__name__}: {e})", path) from None
+    except (OSError, MemoryError) as e:  # the file cannot be read; anything else is an internal error
+        raise InputError(f"scan {row.scan_id!r}: cannot be read ({e.__class__.__name__}: {e})", path) from None
     cranial = pair_reduce(cranial_full, "any") if spec.z_max_filter else np.asarray(cranial_full, dtype=bool)
     if image.shape[1] != labels.shape[0]:
         raise InputError(f"scan {row.scan_id!r}: prepared image has {image.shape[1]} slices but the labels "
