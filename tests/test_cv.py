@@ -8,7 +8,6 @@ import importlib
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -296,10 +295,8 @@ def test_second_run_reuses_the_finished_runs(images, cv_run, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(train_mod, "train", no_training)
-    t0 = time.perf_counter()
+    monkeypatch.setattr(train_mod, "train", no_training)  # reuse is proved by this, not by a time bound
     again = cross_validate(img, labels, out, _opts())
-    assert time.perf_counter() - t0 < 30
     assert {p: p.stat().st_mtime_ns for p in metas} == before
     for name in MODELS:
         for key in ("auc", "auc_ci", "sensitivity", "specificity", "folds", "delong_pairwise", "max_sensitivity"):

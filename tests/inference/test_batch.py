@@ -117,6 +117,27 @@ def test_cli_predict_json_to_stdout(cohort, bundles, capsys):
     assert len(s["slice_probabilities"]) == 8 and s["decision"] == (s["probability"] >= 0.3)
 
 
+def test_cli_predict_bf16_on_a_scan_bundle_works_on_any_cpu(cohort, bundles, capsys):
+    """`predict --precision bf16` on a CNN + BiLSTM bundle: bf16 where the CPU has bf16 units, else
+    one warning line and an fp32 run; exit 0 either way (it was exit 2, a oneDNN LSTM error
+    blamed on the input, on AVX2 CPUs)."""
+    from ichdet.engine.precision import cpu_features
+
+    scan = _scans(cohort)[0]
+    assert run(["predict", str(scan), "--model", str(bundles["scan"]), "--precision", "bf16", "--json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    features = cpu_features()
+    want = "bf16" if features.native_bf16 else "fp32"
+    assert doc["errors"] == [] and doc["model"]["runtime"] == f"torch ({want}, channels-last)"
+    lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    if features.native_bf16:
+        assert lines == []
+    else:
+        assert lines == [f"ichdet: warning: bf16 is not native on this CPU ({features.describe()}): it would run "
+                         "emulated, about ten times slower than fp32, so fp32 runs instead"]
+
+
 def test_cli_predict_bad_input_is_one_line(bundles, tmp_path, capsys):
     assert run(["predict", str(tmp_path / "nope"), "--model", str(bundles["slice"])]) == 2
     captured = capsys.readouterr()

@@ -39,8 +39,8 @@ ONEDNN_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 @contextlib.contextmanager
 def flush_denormals() -> Iterator[None]:
     """Treat denormal floats (|x| < 1.2e-38) as 0 on the CPU while the block runs. Adam's second
-    moments and late-layer gradients drift into that range, where x86 arithmetic is up to 100x
-    slower: a slice-CNN training step (batch 25, 256 px) varied between 1.4 and 3.0 s with them
+    moments and late-layer gradients drift into that range, where x86 arithmetic takes a slow
+    microcode path: a slice-CNN training step (batch 25, 256 px) varied between 1.4 and 3.0 s with them
     and took a steady 1.3 s without (AMD EPYC under the AVX2 overrides). No figure ichdet reports
     changes at that scale."""
     torch.set_flush_denormal(True)
