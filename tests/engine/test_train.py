@@ -101,9 +101,9 @@ def test_scan_model_trains_in_bf16_where_native_and_fp32_elsewhere(tiny, tmp_pat
     err = capsys.readouterr().err
     bf16_warnings = [w for w in caught if issubclass(w.category, PrecisionWarning)]
     if native:
-        assert "training on cpu in bf16: bf16 autocast: native on" in err and not bf16_warnings
+        assert "training on cpu in bf16 (autocast: bf16 is native on" in err and not bf16_warnings
     else:
-        assert "training on cpu in fp32: fp32: bf16 is not native on" in err and len(bf16_warnings) == 1
+        assert "training on cpu in fp32 (bf16 is not native on" in err and len(bf16_warnings) == 1
 
 
 def test_lr_factor_warms_up_then_follows_the_schedule():

@@ -109,7 +109,7 @@ def _fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainStat
     cfg, info = run.cfg, run.info
     device = info.device
     precision = resolve_precision(cfg.precision, device)
-    run.log(f"training on {device.type} in {precision.dtype}: {precision.note}")
+    run.log(f"training on {device.type} in {precision.dtype} ({precision.note})")
     model.to(device)
     optimizer = make_optimizer(run, model)
     scaler = precision.grad_scaler()

@@ -130,7 +130,8 @@ def cpu_features() -> CpuFeatures:
 @dataclass(frozen=True)
 class Precision:
     """The arithmetic one run uses: `dtype` "fp32" (autocast off), "bf16" or "fp16" (autocast of
-    the slice encoder) on `device` ("cpu" or "cuda"); `note` says why, in one line."""
+    the slice encoder) on `device` ("cpu" or "cuda"); `note` says why, in a few words
+    ("bf16 is not native on AMD EPYC (AVX2; ...)")."""
 
     device: str
     dtype: str
@@ -174,25 +175,25 @@ def resolve_precision(requested: str | bool = "auto", device: str | torch.device
     if dev == "cuda":
         bf16 = torch.cuda.is_bf16_supported() if cuda_bf16 is None else bool(cuda_bf16)
         if want == "fp32":
-            return Precision("cuda", "fp32", want, "fp32 as asked")
+            return Precision("cuda", "fp32", want, "as asked")
         if want == "fp16":
-            return Precision("cuda", "fp16", want, "fp16 autocast as asked, with a gradient scaler in training")
+            return Precision("cuda", "fp16", want, "autocast as asked, with a gradient scaler in training")
         if bf16:
-            return Precision("cuda", "bf16", want, "bf16 autocast: this GPU has bf16")
+            return Precision("cuda", "bf16", want, "autocast: this GPU has bf16")
         if want == "bf16" and warn:
             warnings.warn("this GPU has no bf16 arithmetic; running fp16 autocast (with a gradient scaler in "
                           "training) instead", PrecisionWarning, stacklevel=2)
-        return Precision("cuda", "fp16", want, "fp16 autocast with a gradient scaler: this GPU has no bf16")
+        return Precision("cuda", "fp16", want, "autocast with a gradient scaler: this GPU has no bf16")
     if dev != "cpu":
         raise InputError(f"ichdet runs on cpu or cuda, got device {dev!r}")
     if want == "fp32":
-        return Precision("cpu", "fp32", want, "fp32 as asked")
+        return Precision("cpu", "fp32", want, "as asked")
     features = cpu if cpu is not None else cpu_features()
     if want == "fp16":
         raise InputError("precision fp16 is for GPUs; on the CPU use auto, fp32 or bf16")
     if features.native_bf16:
-        return Precision("cpu", "bf16", want, f"bf16 autocast: native on {features.describe()}")
+        return Precision("cpu", "bf16", want, f"autocast: bf16 is native on {features.describe()}")
     if want == "bf16" and warn:
         warnings.warn(f"bf16 is not native on this CPU ({features.describe()}): it would run emulated, about ten "
                       "times slower than fp32, so fp32 runs instead", PrecisionWarning, stacklevel=2)
-    return Precision("cpu", "fp32", want, f"fp32: bf16 is not native on {features.describe()}")
+    return Precision("cpu", "fp32", want, f"bf16 is not native on {features.describe()}")
