@@ -85,7 +85,9 @@ class Bundle:
     def predict(self, x: Any, series_uid: str | None = None, heatmaps: str | Path | None = None) -> Any:
         """Predict on one scan: a path (DICOM folder or zip, NIfTI, PNG/JPEG, one DICOM file), a
         `Volume` or a HU array (Z, H, W) -> `ichdet.inference.ScanPrediction` (runtime "auto": the
-        bundle's own model.onnx through onnxruntime when present, else PyTorch fp32).
+        bundle's own model.onnx through onnxruntime when present, else PyTorch at precision "auto":
+        bf16 where the CPU has bf16 units, fp32 elsewhere; `Predictor(bundle, precision="fp32")`
+        gives exactly what `ichdet evaluate` scores).
         With `heatmaps` (a folder), Grad-CAM overlays and a contact sheet are written there."""
         from ichdet.inference.predictor import Predictor
 
