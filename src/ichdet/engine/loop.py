@@ -30,7 +30,7 @@ from tqdm import tqdm
 from ichdet.datasets.slices import shard
 from ichdet.engine.checkpoint import BEST, TrainState, load_checkpoint, restore, save_best, save_checkpoint
 from ichdet.engine.distributed import barrier, broadcast_object
-from ichdet.engine.precision import flush_denormals, resolve_precision
+from ichdet.engine.precision import resolve_precision
 from ichdet.engine.run import Run
 from ichdet.engine.tasks import loss_and_hits
 from ichdet.errors import InputError
@@ -49,7 +49,7 @@ def make_optimizer(run: Run, model: torch.nn.Module) -> torch.optim.Optimizer:
         raise InputError("no trainable parameters: check model.trainable / model.freeze_encoder")
     for g in groups:
         g["base_lr"] = g["lr"]  # the schedule scales this (lr_factor)
-    if o.name == "adam":  # fused: one kernel per step instead of ten per tensor (CPU and GPU)
+    if o.name == "adam":  # fused: one kernel for all tensors (the same update; fewer launches on a GPU)
         return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay, fused=True)
     if o.name == "rmsprop":  # Keras' defaults (rho 0.9, epsilon 1e-7), as the paper used Keras
         return torch.optim.RMSprop(groups, lr=o.lr, alpha=0.9, eps=1e-7, weight_decay=o.weight_decay)
@@ -101,11 +101,6 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState:
     """Train `model` on `task` for the configured epochs; returns the progress (best epoch etc.).
     On return `model` holds the best-by-validation weights."""
-    with flush_denormals():
-        return _fit(run, model, task, resume)
-
-
-def _fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState:
     cfg, info = run.cfg, run.info
     device = info.device
     precision = resolve_precision(cfg.precision, device)

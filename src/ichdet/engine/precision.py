@@ -20,7 +20,6 @@ import contextlib
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -34,20 +33,6 @@ ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE"
                "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2")
 ONEDNN_BF16_ISA = "AVX512_CORE_BF16"
 ONEDNN_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
-
-
-@contextlib.contextmanager
-def flush_denormals() -> Iterator[None]:
-    """Treat denormal floats (|x| < 1.2e-38) as 0 on the CPU while the block runs. Adam's second
-    moments and late-layer gradients drift into that range, where x86 arithmetic takes a slow
-    microcode path: a slice-CNN training step (batch 25, 256 px) varied between 1.4 and 3.0 s with them
-    and took a steady 1.3 s without (AMD EPYC under the AVX2 overrides). No figure ichdet reports
-    changes at that scale."""
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
 
 
 class PrecisionWarning(UserWarning):
