@@ -54,6 +54,11 @@ def _configure_logging(verbose: bool) -> None:
     logging.getLogger("pydicom").setLevel(logging.ERROR)  # its notes on odd values are not the user's errors
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The config overrides of a training command: its --set values, then --precision when given."""
+    return list(args.set or []) + ([f"precision={args.precision}"] if args.precision else [])
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from ichdet.inspect import describe_input, format_description
 
@@ -94,7 +99,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from ichdet.engine import load_config, train
 
-    overrides = list(args.set or []) + ([f"precision={args.precision}"] if args.precision else [])
+    overrides = _overrides(args)
     if args.data:
         overrides.append(f"data.manifest={args.data}")
     cfg = load_config(args.config, overrides)
@@ -157,7 +162,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     models = list(BINARY_MODELS) if args.model == "all" else [args.model]
     opts = CVOptions(models=models, subtypes=args.subtypes, folds=args.folds, seed=args.seed, weights=args.weights or "", epochs=args.epochs,
                      size=args.size, quick=args.quick, final=not args.no_final,
-                     overrides=list(args.set or []) + ([f"precision={args.precision}"] if args.precision else []),
+                     overrides=_overrides(args),
                      show_progress=not args.quiet, label_column=args.label_column, id_column=args.id_column,
                      patient_column=args.patient_column)
     result = cross_validate(args.images, args.labels, args.out, opts)
@@ -172,9 +177,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ichdet.demo import run_demo
 
-    overrides = list(args.set or []) + ([f"precision={args.precision}"] if args.precision else [])
     result = run_demo(args.out, quick=args.quick, seed=args.seed, data=args.data, show_progress=not args.quiet,
-                      overrides=overrides)
+                      overrides=_overrides(args))
     for name, m in result["models"].items():
         print(_summary_line(name, m, "test AUC", "at the operating point: ") + f", {m['seconds_per_scan']:.2f} s/scan")
     for name, m in (result.get("subtypes") or {}).get("models", {}).items():

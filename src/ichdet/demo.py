@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 import ichdet
 from ichdet.errors import InputError
@@ -226,14 +225,14 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, seed: int = 0, d
     `profile` replaces the quick/full sizes (tests use a tiny one); `overrides` (``key=value``, as
     ``ichdet train --set``) apply to every model, 3D and 2D (e.g. ``precision=fp32``)."""
     from ichdet.engine import load_config
-    from ichdet.engine.precision import cpu_features, resolve_precision
+    from ichdet.engine.precision import cpu_features, default_device, resolve_precision
     from ichdet.demo_report import write_demo_report
     from ichdet.evaluate import write_json
 
     out = Path(out)
     profile = profile or (QUICK if quick else FULL)
     overrides = list(overrides)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as training picks it
+    device = default_device()  # as training picks it
     precision = resolve_precision(load_config(None, overrides).precision, device, warn=False)
     machine = {"cpu": cpu_features().describe(), "device": device.type, "precision": precision.dtype}
     _log(f"{machine['cpu']}; training in {precision.dtype} on {device.type}")

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ichdet.engine.precision import default_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -33,7 +35,7 @@ def setup_distributed() -> DistInfo:
     """Join torchrun's process group when its environment is set; else a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistInfo(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        return DistInfo(device=default_device())
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)

@@ -35,6 +35,11 @@ ONEDNN_BF16_ISA = "AVX512_CORE_BF16"
 ONEDNN_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
+def default_device() -> torch.device:
+    """Where ichdet computes when nobody says: the GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class PrecisionWarning(UserWarning):
     """A requested precision is not native here; a faster one runs instead."""
 

@@ -21,7 +21,6 @@ from ichdet.inference.graph import split_model
 
 SLICE_BATCH = 16  # slices per onnxruntime pass
 BATCH_PIXELS = 131072  # slices x S x S per PyTorch encoder pass: 2 at 256 px, whose activations stay in cache
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # fp16: GPUs only (ichdet.engine.precision)
 ONNX_META_KEY = "ichdet_bundle"  # ONNX metadata_props key holding the bundle.json the graph came from
 ONNX_HASH_KEY = "ichdet_weights_sha256"
 SLICE_LABELS, SCAN_LABELS = "slice_labels", "scan_labels"  # ONNX outputs of subtype bundles
@@ -72,14 +71,12 @@ class TorchRuntime:
 
     def __init__(self, model: torch.nn.Module, kind: str, precision: str = "auto", channels_last: bool = True,
                  compile: bool = False, batch: int | None = None, device: str | torch.device | None = None):
-        from ichdet.engine.precision import resolve_precision
+        from ichdet.engine.precision import default_device, resolve_precision
 
-        if precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.device = torch.device(device) if device is not None else default_device()
+        self.mode = resolve_precision(precision, self.device)  # InputError for an unknown precision
         if batch is not None and (not isinstance(batch, int) or batch < 1):
             raise InputError(f"slice batch must be a positive integer, got {batch!r}")
-        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.mode = resolve_precision(precision, self.device)
         self.kind, self.precision, self.channels_last, self.batch = kind, self.mode.dtype, bool(channels_last), batch
         net = _inference_copy(model, self.channels_last).to(self.device)
         self.slice_graph, self.sequence_graph = split_model(net, kind)

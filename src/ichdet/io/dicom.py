@@ -201,8 +201,9 @@ def _geometry(headers: list[Dataset], files: list[Path]) -> tuple[np.ndarray, np
     if np.any(ps <= 0):
         raise InputError(f"PixelSpacing must be positive, got {_fmt(ps)}", ref_file)
     positions = np.zeros((len(headers), 3))
+    ref_shape = {kw: int_value(ref, kw, ref_file, 0) for kw in ("Rows", "Columns")}
     for i, (ds, f) in enumerate(zip(headers, files)):
-        for kw, want in (("Rows", int_value(ref, "Rows", ref_file, 0)), ("Columns", int_value(ref, "Columns", ref_file, 0))):
+        for kw, want in ref_shape.items():
             if int_value(ds, kw, f, 0) != want:
                 raise InputError(f"{kw} is {ds.get(kw)} but the series' first slice has {want} (inconsistent geometry)", f)
         o = _floats(ds, "ImageOrientationPatient", 6, f)

@@ -33,7 +33,7 @@ def fp32_sequence(x: torch.Tensor) -> Iterator[torch.Tensor]:
         with torch.autocast(device, enabled=False):
             yield x.float()
     else:
-        yield x if x.dtype == torch.float32 else x.float()
+        yield x.float()  # the tensor itself when it is float32 already
 
 
 GATES = ("input", "forget", "cell", "output")  # PyTorch's order of the 4 blocks in weight_ih / weight_hh
