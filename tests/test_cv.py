@@ -18,7 +18,8 @@ from ichdet.bundle import load_bundle, read_bundle_meta
 from ichdet.cli import run as cli
 from ichdet.cv import MODELS as MODELS_ALL
 from ichdet.cv import (
-    CVOptions, _order, assign_folds, cross_validate, fold_manifest, model_config, patient_column, requested,
+    CVOptions, _order, assign_folds, cross_validate, fold_jobs, fold_manifest, model_config, patient_column,
+    requested,
 )
 from ichdet.datasets.manifest import ManifestRow, read_manifest
 from ichdet.datasets.splits import read_splits
@@ -35,7 +36,7 @@ MODELS = ["cnn", "alexnet-svm"]
 
 
 def _opts(**kw) -> CVOptions:
-    base = dict(models=MODELS, folds=2, epochs=1, size=64, quick=True, overrides=list(TINY), show_progress=False)
+    base = dict(models=MODELS, folds=2, epochs=1, size=64, quick=True, overrides=list(TINY), show_progress=False, jobs=1)
     return CVOptions(**{**base, **kw})
 
 
@@ -283,6 +284,27 @@ def test_evaluate_images_with_a_cv_bundle(images, cv_run, tmp_path):
     assert m["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6) == result["models"]["2d_cnn"]["auc"]
     assert m["threshold"] == pytest.approx(load_bundle(out / "bundles" / "cnn").threshold)
     assert (tmp_path / "roc.png").is_file() and (tmp_path / "confusion.png").is_file()
+
+
+def test_fold_jobs_rule():
+    assert [fold_jobs(0, 6, cores=c) for c in (1, 2, 3, 4, 8, 32)] == [1, 2, 2, 2, 4, 4]
+    assert fold_jobs(0, 1, cores=8) == 1  # never more runs at once than there are
+    assert fold_jobs(3, 6, cores=2) == 3  # an explicit --jobs is taken as given
+    with pytest.raises(InputError, match=r"^--jobs must be 0 \(auto\) or a positive number, got -1$"):
+        fold_jobs(-1, 6)
+
+
+def test_parallel_folds_give_the_sequential_results(images, tmp_path):
+    """Folds in two worker processes (one torch thread each, as TINY sets) give the same
+    out-of-fold predictions, byte for byte, as the same folds one after another."""
+    img, labels = images
+    runs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        runs[jobs] = cross_validate(img, labels, out, _opts(models=["cnn"], final=False, jobs=jobs))
+        assert sorted(p.parents[2].name for p in out.glob("folds/*/cnn/bundle/bundle.json")) == ["0", "1"]
+    assert (tmp_path / "jobs1" / "predictions.csv").read_bytes() == (tmp_path / "jobs2" / "predictions.csv").read_bytes()
+    assert runs[1]["models"]["cnn"]["auc"] == runs[2]["models"]["cnn"]["auc"]
 
 
 def test_second_run_reuses_the_finished_runs(images, cv_run, monkeypatch):

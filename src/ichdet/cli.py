@@ -161,7 +161,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
     models = list(BINARY_MODELS) if args.model == "all" else [args.model]
     opts = CVOptions(models=models, subtypes=args.subtypes, folds=args.folds, seed=args.seed, weights=args.weights or "", epochs=args.epochs,
-                     size=args.size, quick=args.quick, final=not args.no_final,
+                     size=args.size, quick=args.quick, final=not args.no_final, jobs=args.jobs,
                      overrides=_overrides(args),
                      show_progress=not args.quiet, label_column=args.label_column, id_column=args.id_column,
                      patient_column=args.patient_column)
@@ -387,6 +387,9 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, help="image side in pixels (default: 256 CNN, 224 AlexNet)")
     p.add_argument("--quick", action="store_true", help="the laptop-sized configs (configs/quick)")
     p.add_argument("--no-final", action="store_true", help="skip training on all images (no bundles)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="training runs at once, each in its own process (folds and the final models); "
+                        "default 0: one per core up to two, then one per two cores, at most 4")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every model (repeatable)")
     p.add_argument("--precision", choices=PRECISION_CHOICES, help=TRAIN_PRECISION_HELP + " (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

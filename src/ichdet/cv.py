@@ -24,8 +24,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -52,6 +53,7 @@ DECISION_THRESHOLD = 0.5  # the classifiers' own decision (softmax argmax, Platt
 # needs few; 200 images x 3 models x (5 folds + final) then take about 15 minutes on 2 cores of an
 # AMX Xeon in bf16 and about 35 in fp32 on an AVX2 CPU (README, Precision)
 CV_EPOCHS = {"cnn": 30, "alexnet": 10}
+MAX_AUTO_JOBS = 4  # training runs at once by default (memory: about 2 GB each with AlexNet)
 
 
 @dataclass
@@ -71,6 +73,7 @@ class CVOptions:
     final: bool = True  # also train every model on all images -> OUT/bundles/NAME
     overrides: list[str] = field(default_factory=list)
     show_progress: bool = True
+    jobs: int = 0  # training runs at once (folds and the final models in parallel processes); 0 = fold_jobs' choice
     label_column: str | None = None  # labels CSV columns (default: found as `ichdet prepare folder` finds them)
     id_column: str | None = None
     patient_column: str | None = None  # default: a column named patient, patient_id, subject, ...
@@ -183,6 +186,74 @@ def _score_fold(bundle_path: Path, manifest: Path, cache: Path):
     return score_bundle(bundle, cohort, ids)
 
 
+def fold_jobs(jobs: int, n_tasks: int, cores: int | None = None) -> int:
+    """Training runs at once: `jobs`, or with 0 one per core up to two, then one per two cores
+    (small CNNs use many threads poorly), at most `MAX_AUTO_JOBS`; never more than `n_tasks`."""
+    cores = cores or os.cpu_count() or 1
+    if jobs < 0:
+        raise InputError(f"--jobs must be 0 (auto) or a positive number, got {jobs}")
+    if jobs == 0:
+        jobs = min(MAX_AUTO_JOBS, max(min(cores, 2), cores // 2))
+    return max(1, min(jobs, n_tasks))
+
+
+@dataclass
+class FoldTask:
+    """One fold (`fold` = 0..k-1: train on the rest, score the fold) or the final models (`fold` = None:
+    train on all images, copy the bundles to OUT/bundles)."""
+
+    fold: int | None
+    models: list[str]
+    rows: Sequence[ManifestRow]
+    root: Path
+    fold_of: dict[str, int]
+    opts: CVOptions
+    cache: Path
+    out: Path
+
+    def run(self) -> dict[str, Any]:
+        """Fold: {model: out-of-fold lists}; final: {model: bundle folder}."""
+        opts, final = self.opts, self.fold is None
+        folder = self.out / ("final" if final else f"folds/{self.fold}")
+        fm = fold_manifest(self.rows, self.root, None if final else self.fold_of, self.fold, opts.val_fraction,
+                           opts.seed, folder / "manifest.csv")
+        _log("training every model on all images" if final
+             else f"fold {self.fold + 1}/{opts.folds}: training {', '.join(self.models)}")
+        trained = _train_all(fm, folder, self.models, opts, self.cache)
+        if final:
+            return {name: str(copy_bundle(bundle, self.out / "bundles" / name)) for name, bundle in trained.items()}
+        out = {}
+        for name, bundle in trained.items():
+            s = _score_fold(bundle, fm, self.cache)
+            n = len(s.scan_ids)
+            out[name] = {"ids": list(s.scan_ids), "y": s.labels.tolist(), "p": s.scores.tolist(),
+                         "t": [s.threshold] * n, "fold": [self.fold] * n,
+                         "sub": [] if s.subtypes is None else s.subtypes.tolist(),
+                         "ysub": [] if s.subtypes is None else s.subtype_targets.tolist()}
+        _log(f"fold {self.fold + 1}/{opts.folds} done")
+        return out
+
+
+def _run_task(task: FoldTask) -> dict[str, Any]:
+    return task.run()
+
+
+def _run_tasks(tasks: list[FoldTask], jobs: int) -> list[dict[str, Any]]:
+    """Each task's result, in task order; with `jobs` > 1 that many worker processes (spawned,
+    quiet, cores / jobs torch threads each) take the tasks in turn."""
+    if jobs == 1:
+        return [t.run() for t in tasks]
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    for t in tasks:
+        t.opts = replace(t.opts, show_progress=False, jobs=jobs, overrides=[f"threads={threads}", *t.opts.overrides])
+    _log(f"{len(tasks)} training runs, {jobs} at a time with {threads} thread(s) each")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_run_task, tasks))
+
+
 def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts: CVOptions = CVOptions()) -> dict[str, Any]:
     """Run the comparison and write OUT (see the module docstring); returns metrics.json's content."""
     from ichdet.cv_report import write_cv_outputs
@@ -201,29 +272,17 @@ def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts
     if any(m in SUBTYPE_MODELS for m in models) and not any(r.subtypes for r in rows):
         raise InputError(f"the subtype models need subtype columns ({', '.join(SUBTYPES)}) in the labels CSV", labels)
     fold_of = assign_folds(rows, opts.folds, opts.seed)
+    tasks = [FoldTask(f, models, rows, manifest.parent, fold_of, opts, cache, out) for f in range(opts.folds)]
+    if opts.final:
+        tasks.append(FoldTask(None, models, rows, manifest.parent, fold_of, opts, cache, out))
+    done = _run_tasks(tasks, fold_jobs(opts.jobs, len(tasks)))
     oof: dict[str, dict[str, Any]] = {m: {"ids": [], "y": [], "p": [], "t": [], "fold": [], "sub": [], "ysub": []}
                                       for m in models}
-    for f in range(opts.folds):
-        folder = out / "folds" / str(f)
-        fm = fold_manifest(rows, manifest.parent, fold_of, f, opts.val_fraction, opts.seed, folder / "manifest.csv")
-        _log(f"fold {f + 1}/{opts.folds}: training {', '.join(models)}")
-        for name, bundle in _train_all(fm, folder, models, opts, cache).items():
-            s = _score_fold(bundle, fm, cache)
-            o = oof[name]
-            o["ids"] += s.scan_ids
-            o["y"] += s.labels.tolist()
-            o["p"] += s.scores.tolist()
-            o["t"] += [s.threshold] * len(s.scan_ids)
-            o["fold"] += [f] * len(s.scan_ids)
-            if s.subtypes is not None:
-                o["sub"] += s.subtypes.tolist()
-                o["ysub"] += s.subtype_targets.tolist()
-    bundles = {}
-    if opts.final:
-        _log("training every model on all images")
-        fm = fold_manifest(rows, manifest.parent, None, None, opts.val_fraction, opts.seed, out / "final" / "manifest.csv")
-        for name, bundle in _train_all(fm, out / "final", models, opts, cache).items():
-            bundles[name] = str(copy_bundle(bundle, out / "bundles" / name))
+    for part in done[:opts.folds]:  # folds in order, whatever order they finished in
+        for name, o in part.items():
+            for key, values in o.items():
+                oof[name][key] += values
+    bundles = done[opts.folds] if opts.final else {}
     wanted = [m for m in models if m in wanted]
     labels = {m: LABELS[m] for m in wanted}
     if not opts.weights:  # not the paper's transfer learning
