@@ -7,6 +7,7 @@ import csv
 import importlib
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -294,15 +295,19 @@ def test_fold_jobs_rule():
         fold_jobs(-1, 6)
 
 
-def test_parallel_folds_give_the_sequential_results(images, tmp_path):
+def test_parallel_folds_give_the_sequential_results(images, tmp_path, capfd):
     """Folds in two worker processes (one torch thread each, as TINY sets) give the same
-    out-of-fold predictions, byte for byte, as the same folds one after another."""
+    out-of-fold predictions, byte for byte, as the same folds one after another; each worker's
+    log lines say which fold they come from."""
     img, labels = images
     runs = {}
     for jobs in (1, 2):
         out = tmp_path / f"jobs{jobs}"
         runs[jobs] = cross_validate(img, labels, out, _opts(models=["cnn"], final=False, jobs=jobs))
         assert sorted(p.parents[2].name for p in out.glob("folds/*/cnn/bundle/bundle.json")) == ["0", "1"]
+    err = capfd.readouterr().err
+    assert re.search(r"^cv: 2 training runs, 2 at a time with \d+ thread\(s\) each$", err, re.M)
+    assert f"[fold 2] bundle: {tmp_path / 'jobs2' / 'folds' / '1' / 'cnn' / 'bundle'} (validation AUC" in err
     assert (tmp_path / "jobs1" / "predictions.csv").read_bytes() == (tmp_path / "jobs2" / "predictions.csv").read_bytes()
     assert runs[1]["models"]["cnn"]["auc"] == runs[2]["models"]["cnn"]["auc"]
 

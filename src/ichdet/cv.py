@@ -234,7 +234,25 @@ class FoldTask:
         return out
 
 
+class _LinePrefix(io.TextIOBase):
+    """A text stream that starts every line with `prefix` (a worker's log among its peers')."""
+
+    def __init__(self, stream: Any, prefix: str):
+        self.stream, self.prefix, self.fresh = stream, prefix, True
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines(keepends=True):
+            self.stream.write((self.prefix if self.fresh else "") + line)
+            self.fresh = line.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def _run_task(task: FoldTask) -> dict[str, Any]:
+    """A worker process's task; its log lines read "[fold F] ..." or "[final] ..."."""
+    sys.stderr = _LinePrefix(sys.stderr, "[final] " if task.fold is None else f"[fold {task.fold + 1}] ")
     return task.run()
 
 
