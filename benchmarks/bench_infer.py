@@ -113,7 +113,7 @@ def make_bundle(out: Path, quick: bool, seed: int = 0) -> tuple[Path, dict]:
     random weights as a real bundle folder; --quick: a tiny one of the same structure."""
     import torch
 
-    from ichdet.bundle import save_bundle
+    from ichdet.engine.bundle import save_bundle
     from ichdet.models import create_model
     from ichdet.preprocess.pipeline import PrepSpec
 
@@ -156,7 +156,7 @@ def build_variant(name: str, bundle_path: Path, pristine, onnx_path: Path | None
     """A Predictor on the bundle whose runtime is the variant's, on its own copy of the weights
     (TorchRuntime(channels_last=True) converts the model it is given to channels_last in place,
     so sharing one model would make the "contiguous" variants run channels-last weights)."""
-    from ichdet.bundle import load_bundle
+    from ichdet.engine.bundle import load_bundle
     from ichdet.inference import OnnxRuntime, Predictor, TorchRuntime
 
     spec = VARIANTS[name]
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = a.threads or (1 if q else cores)
     torch.set_num_threads(threads)
 
-    from ichdet.bundle import load_bundle
+    from ichdet.engine.bundle import load_bundle
     from ichdet.datasets.scans import volume_to_sequence
     from ichdet.inference.predictor import load_volume
     from ichdet.preprocess import prepare_volume

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from ichdet.bundle import load_bundle
-from ichdet.cache import PreparedCache
+from ichdet.engine.bundle import load_bundle
+from ichdet.datasets.cache import PreparedCache
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import read_splits
 from ichdet.engine.scoring import score_scan_labels

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import ichdet.inspect
+import ichdet.io.describe
 from ichdet.cli import build_parser, run
 
 HINT = "(run with --debug for the traceback)"
@@ -18,7 +18,7 @@ def broken_info(monkeypatch):
     def describe_input(path, series_uid=None):
         raise raised[0]
 
-    monkeypatch.setattr(ichdet.inspect, "describe_input", describe_input)
+    monkeypatch.setattr(ichdet.io.describe, "describe_input", describe_input)
     monkeypatch.delenv("ICHDET_DEBUG", raising=False)
     return raised
 

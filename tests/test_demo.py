@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ichdet.bundle import load_bundle
+from ichdet.engine.bundle import load_bundle
 from ichdet.demo import PROPOSED, ROWS_3D, ROWS_SUBTYPES, SUBTYPE_ORDER, TRAIN_ORDER, Profile, run_demo
 from ichdet.metrics import SUBTYPE_LABELS, rsna_log_loss
 

@@ -60,7 +60,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ichdet.inspect import describe_input, format_description
+    from ichdet.io.describe import describe_input, format_description
 
     with warnings.catch_warnings():  # the report lists the warnings itself
         warnings.simplefilter("ignore")
@@ -132,7 +132,7 @@ def _subtype_lines(m: dict) -> list[str]:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ichdet.evaluate import evaluate_bundle, evaluate_images
+    from ichdet.evaluation.evaluate import evaluate_bundle, evaluate_images
 
     if bool(args.data) == bool(args.images):
         raise InputError("give --data MANIFEST, or --images DIR with --labels CSV")
@@ -157,7 +157,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    from ichdet.cv import BINARY_MODELS, CVOptions, cross_validate
+    from ichdet.evaluation.cv import BINARY_MODELS, CVOptions, cross_validate
 
     models = list(BINARY_MODELS) if args.model == "all" else [args.model]
     opts = CVOptions(models=models, subtypes=args.subtypes, folds=args.folds, seed=args.seed, weights=args.weights or "", epochs=args.epochs,
@@ -192,7 +192,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ichdet.bundle import load_bundle
+    from ichdet.engine.bundle import load_bundle
     from ichdet.inference import Predictor, format_table, predict_inputs
     from ichdet.inference.result import results_document, write_results
 
@@ -228,7 +228,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ichdet.bundle import load_bundle
+    from ichdet.engine.bundle import load_bundle
     from ichdet.inference.export import export_onnx, verify_onnx
 
     bundle = load_bundle(args.model)

@@ -123,10 +123,10 @@ def train_3d(out: Path, manifest: Path, profile: Profile, show_progress: bool,
 
 def score_3d(out: Path, manifest: Path, names=ROWS_3D) -> tuple[list[str], np.ndarray, dict[str, Any]]:
     """Every 3D bundle `names` on the test split (never used in training or selection)."""
-    from ichdet.bundle import load_bundle
-    from ichdet.cache import PreparedCache
+    from ichdet.engine.bundle import load_bundle
+    from ichdet.datasets.cache import PreparedCache
     from ichdet.datasets.prepared import PreparedCohort
-    from ichdet.evaluate import score_bundle
+    from ichdet.evaluation.evaluate import score_bundle
 
     ids, y, scores = None, None, {}
     for name in names:
@@ -149,7 +149,7 @@ def report_subtypes(report: Path, ids: list[str], scores: dict[str, Any]) -> dic
     import csv
     import io
 
-    from ichdet.evaluate import subtype_metrics
+    from ichdet.metrics import subtype_metrics
     from ichdet.fileio import write_text_atomic
     from ichdet.metrics import SUBTYPE_LABELS
 
@@ -168,7 +168,7 @@ def report_subtypes(report: Path, ids: list[str], scores: dict[str, Any]) -> dic
 
 
 def report_3d(report: Path, ids: list[str], y: np.ndarray, scores: dict[str, Any]):
-    from ichdet.comparison import compare, roc_curves
+    from ichdet.evaluation.comparison import compare, roc_curves
     from ichdet.report import roc_figure
 
     arrays = {n: s.scores for n, s in scores.items()}
@@ -187,7 +187,7 @@ def report_3d(report: Path, ids: list[str], y: np.ndarray, scores: dict[str, Any
 def run_2d(out: Path, manifest: Path, profile: Profile, seed: int, show_progress: bool,
            overrides: Sequence[str] = ()) -> dict[str, Any] | None:
     """`ichdet cv` on one PNG per scan (needs the cohort's slice labels to pick bleed slices)."""
-    from ichdet.cv import CVOptions, cross_validate
+    from ichdet.evaluation.cv import CVOptions, cross_validate
     from ichdet.synth.images import export_image_set
 
     if not (manifest.parent / "slice_labels.csv").is_file():
@@ -205,8 +205,8 @@ def run_2d(out: Path, manifest: Path, profile: Profile, seed: int, show_progress
 def keep_bundles(out: Path, cv_result: dict[str, Any] | None) -> dict[str, str]:
     """Copy every trained model to OUT/bundles/NAME (3D experiment names; 2d_cnn, 2d_alexnet, 2d_alexnet_svm,
     2d_cnn_subtypes, ...)."""
-    from ichdet.bundle import copy_bundle
-    from ichdet.cv import MODELS
+    from ichdet.engine.bundle import copy_bundle
+    from ichdet.evaluation.cv import MODELS
 
     sources = {name: out / "runs" / name / "bundle" for name in TRAIN_ORDER + SUBTYPE_ORDER}
     if cv_result is not None:
@@ -226,8 +226,8 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, seed: int = 0, d
     ``ichdet train --set``) apply to every model, 3D and 2D (e.g. ``precision=fp32``)."""
     from ichdet.engine import load_config
     from ichdet.engine.precision import cpu_features, default_device, resolve_precision
-    from ichdet.demo_report import write_demo_report
-    from ichdet.evaluate import write_json
+    from ichdet.report.demo import write_demo_report
+    from ichdet.fileio import write_json
 
     out = Path(out)
     profile = profile or (QUICK if quick else FULL)

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -43,3 +46,15 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    """`data` as indented JSON, atomically; numpy arrays and scalars become lists and numbers."""
+    def default(o: Any) -> Any:
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, (np.floating, np.integer)):
+            return o.item()
+        return str(o)
+
+    return write_text_atomic(path, json.dumps(data, indent=2, default=default) + "\n")

@@ -374,3 +374,19 @@ def subtype_aucs(y_true: Any, probs: Any, names: tuple[str, ...] = SUBTYPE_LABEL
         bounds = [ci["low"], ci["high"]] if np.isfinite([ci["low"], ci["high"]]).all() else None  # one case of a class
         out[name] = {"auc": ci["auc"], "auc_ci": bounds, "n_pos": n_pos, "n_neg": int(yj.size - n_pos)}
     return out
+
+
+def subtype_metrics(targets: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """{"subtypes": {label: {"auc", "auc_ci" (95%, DeLong), "n_pos", "n_neg"}}, "rsna_log_loss"} from
+    targets (N, 6) (-1 unknown, left out) and probabilities (N, 6) in `SUBTYPE_LABELS` order. A label
+    whose known cases are all of one class keeps its counts with auc and auc_ci None; a CI that
+    DeLong cannot give (a single positive or negative case) is None."""
+    per_label = subtype_aucs(targets, probs)
+    out = {}
+    for j, name in enumerate(SUBTYPE_LABELS):
+        m = per_label[name]  # its auc_ci is None when DeLong gives no interval
+        if m is None:
+            known = targets[:, j][targets[:, j] >= 0]
+            m = {"auc": None, "auc_ci": None, "n_pos": int(known.sum()), "n_neg": int((known == 0).sum())}
+        out[name] = m
+    return {"subtypes": out, "rsna_log_loss": rsna_log_loss(targets, probs)}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ichdet.datasets.prepared as prepared
-from ichdet.cache import PreparedCache
+from ichdet.datasets.cache import PreparedCache
 from ichdet.datasets.manifest import ManifestRow, SliceLabel, read_manifest, write_manifest
 from ichdet.datasets.prepared import PreparedCohort, align_slice_labels, load_prepared, pair_reduce
 from ichdet.errors import InputError

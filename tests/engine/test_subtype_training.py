@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from ichdet.bundle import load_bundle
+from ichdet.engine.bundle import load_bundle
 from ichdet.datasets.manifest import SUBTYPES
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.scans import ScanDataset, collate_scans

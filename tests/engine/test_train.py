@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from ichdet.bundle import load_bundle
+from ichdet.engine.bundle import load_bundle
 from ichdet.cli import run as cli
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import read_splits

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ichdet.bundle import save_bundle
+from ichdet.engine.bundle import save_bundle
 from ichdet.models import create_model
 from ichdet.models.aggregate import FeatureSVM
 from ichdet.models.svm_head import SVMHead

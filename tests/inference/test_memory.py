@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ichdet.bundle import save_bundle
+from ichdet.engine.bundle import save_bundle
 from ichdet.models import create_model
 from ichdet.preprocess import PrepSpec
 

@@ -45,7 +45,7 @@ def test_predict_gives_the_evaluation_score(cohort, bundles, kind):
 def test_result_fields_of_a_scan_model(cohort, bundles):
     """8 slices through the 2x2x2 filter: 4 prepared slices, values repeated per pair, the top 3
     prepared slices reported as their 6 original slices, most suspicious first."""
-    b = ichdet.load_bundle(bundles["scan"])
+    b = ichdet.load_predictor(bundles["scan"])
     scan = _scan_dirs(cohort)[1]
     r = b.predict(scan)
     assert isinstance(r, ScanPrediction)
@@ -60,7 +60,7 @@ def test_result_fields_of_a_scan_model(cohort, bundles):
         assert t["probability"] == p[t["index"]]
         assert t["z_mm"] == pytest.approx((vol.affine @ [0, 0, t["index"], 1])[2], abs=1e-3)
         assert t["file"] == Path(vol.source[t["index"]]).name
-    assert r.decision == (r.probability >= r.threshold) and r.threshold == b.threshold
+    assert r.decision == (r.probability >= r.threshold) and r.threshold == b.bundle.threshold
     auto = "bf16" if cpu_features().native_bf16 else "fp32"  # Bundle.predict's default precision
     assert r.runtime == f"torch ({auto}, channels-last)" and r.seconds > 0 and r.heatmaps is None
     doc = json.loads(json.dumps(r.to_dict()))
@@ -70,7 +70,7 @@ def test_result_fields_of_a_scan_model(cohort, bundles):
 
 
 def test_dicom_folder_zip_nifti_volume_and_array_agree(cohort, bundles, tmp_path):
-    b = ichdet.load_bundle(bundles["slice"])
+    b = ichdet.load_predictor(bundles["slice"])
     scan = _scan_dirs(cohort)[2]
     ref = b.predict(scan)
     archive = tmp_path / "scan.zip"
@@ -91,10 +91,10 @@ def test_single_images(cohort, bundles, tmp_path):
     png = tmp_path / "slice.png"
     Image.fromarray((window(vol.hu[4], "brain") * 255).astype(np.uint8)).save(png)
     for kind in ("slice", "alexnet_svm"):
-        r = ichdet.load_bundle(bundles[kind]).predict(png)
+        r = ichdet.load_predictor(bundles[kind]).predict(png)
         assert r.shape == (1, 64, 64) and len(r.slice_probabilities) == 1 and r.top_slices[0]["index"] == 0
         assert "file" not in r.top_slices[0] and r.warnings == []
-    one = ichdet.load_bundle(bundles["scan"]).predict(Path(vol.source[4]))
+    one = ichdet.load_predictor(bundles["scan"]).predict(Path(vol.source[4]))
     assert one.shape == (1, 64, 64) and one.top_slices[0]["file"] == Path(vol.source[4]).name
     assert one.warnings == ["a scan model given a single image: its probability means little"]
 
@@ -104,7 +104,7 @@ def test_reader_warnings_travel_with_the_result(cohort, bundles, tmp_path):
     shutil.copytree(_scan_dirs(cohort)[0], scan)
     files = sorted(scan.iterdir(), key=lambda f: read_volume(f).origin[2])
     files[4].unlink()  # a missing slice in the middle: a gap
-    r = ichdet.load_bundle(bundles["slice"]).predict(scan)
+    r = ichdet.load_predictor(bundles["slice"]).predict(scan)
     assert r.shape[0] == 7 and any("gap" in w for w in r.warnings)
 
 
@@ -133,13 +133,14 @@ def test_bf16_is_close_to_fp32_where_native_and_fp32_elsewhere(cohort, bundles):
 
 def test_bad_input_is_one_clear_error(bundles, tmp_path):
     b = ichdet.load_bundle(bundles["slice"])
+    p = Predictor(b)
     with pytest.raises(InputError) as e:
-        b.predict(tmp_path / "missing")
+        p.predict(tmp_path / "missing")
     assert str(e.value) == f"{tmp_path / 'missing'}: no such file or folder"
     with pytest.raises(InputError, match=r"^a HU array for predict must be \(Z, H, W\) or \(H, W\), got shape \(1, 2, 3, 4\)$"):
-        b.predict(np.zeros((1, 2, 3, 4)))
+        p.predict(np.zeros((1, 2, 3, 4)))
     with pytest.raises(InputError, match="^predict takes a path, a Volume or a HU array, got int$"):
-        b.predict(3)
+        p.predict(3)
     with pytest.raises(InputError, match="^runtime must be one of auto, torch, onnx, got 'tf'$"):
         Predictor(b, runtime="tf")
     with pytest.raises(InputError, match="^precision must be one of auto, fp32, bf16, fp16, got 'fp8'$"):
@@ -149,10 +150,10 @@ def test_bad_input_is_one_clear_error(bundles, tmp_path):
     garbage = tmp_path / "x.nii.gz"
     garbage.write_bytes(b"not a nifti")
     with pytest.raises(InputError, match=str(garbage)):
-        b.predict(garbage)
+        p.predict(garbage)
 
 
 def test_an_input_of_air_is_flagged(bundles):
     """A blank volume still gets a probability, but the result says it holds no head."""
-    r = ichdet.load_bundle(bundles["slice"]).predict(np.full((4, 64, 64), -1000.0, dtype=np.float32))
+    r = ichdet.load_predictor(bundles["slice"]).predict(np.full((4, 64, 64), -1000.0, dtype=np.float32))
     assert r.warnings == ["almost nothing but air in the input (tissue in 0.0% of it): is this a head CT?"]

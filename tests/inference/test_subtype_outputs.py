@@ -120,9 +120,9 @@ def test_subtypes_equal_scan_outputs(cohort, ml_bundles, ml_exported, kind, runt
 def test_no_subtypes_for_svm_kinds_and_binary_bundles(cohort, ml_bundles, bundles):
     scan = _scans(cohort)[0]
     b = ichdet.load_bundle(ml_bundles["feature_svm"])
-    assert not b.has_subtypes and b.predict(scan).subtypes is None
+    assert not b.has_subtypes and ichdet.Predictor(b).predict(scan).subtypes is None
     for kind in ("slice", "scan"):
-        assert ichdet.load_bundle(bundles[kind]).predict(scan).subtypes is None
+        assert ichdet.load_predictor(bundles[kind]).predict(scan).subtypes is None
 
 
 # ---- ONNX ------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ichdet.bundle import save_bundle
+from ichdet.engine.bundle import save_bundle
 from ichdet.models import create_model
 from ichdet.preprocess import PrepSpec
 from ichdet.synth import make_cohort

@@ -34,8 +34,7 @@ WINDOWS = ("brain", "subdural", "bone", "40/80", "50/150")
 @pytest.fixture(scope="module")
 def reference(scan_bundle):
     """The library's own prediction of a path, to compare the server's with."""
-    bundle = ichdet.load_bundle(scan_bundle)
-    return lambda path: bundle.predict(path)
+    return ichdet.load_predictor(scan_bundle).predict
 
 
 def _upload(c: TestClient, path: Path, name: str | None = None, url: str = "/api/studies"):
@@ -219,8 +218,9 @@ def test_subtype_bundle(subtype_bundle, nifti_path, dicom_zip, tmp_path, capsys)
     from ichdet.metrics import SUBTYPE_LABELS
     from ichdet.server import create_app
 
-    bundle = ichdet.load_bundle(subtype_bundle)
-    want = bundle.predict(nifti_path).subtypes
+    predictor = ichdet.load_predictor(subtype_bundle)
+    bundle = predictor.bundle
+    want = predictor.predict(nifti_path).subtypes
     assert list(want) == list(SUBTYPE_LABELS) and len(set(want.values())) == 6
     with TestClient(create_app(subtype_bundle, tmp_root=tmp_path / "serve-tmp")) as c:
         r = _upload(c, nifti_path, "scan-x", url="/api/predict")
@@ -234,7 +234,7 @@ def test_subtype_bundle(subtype_bundle, nifti_path, dicom_zip, tmp_path, capsys)
         assert set(s) == STUDY_KEYS and s["subtypes"] == want and s["probability"] == want["any"]
         assert c.get(f"/api/studies/{s['id']}").json()["subtypes"] == want
         z = _upload(c, dicom_zip, "s.zip").json()
-        assert z["subtypes"] == bundle.predict(dicom_zip).subtypes
+        assert z["subtypes"] == predictor.predict(dicom_zip).subtypes
         study = c.app.state.server.store.get(s["id"])
         over = _png(c.get(f"/api/studies/{s['id']}/slices/1", params={"overlay": "true"}))
         gray = _png(c.get(f"/api/studies/{s['id']}/slices/1"))

@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ichdet.cache import PreparedCache, volume_key_parts
+from ichdet.datasets.cache import PreparedCache, volume_key_parts
 from ichdet.datasets.manifest import SUBTYPES, ManifestRow, SliceLabel, read_manifest, read_slice_labels
 from ichdet.errors import InputError
 from ichdet.io import read_volume

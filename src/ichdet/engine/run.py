@@ -4,7 +4,7 @@ Run folder layout (`ichdet train CONFIG --out RUN`):
 ```
 RUN/config.yaml   resolved config        RUN/splits.csv   scan_id -> train | val | test
 RUN/metrics.csv   one row per epoch      RUN/latest.pt    resume point   RUN/best.pt  best weights
-RUN/bundle/       the model bundle (ichdet.bundle)
+RUN/bundle/       the model bundle (ichdet.engine.bundle)
 ```
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from ichdet.bundle import Bundle, load_bundle
-from ichdet.cache import PreparedCache
+from ichdet.engine.bundle import Bundle, load_bundle
+from ichdet.datasets.cache import PreparedCache
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import split_by_patient, write_splits
 from ichdet.engine.checkpoint import LATEST

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ichdet.bundle import save_bundle
+from ichdet.engine.bundle import save_bundle
 from ichdet.datasets.slices import SliceDataset, SliceIndex, validation_sample
 from ichdet.engine.config import dump_config
 from ichdet.engine.loop import fit

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ichdet.bundle import Bundle, load_bundle
+from ichdet.engine.bundle import Bundle, load_bundle
 from ichdet.errors import InputError
 from ichdet.fileio import atomic_path
 from ichdet.inference.graph import SequenceGraph, SliceGraph, split_model

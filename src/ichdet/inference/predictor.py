@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ichdet.bundle import Bundle
+from ichdet.engine.bundle import Bundle
 from ichdet.datasets.scans import volume_to_sequence
 from ichdet.engine.scoring import kind_score, kind_subtypes
 from ichdet.errors import InputError
@@ -208,3 +208,10 @@ class Predictor:
         cams = gradcam(self.bundle.model, self.bundle.kind, self.sequence(image)[top])
         labels = prepared_slice_labels(volume.shape[0], image.shape[1])
         return write_heatmaps(out, image, dict(zip(top, cams)), prepared, title=title, z_labels=labels)
+
+
+def load_predictor(path: str | Path, **kwargs: Any) -> Predictor:
+    """`Predictor(load_bundle(path), **kwargs)`: the bundle folder `path`, ready to predict."""
+    from ichdet.engine.bundle import load_bundle
+
+    return Predictor(load_bundle(path), **kwargs)

@@ -1,6 +1,6 @@
 """The subtype table: one row per model, per label (five subtypes, then "any") the AUC with its
 95% CI and the number of positive cases, and the RSNA weighted log loss. Numbers arrive computed
-(``ichdet.evaluate.subtype_metrics``'s entries); this only lays them out."""
+(``ichdet.metrics.subtype_metrics``'s entries); this only lays them out."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence

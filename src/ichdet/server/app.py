@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 import ichdet
-from ichdet.bundle import load_bundle
+from ichdet.engine.bundle import load_bundle
 from ichdet.errors import InputError
 from ichdet.inference.predictor import Predictor
 from ichdet.inference.result import ScanPrediction

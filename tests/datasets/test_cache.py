@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ichdet
-from ichdet.cache import (
+from ichdet.datasets.cache import (
     EDGE_BYTES, PreparedCache, cache_key, default_cache_root, fingerprint_files, volume_key_parts,
 )
 from ichdet.errors import InputError

@@ -32,23 +32,22 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ichdet.bundle import copy_bundle, load_bundle
-from ichdet.cache import PreparedCache
+from ichdet.engine.bundle import copy_bundle, load_bundle
+from ichdet.datasets.cache import PreparedCache
 from ichdet.datasets.manifest import SUBTYPES, ManifestRow, read_manifest, write_manifest
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import split_by_patient
 from ichdet.errors import InputError
-from ichdet.fileio import write_text_atomic
+from ichdet.evaluation.cv_results import write_cv_outputs
 
 MODELS = {"cnn": "2d_cnn", "alexnet": "2d_alexnet", "alexnet-svm": "2d_alexnet_svm",  # name -> experiment
           "cnn-subtypes": "2d_cnn_subtypes", "alexnet-subtypes": "2d_alexnet_subtypes"}
 BINARY_MODELS = ("cnn", "alexnet", "alexnet-svm")  # the 2D paper's comparison
 SUBTYPE_MODELS = ("cnn-subtypes", "alexnet-subtypes")
 NETWORK = {"cnn-subtypes": "cnn", "alexnet-subtypes": "alexnet"}  # a subtype model's network (epochs, weights)
-LABELS = {"cnn": "CNN from scratch", "alexnet": "AlexNet, fine-tuned", "alexnet-svm": "AlexNet-SVM",
+DISPLAY_NAMES = {"cnn": "CNN from scratch", "alexnet": "AlexNet, fine-tuned", "alexnet-svm": "AlexNet-SVM",
           "cnn-subtypes": "CNN from scratch, subtype head", "alexnet-subtypes": "AlexNet, fine-tuned, subtype head"}
 PATIENT_COLUMNS = ("patient", "patient_id", "patientid", "patient id", "subject", "subject_id")
-DECISION_THRESHOLD = 0.5  # the classifiers' own decision (softmax argmax, Platt-scaled SVM)
 # passes over the training images when --epochs is not given: fine-tuning a pretrained AlexNet
 # needs few; 200 images x 3 models x (5 folds + final) then take about 15 minutes on 2 cores of an
 # AMX Xeon in bf16 and about 35 in fp32 on an AVX2 CPU (README, Precision)
@@ -177,8 +176,8 @@ def _train_all(manifest: Path, folder: Path, models: list[str], opts: CVOptions,
 
 
 def _score_fold(bundle_path: Path, manifest: Path, cache: Path):
-    """The held-out fold's `ichdet.evaluate.Scores` (with label probabilities for a subtype model)."""
-    from ichdet.evaluate import score_bundle
+    """The held-out fold's `ichdet.evaluation.evaluate.Scores` (with label probabilities for a subtype model)."""
+    from ichdet.evaluation.evaluate import score_bundle
 
     bundle = load_bundle(bundle_path)
     cohort = PreparedCohort(manifest, bundle.prep, cache=PreparedCache(cache), slice_labels_path=None)
@@ -274,7 +273,6 @@ def _run_tasks(tasks: list[FoldTask], jobs: int) -> list[dict[str, Any]]:
 
 def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts: CVOptions = CVOptions()) -> dict[str, Any]:
     """Run the comparison and write OUT (see the module docstring); returns metrics.json's content."""
-    from ichdet.cv_report import write_cv_outputs
     from ichdet.datasets.adapters.folder import prepare_folder
 
     out, images, labels = Path(out), Path(images), Path(labels)
@@ -302,28 +300,16 @@ def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts
                 oof[name][key] += values
     bundles = done[opts.folds] if opts.final else {}
     wanted = [m for m in models if m in wanted]
-    labels = {m: LABELS[m] for m in wanted}
+    names = {m: DISPLAY_NAMES[m] for m in wanted}
+    notes = []
     if not opts.weights:  # not the paper's transfer learning
-        labels.update({m: LABELS[m].replace("fine-tuned", "from random weights") for m in labels
-                       if NETWORK.get(m, m) == "alexnet"})
-    return write_cv_outputs(out, {m: oof[m] for m in wanted}, labels, opts, bundles,
-                            n_images=len(rows), n_patients=len({r.patient_id for r in rows}))
-
-
-def write_oof_csv(path: Path, oof: dict[str, dict[str, Any]]) -> Path:
-    """predictions.csv: one row per image and model (out-of-fold score, fold, threshold); with a
-    subtype model also p_LABEL (its label probabilities, "any" last) and y_SUBTYPE (targets, -1
-    unknown), empty for the binary models."""
-    from ichdet.evaluate import SUBTYPE_CSV_COLUMNS, subtype_cells
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    sub = any(o["sub"] for o in oof.values())
-    w.writerow(["model", "scan_id", "fold", "label", "score", "max_sensitivity_threshold"]
-               + (SUBTYPE_CSV_COLUMNS if sub else []))
-    for name, o in oof.items():
-        for i, (sid, f, y, p, t) in enumerate(zip(o["ids"], o["fold"], o["y"], o["p"], o["t"])):
-            extra = (subtype_cells(o["sub"][i], o["ysub"][i]) if o["sub"]
-                     else [""] * len(SUBTYPE_CSV_COLUMNS)) if sub else []
-            w.writerow([name, sid, f, int(y), repr(float(p)), repr(float(t))] + extra)
-    return write_text_atomic(path, buf.getvalue())
+        names.update({m: DISPLAY_NAMES[m].replace("fine-tuned", "from random weights") for m in names
+                      if NETWORK.get(m, m) == "alexnet"})
+        if any(NETWORK.get(m, m) in ("alexnet", "alexnet-svm") for m in wanted):
+            notes.append("AlexNet started from random weights (no `--weights`): this is not the paper's transfer "
+                         "learning. Pass `--weights imagenet` or a local copy of the official file.")
+    settings = {"folds": opts.folds, "seed": opts.seed, "grouped_by": "patient", "stratified": True,
+                "val_fraction_of_training_folds": opts.val_fraction, "weights": opts.weights or "random",
+                "quick": opts.quick, "epochs": opts.epochs, "subtypes": bool(opts.subtypes)}
+    return write_cv_outputs(out, {m: oof[m] for m in wanted}, names, settings, bundles, n_images=len(rows),
+                            n_patients=len({r.patient_id for r in rows}), notes=notes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ichdet.cv_report import cv_section
+from ichdet.report.cv import cv_section
 from ichdet.metrics import SUBTYPE_LABELS
 from ichdet.report import (
     Column, FigureRef, Section, Table, fmt_auc_ci, fmt_num, fmt_p, fmt_pct, fmt_seconds, subtype_rows, subtype_table,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +24,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import ichdet
-from ichdet.bundle import Bundle, load_bundle
-from ichdet.cache import PreparedCache
+from ichdet.engine.bundle import Bundle, load_bundle
+from ichdet.datasets.cache import PreparedCache
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import SPLIT_COLUMN
 from ichdet.errors import InputError
-from ichdet.fileio import write_text_atomic
-from ichdet.metrics import SUBTYPE_LABELS, reliability_curve, rsna_log_loss, subtype_aucs
+from ichdet.fileio import write_json, write_text_atomic
+from ichdet.metrics import SUBTYPE_LABELS, reliability_curve, subtype_metrics
 
 SPLIT_CHOICES = ("auto", "test", "all")
 Progress = Callable[[int, int], None]
@@ -108,25 +107,9 @@ def score_bundle(bundle: Bundle, cohort: PreparedCohort, scan_ids: Sequence[str]
                   cohort.label_targets(scan_ids) if multi else None)
 
 
-def subtype_metrics(targets: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-    """{"subtypes": {label: {"auc", "auc_ci" (95%, DeLong), "n_pos", "n_neg"}}, "rsna_log_loss"} from
-    targets (N, 6) (-1 unknown, left out) and probabilities (N, 6) in `SUBTYPE_LABELS` order. A label
-    whose known cases are all of one class keeps its counts with auc and auc_ci None; a CI that
-    DeLong cannot give (a single positive or negative case) is None."""
-    per_label = subtype_aucs(targets, probs)
-    out = {}
-    for j, name in enumerate(SUBTYPE_LABELS):
-        m = per_label[name]  # its auc_ci is None when DeLong gives no interval
-        if m is None:
-            known = targets[:, j][targets[:, j] >= 0]
-            m = {"auc": None, "auc_ci": None, "n_pos": int(known.sum()), "n_neg": int((known == 0).sum())}
-        out[name] = m
-    return {"subtypes": out, "rsna_log_loss": rsna_log_loss(targets, probs)}
-
-
 def model_metrics(s: Scores, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     """The metrics-JSON entry of one model (design.md schema + bootstrap CI, calibration)."""
-    from ichdet.comparison import model_entry
+    from ichdet.evaluation.comparison import model_entry
 
     out = model_entry(s.labels, s.scores, s.threshold, n_boot, seed)
     out["operating_point"] = "max_sensitivity (chosen on validation data, applied unchanged)"
@@ -161,22 +144,11 @@ def write_predictions(path: Path, s: Scores, cohort: PreparedCohort | None = Non
     return write_text_atomic(path, buf.getvalue())
 
 
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    def default(o: Any) -> Any:
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, (np.floating, np.integer)):
-            return o.item()
-        return str(o)
-
-    return write_text_atomic(path, json.dumps(data, indent=2, default=default) + "\n")
-
-
 def evaluate_bundle(model: str | Path, manifest: str | Path, out: str | Path, split: str = "auto",
                     cache: str | Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Score a bundle on a manifest's held-out scans and write the evaluation folder:
     metrics.json, predictions.csv, roc.png (with its 95% bootstrap band), confusion.png."""
-    from ichdet.comparison import roc_curves
+    from ichdet.evaluation.comparison import roc_curves
     from ichdet.report import confusion_figure, reliability_figure, roc_figure
 
     bundle = load_bundle(model)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,6 @@ class Bundle:
     meta: dict[str, Any]
     model: torch.nn.Module
     svm: Any = None
-    _predictor: Any = field(default=None, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -81,19 +80,6 @@ class Bundle:
     def name(self) -> str:
         """The experiment's name (config `experiment`), else the bundle folder's."""
         return str(self.meta.get("experiment") or (self.path.parent.name if self.path.name == "bundle" else self.path.name))
-
-    def predict(self, x: Any, series_uid: str | None = None, heatmaps: str | Path | None = None) -> Any:
-        """Predict on one scan: a path (DICOM folder or zip, NIfTI, PNG/JPEG, one DICOM file), a
-        `Volume` or a HU array (Z, H, W) -> `ichdet.inference.ScanPrediction` (runtime "auto": the
-        bundle's own model.onnx through onnxruntime when present, else PyTorch at precision "auto":
-        bf16 where the CPU has bf16 units, fp32 elsewhere; `Predictor(bundle, precision="fp32")`
-        gives exactly what `ichdet evaluate` scores).
-        With `heatmaps` (a folder), Grad-CAM overlays and a contact sheet are written there."""
-        from ichdet.inference.predictor import Predictor
-
-        if self._predictor is None:
-            self._predictor = Predictor(self)
-        return self._predictor.predict(x, series_uid=series_uid, heatmaps=heatmaps)
 
     def training_splits(self) -> dict[str, str]:
         """{scan_id: split} of the data the model was trained on: the bundle's splits.csv, or its

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ichdet.bundle import load_bundle, read_bundle_meta
+from ichdet.engine.bundle import load_bundle, read_bundle_meta
 from ichdet.cli import run as cli
-from ichdet.cv import MODELS as MODELS_ALL
-from ichdet.cv import (
+from ichdet.evaluation.cv import MODELS as MODELS_ALL
+from ichdet.evaluation.cv import (
     CVOptions, _order, assign_folds, cross_validate, fold_jobs, fold_manifest, model_config, patient_column,
     requested,
 )
@@ -26,7 +26,7 @@ from ichdet.datasets.manifest import ManifestRow, read_manifest
 from ichdet.datasets.splits import read_splits
 from ichdet.engine import load_config
 from ichdet.errors import InputError
-from ichdet.evaluate import evaluate_images
+from ichdet.evaluation.evaluate import evaluate_images
 from ichdet.metrics import SUBTYPE_LABELS, delong_test, roc_auc, rsna_log_loss
 from ichdet.synth import make_cohort
 from ichdet.synth.images import export_image_set

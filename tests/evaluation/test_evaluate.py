@@ -14,14 +14,14 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 import importlib
-from ichdet.bundle import load_bundle
+from ichdet.engine.bundle import load_bundle
 from ichdet.cli import run as cli
 from ichdet.datasets.manifest import ManifestRow, read_manifest, write_manifest
 from ichdet.datasets.splits import read_splits
 from ichdet.engine import load_config
 from ichdet.engine.train import train_or_resume
 from ichdet.errors import InputError
-from ichdet.evaluate import evaluate_bundle, select_cases
+from ichdet.evaluation.evaluate import evaluate_bundle, select_cases
 from ichdet.metrics import SUBTYPE_LABELS, rsna_log_loss, summarize
 from ichdet.synth import make_cohort
 

@@ -1,11 +1,11 @@
-"""ichdet.comparison: several models on the same cases (AUC + CIs, operating points, DeLong)."""
+"""ichdet.evaluation.comparison: several models on the same cases (AUC + CIs, operating points, DeLong)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from ichdet.comparison import compare, operating_stats, roc_curves
+from ichdet.evaluation.comparison import compare, operating_stats, roc_curves
 from ichdet.errors import InputError
 from ichdet.metrics import auc_ci, binary_stats, delong_test, summarize, wilson_interval
 
