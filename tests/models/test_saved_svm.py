@@ -1,0 +1,77 @@
+"""Saved SVM heads stay loadable: svm.joblib files as bundles hold them (`SVMHead` for kind
+"alexnet_svm", `FeatureSVM` for "feature_svm"), written by ichdet before FeatureSVM reused
+SVMHead's save/load, load with `load_bundle`'s classes and predict as a fresh fit does. With C
+fixed (no timed inner CV) the files are deterministic, so the same fit writes the same bytes.
+
+Regenerate the files (only on purpose: they stand for bundles users already have):
+`python tests/models/test_saved_svm.py`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import sklearn
+
+from ichdet.errors import InputError
+from ichdet.models import FeatureSVM, SVMHead
+
+DATA = Path(__file__).parent / "data"
+FILES = {"feature_svm": FeatureSVM, "svm_head": SVMHead}
+
+
+def fitted() -> dict[str, tuple[object, object]]:
+    """name -> (estimator fitted on fixed data with C=1, the inputs it scores)."""
+    rng = np.random.default_rng(7)
+    y = np.arange(20) % 2
+    scans = []
+    for label in y:
+        m = rng.normal(size=(int(rng.integers(3, 7)), 4)) * 0.5
+        m[:, 0] += 1.0 * label
+        scans.append(m)
+    X = np.stack([m.mean(0) for m in scans])
+    return {"feature_svm": (FeatureSVM(C=1.0, random_state=0).fit(scans, y), scans),
+            "svm_head": (SVMHead(kernel="linear", C=1.0, random_state=0).fit(X, y), X)}
+
+
+def versions() -> dict[str, str]:
+    return {"numpy": np.__version__, "scikit-learn": sklearn.__version__, "joblib": joblib.__version__}
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_saved_file_loads_and_predicts_the_same(name):
+    est, X = fitted()[name]
+    back = FILES[name].load(DATA / f"{name}.joblib")
+    assert type(back) is FILES[name]
+    np.testing.assert_allclose(back.decision_function(X), est.decision_function(X), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(back.predict_proba(X), est.predict_proba(X), rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(back.predict(X), est.predict(X))
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_same_fit_writes_the_same_bytes(name, tmp_path):
+    written = json.loads((DATA / "versions.json").read_text(encoding="utf-8"))
+    if written != versions():
+        pytest.skip(f"files written with {written}, running {versions()}")
+    est, _ = fitted()[name]
+    path = est.save(tmp_path / "svm.joblib")
+    assert path.read_bytes() == (DATA / f"{name}.joblib").read_bytes()
+
+
+def test_each_class_refuses_the_others_file():
+    with pytest.raises(InputError, match="expected a saved SVMHead, got FeatureSVM"):
+        SVMHead.load(DATA / "feature_svm.joblib")
+    with pytest.raises(InputError, match="expected a saved FeatureSVM, got SVMHead"):
+        FeatureSVM.load(DATA / "svm_head.joblib")
+
+
+if __name__ == "__main__":  # regenerate the saved files
+    DATA.mkdir(exist_ok=True)
+    for name, (est, _) in fitted().items():
+        print(est.save(DATA / f"{name}.joblib"))
+    (DATA / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n", encoding="utf-8")
+    sys.exit(0)
