@@ -5,23 +5,21 @@ import pytest
 import torch
 
 from ichdet.errors import InputError
-from ichdet.models import AlexNet, AlexNetSVM, ScanLSTM, SliceCNN, create_model, list_models
+from ichdet.models import AlexNet, ScanLSTM, SliceCNN, create_model, list_models
 
 SMALL = {
     "slice_cnn": dict(in_channels=2, base_width=4, n_units=3, feature_dim=16, num_classes=3),
     "alexnet": dict(num_classes=2, normalize=True),
-    "alexnet_svm": dict(alexnet_kw=dict(num_classes=2)),
     "scan_lstm": dict(encoder_kw=dict(base_width=4, n_units=2, feature_dim=8), hidden=6, lstm_layers=1),
 }
 
 
 def test_list_models():
-    assert list_models() == ["alexnet", "alexnet_svm", "scan_lstm", "slice_cnn"]
+    assert list_models() == ["alexnet", "scan_lstm", "slice_cnn"]
 
 
 def test_model_name_attributes():
-    assert (SliceCNN.model_name, AlexNet.model_name, AlexNetSVM.model_name, ScanLSTM.model_name) == (
-        "slice_cnn", "alexnet", "alexnet_svm", "scan_lstm")
+    assert (SliceCNN.model_name, AlexNet.model_name, ScanLSTM.model_name) == ("slice_cnn", "alexnet", "scan_lstm")
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
@@ -39,7 +37,7 @@ def test_config_round_trip(name):
 
 
 def test_unknown_name_lists_known():
-    with pytest.raises(InputError, match=r"unknown model 'resnet'.*alexnet, alexnet_svm, scan_lstm, slice_cnn"):
+    with pytest.raises(InputError, match=r"unknown model 'resnet'.*alexnet, scan_lstm, slice_cnn"):
         create_model("resnet")
 
 

@@ -1,13 +1,12 @@
-"""SVMHead (estimator contract, inner-CV C, calibrated probabilities, save/load) and AlexNetSVM."""
+"""SVMHead (estimator contract, inner-CV C, calibrated probabilities, save/load)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sklearn.base import clone
 
 from ichdet.errors import InputError
-from ichdet.models import AlexNet, AlexNetSVM, SVMHead
+from ichdet.models import SVMHead
 
 
 def separable(n: int = 60, f: int = 5, seed: int = 0):
@@ -131,25 +130,3 @@ def test_sklearn_contract():
     head = SVMHead(kernel="rbf", C=2.0)
     assert clone(head).get_params() == head.get_params()
     assert not any(k.endswith("_") for k in vars(head))
-
-
-def test_alexnet_svm():
-    torch.manual_seed(0)
-    model = AlexNetSVM(alexnet_kw=dict(num_classes=2)).eval()
-    assert model.feature_dim == 4096 and model.gradcam_layer == "alexnet.features.10"
-    x = torch.rand(8, 3, 64, 64)
-    x[4:] *= 0.2  # two visibly different groups
-    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
-    feats = model.encode(x)
-    assert feats.shape == (8, 4096)
-    with pytest.raises(InputError, match="no fitted SVM"):
-        model.predict_scores(x)
-    model.fit_svm(feats, labels)
-    scores = model.predict_scores(x)
-    assert scores.shape == (8,)
-    np.testing.assert_allclose(scores, model.svm.decision_function(feats), rtol=1e-6)
-    out = model(x)
-    assert out.shape == (8, 2) and not out.requires_grad
-    np.testing.assert_allclose(torch.softmax(out, 1).numpy(), model.svm.predict_proba(feats), rtol=1e-5, atol=1e-7)
-    wrapped = AlexNetSVM(alexnet=AlexNet(num_classes=2))
-    assert wrapped.config() == {"alexnet_kw": wrapped.alexnet.config()}

@@ -8,7 +8,6 @@ from ichdet.models.registry import create_model, list_models, model_class, regis
 from ichdet.models.slice_cnn import SliceCNN
 from ichdet.models.alexnet import IMAGENET1K_V1, WEIGHTS, AlexNet, Weights, load_alexnet_weights, to_three_channels
 from ichdet.models.svm_head import SVMHead
-from ichdet.models.alexnet_svm import AlexNetSVM
 from ichdet.models.scan_lstm import ScanLSTM
 from ichdet.models.aggregate import BASELINES, FeatureSVM, pad_features, slice_max, slice_p95, slice_percentile
 from ichdet.models.finetune import param_groups, set_trainable
@@ -16,7 +15,7 @@ from ichdet.models.flops import count_flops
 
 __all__ = [
     "create_model", "list_models", "model_class", "register_model",
-    "SliceCNN", "AlexNet", "AlexNetSVM", "ScanLSTM", "SVMHead", "FeatureSVM",
+    "SliceCNN", "AlexNet", "ScanLSTM", "SVMHead", "FeatureSVM",
     "Weights", "IMAGENET1K_V1", "WEIGHTS", "load_alexnet_weights", "to_three_channels",
     "BASELINES", "pad_features", "slice_max", "slice_p95", "slice_percentile",
     "param_groups", "set_trainable", "count_flops",
