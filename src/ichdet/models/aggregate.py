@@ -8,17 +8,14 @@ They are not torch modules, so they are listed in `BASELINES` rather than in the
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
-import joblib
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ichdet.errors import InputError
-from ichdet.fileio import atomic_path
-from ichdet.models.svm_head import SVMHead, load_estimator
+from ichdet.models.svm_head import C_GRID, SaveLoadMixin, SVMHead
 
 
 def _probabilities(p) -> np.ndarray:
@@ -68,16 +65,18 @@ def pad_features(f, length: int) -> np.ndarray:
     return out
 
 
-class FeatureSVM(ClassifierMixin, BaseEstimator):
-    """Linear SVM on zero-padded scan feature matrices: fit(list of (Z_i, F) arrays, y (N,)).
+class FeatureSVM(SaveLoadMixin, ClassifierMixin, BaseEstimator):
+    """Scans' slice features padded or cropped to one length (`pad_features`), flattened, then a
+    linear `SVMHead` (`svm_`): fit(list of (Z_i, F) arrays, y (N,)).
 
     `length=None` pads to the longest training scan (`length_`); longer scans at prediction time
-    are centre-cropped. The remaining parameters go to the `SVMHead` (`svm_`).
+    are centre-cropped. The remaining parameters are the `SVMHead`'s.
     """
 
-    def __init__(self, length: int | None = None, C: float | None = None,
-                 Cs: Sequence[float] = (0.01, 0.1, 1.0, 10.0, 100.0), inner_folds: int = 3,
-                 class_weight: str | dict | None = "balanced", random_state: int | None = 0):
+    fitted_attr = "svm_"
+
+    def __init__(self, length: int | None = None, C: float | None = None, Cs: Sequence[float] = C_GRID,
+                 inner_folds: int = 3, class_weight: str | dict | None = "balanced", random_state: int | None = 0):
         self.length = length
         self.C = C
         self.Cs = Cs
@@ -130,18 +129,6 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
     def predict_proba(self, features: Sequence) -> np.ndarray:
         """N arrays (Z_i, F) -> probabilities (N, K), columns in `classes_` order."""
         return self.svm_.predict_proba(self._transform(features))
-
-    def save(self, path: str | Path) -> Path:
-        """Write the fitted model with joblib (atomically). Load only files you trust: it is a pickle."""
-        check_is_fitted(self, "svm_")
-        with atomic_path(path) as tmp:
-            joblib.dump(self, tmp)
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "FeatureSVM":
-        """Read a model written by `save`."""
-        return load_estimator(path, cls)
 
 
 BASELINES = {"slice_max": slice_max, "slice_p95": slice_p95, "feature_svm": FeatureSVM}

@@ -28,6 +28,7 @@ from ichdet.errors import InputError, InputWarning
 from ichdet.fileio import atomic_path
 
 KERNELS = ("linear", "rbf")
+C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # the penalties inner CV chooses from by default
 
 
 def as_feature_matrix(X, who: str, n_features: int | None = None) -> np.ndarray:
@@ -42,12 +43,30 @@ def as_feature_matrix(X, who: str, n_features: int | None = None) -> np.ndarray:
     return X
 
 
-class SVMHead(ClassifierMixin, BaseEstimator):
+class SaveLoadMixin:
+    """`save` a fitted estimator with joblib (atomically) and `load` it back, checking its class.
+    `fitted_attr` names the attribute `fit` sets."""
+
+    fitted_attr = "pipeline_"
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted estimator with joblib (atomically). Load only files you trust: it is a pickle."""
+        check_is_fitted(self, self.fitted_attr)
+        with atomic_path(path) as tmp:
+            joblib.dump(self, tmp)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """Read an estimator of this class written by `save`."""
+        return load_estimator(path, cls)
+
+
+class SVMHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
     """Scaled SVM classifier; X (N, F) features, y (N,) labels. Learned: pipeline_, C_, classes_."""
 
-    def __init__(self, kernel: str = "linear", C: float | None = None,
-                 Cs: Sequence[float] = (0.01, 0.1, 1.0, 10.0, 100.0), inner_folds: int = 3,
-                 class_weight: str | dict | None = "balanced", random_state: int | None = 0):
+    def __init__(self, kernel: str = "linear", C: float | None = None, Cs: Sequence[float] = C_GRID,
+                 inner_folds: int = 3, class_weight: str | dict | None = "balanced", random_state: int | None = 0):
         self.kernel = kernel
         self.C = C
         self.Cs = Cs
@@ -130,18 +149,6 @@ class SVMHead(ClassifierMixin, BaseEstimator):
             return np.stack([1.0 - p, p], axis=1)
         e = np.exp(d - d.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the fitted head with joblib (atomically). Load only files you trust: it is a pickle."""
-        check_is_fitted(self, "pipeline_")
-        with atomic_path(path) as tmp:
-            joblib.dump(self, tmp)
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "SVMHead":
-        """Read a head written by `save`."""
-        return load_estimator(path, cls)
 
 
 def load_estimator(path: str | Path, cls: type):
