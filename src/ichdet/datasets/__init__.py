@@ -6,7 +6,9 @@ manifest (adapters, synth, the CLI) does not pay for importing torch and MONAI.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Callable
+
+Progress = Callable[[int, int], None]  # progress(done, total), called after each item of a long job
 
 _LAZY = {
     # splits
@@ -25,7 +27,7 @@ _LAZY = {
     "volume_to_sequence": "scans",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = sorted([*_LAZY, "Progress"])
 
 
 def __getattr__(name: str) -> Any:

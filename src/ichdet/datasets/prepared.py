@@ -24,7 +24,7 @@ from ichdet.io.sources import list_files
 from ichdet.preprocess import PrepSpec, cranial_slices, prepare_volume
 
 UNKNOWN = -1  # slice label of a slice nobody annotated
-Progress = Callable[[int, int, str], None]  # (done, total, scan_id)
+ScanProgress = Callable[[int, int, str], None]  # progress(done, total, scan_id), after each scan prepared
 
 
 @dataclass
@@ -193,7 +193,7 @@ class PreparedCohort:
     """
 
     def __init__(self, manifest_path: str | Path, spec: PrepSpec = PrepSpec(), cache: PreparedCache | None = None,
-                 slice_labels_path: str | Path | None = "auto", progress: Progress | None = None):
+                 slice_labels_path: str | Path | None = "auto", progress: ScanProgress | None = None):
         self.manifest_path = Path(manifest_path)
         self.root = self.manifest_path.parent
         self.spec = spec

@@ -19,12 +19,13 @@ import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 import ichdet
 from ichdet.engine.bundle import Bundle, load_bundle
+from ichdet.datasets import Progress
 from ichdet.datasets.cache import PreparedCache
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import SPLIT_COLUMN
@@ -33,7 +34,6 @@ from ichdet.fileio import write_json, write_text_atomic
 from ichdet.metrics import SUBTYPE_LABELS, reliability_curve, subtype_metrics
 
 SPLIT_CHOICES = ("auto", "test", "all")
-Progress = Callable[[int, int], None]
 
 
 @dataclass

@@ -12,14 +12,14 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
+from ichdet.datasets import Progress
 from ichdet.errors import InputError
 from ichdet.inference.predictor import Predictor
 from ichdet.inference.result import ScanPrediction
 from ichdet.inference.studies import Study, find_studies
 
-Progress = Callable[[int, int], None]
 UNREADABLE = (InputError, OSError, MemoryError)  # raised while reading a study: that input cannot be read
 
 

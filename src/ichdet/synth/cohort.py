@@ -18,12 +18,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 from pydicom.uid import generate_uid
 
+from ichdet.datasets import Progress
 from ichdet.datasets.manifest import SUBTYPES, ManifestRow, SliceLabel, write_manifest, write_slice_labels
 from ichdet.errors import InputError
 from ichdet.fileio import write_text_atomic
@@ -140,7 +141,7 @@ def _write_scan(out: Path, paths: dict[str, Path], sid: str, params: dict[str, A
 def make_cohort(out_dir: str | Path, n_scans: int, seed: int = 0, positive_fraction: float = 0.5,
                 fmt: str = "dicom", slice_thickness: float = 5.0, difficulty: float = 0.5, size: int = 512,
                 n_slices: int | None = None, patients: int | None = None,
-                progress: Callable[[int, int], None] | None = None) -> Path:
+                progress: Progress | None = None) -> Path:
     """Generate (or resume) `n_scans` synthetic head CTs under `out_dir`; returns the manifest path.
 
     `fmt` "dicom", "nifti" or "both" (then `path` is the DICOM folder and `nifti_path` the NIfTI).
