@@ -1,4 +1,5 @@
-"""The preprocessing pipeline: `PrepSpec` and `prepare_volume`, from a HU volume to network input."""
+"""The preprocessing pipeline: `PrepSpec` and `prepare_volume`, from a HU volume to network input,
+and `slice_map`, which source slices each prepared slice covers."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -10,9 +11,11 @@ from ichdet.errors import InputError
 from ichdet.io.volume import Volume
 from ichdet.preprocess.anatomy import crop_to_head
 from ichdet.preprocess.downsample import AIR_HU, _block_max, max_filter_2d, max_filter_3d, resize_slices
+from ichdet.preprocess.slices import SliceMap
 from ichdet.preprocess.windows import WINDOWS, parse_window, window_stack
 
 DISPLAY_HEAD_THRESHOLD = 0.1  # display intensity above which a windowed image shows tissue (air is ~0)
+Z_MAX_FILTER = 2  # source slices merged into one prepared slice by `z_max_filter` (the 2x2x2 filter)
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,8 @@ def prepare_display_image(image: np.ndarray, spec: PrepSpec = PrepSpec()) -> np.
 def prepare_volume(volume: Volume | np.ndarray, spec: PrepSpec = PrepSpec()) -> np.ndarray:
     """A HU volume (Z, H, W) -> float32 (C, Z', size, size) in [0, 1], C = len(spec.windows).
 
-    Always four axes, even for one window. Z' = Z, or ceil(Z/2) with `z_max_filter`.
+    Always four axes, even for one window. Z' = Z, or ceil(Z/2) with `z_max_filter`; `slice_map`
+    says which source slices each prepared slice covers.
     Order: head crop (one box) -> max filter -> pad to square + resize -> windows.
     A Volume read from a PNG/JPEG (``info["units"] == "display"``) goes to `prepare_display_image`.
     """
@@ -104,10 +108,18 @@ def prepare_volume(volume: Volume | np.ndarray, spec: PrepSpec = PrepSpec()) -> 
     if spec.crop_head:
         hu = crop_to_head(hu, spacing, blank_outside=True, fill=AIR_HU)
     k = spec.max_filter if max(hu.shape[-2:]) > spec.size else 1
-    if spec.z_max_filter and k == 2:
-        hu = max_filter_3d(hu, 2)  # the papers' 2x2x2 filter, one pass
+    if spec.z_max_filter and k == Z_MAX_FILTER:
+        hu = max_filter_3d(hu, Z_MAX_FILTER)  # the papers' 2x2x2 filter, one pass
     else:
-        hu = _block_max(hu, 2, (-3,)) if spec.z_max_filter else hu
+        hu = _block_max(hu, Z_MAX_FILTER, (-3,)) if spec.z_max_filter else hu
         hu = max_filter_2d(hu, k)
     hu = resize_slices(hu, spec.size, fill=AIR_HU)
     return np.ascontiguousarray(window_stack(hu, spec.windows), dtype=np.float32)
+
+
+def slice_map(volume: Volume, spec: PrepSpec = PrepSpec()) -> SliceMap:
+    """The `SliceMap` of `prepare_volume(volume, spec)`: with `z_max_filter`, prepared slice k
+    covers source slices (2k, 2k+1) (an odd last slice alone), else slice k; a PNG/JPEG image
+    (``info["units"] == "display"``) is one slice and never merged."""
+    merges = spec.z_max_filter and volume.info.get("units") != "display"
+    return SliceMap.of_volume(volume, Z_MAX_FILTER if merges else 1)
