@@ -9,7 +9,7 @@ from ichdet.inference.batch import predict_inputs
 from ichdet.inference.predictor import Predictor, load_volume
 from ichdet.inference.result import ScanPrediction, format_table
 from ichdet.inference.runtime import ModelOutputs, OnnxRuntime, TorchRuntime
-from ichdet.inference.studies import Study, find_studies
+from ichdet.inference.studies import FoundStudy, find_studies
 
-__all__ = ["ModelOutputs", "OnnxRuntime", "Predictor", "ScanPrediction", "Study", "TorchRuntime", "find_studies",
+__all__ = ["FoundStudy", "ModelOutputs", "OnnxRuntime", "Predictor", "ScanPrediction", "TorchRuntime", "find_studies",
            "format_table", "load_volume", "predict_inputs"]

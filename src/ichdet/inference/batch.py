@@ -18,7 +18,7 @@ from ichdet.datasets import Progress
 from ichdet.errors import InputError
 from ichdet.inference.predictor import Predictor
 from ichdet.inference.result import ScanPrediction
-from ichdet.inference.studies import Study, find_studies
+from ichdet.inference.studies import FoundStudy, find_studies
 
 UNREADABLE = (InputError, OSError, MemoryError)  # raised while reading a study: that input cannot be read
 
@@ -50,7 +50,7 @@ def predict_inputs(predictor: Predictor, inputs: Sequence[str | Path], series_ui
                    ) -> tuple[list[ScanPrediction], list[dict[str, str]]]:
     """Every study under `inputs` -> (results in study order, errors [{"input", "error"}] of the
     inputs that cannot be read); any other exception propagates."""
-    studies: list[Study] = []
+    studies: list[FoundStudy] = []
     errors: list[dict[str, str]] = []
     for inp in inputs:
         try:
@@ -77,9 +77,10 @@ def predict_inputs(predictor: Predictor, inputs: Sequence[str | Path], series_ui
     return results, errors
 
 
-def _prepared(predictor: Predictor, studies: list[Study], series_uid: str | None) -> Iterator[tuple[Study, object]]:
+def _prepared(predictor: Predictor, studies: list[FoundStudy],
+              series_uid: str | None) -> Iterator[tuple[FoundStudy, object]]:
     """(study, (volume, image, seconds) or the exception) for each study, reading one ahead."""
-    def load(study: Study):
+    def load(study: FoundStudy):
         t0 = time.perf_counter()
         volume, image = predictor.prepare(study.source, series_uid)
         return volume, image, time.perf_counter() - t0

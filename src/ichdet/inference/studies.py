@@ -27,8 +27,9 @@ MIN_STUDY_IMAGES = 3  # fewer images of a study beside another study's series jo
 
 
 @dataclass
-class Study:
-    """One scan to predict: `source` is what `read_volume` takes (a path, or a DICOM file list)."""
+class FoundStudy:
+    """One study found on disk (`find_studies`), a scan to predict: `source` is what `read_volume` takes
+    (a path, or a DICOM file list)."""
 
     label: str  # how the user names it: the file, or the folder that holds the study's files
     source: Path | list[Path]
@@ -38,21 +39,21 @@ def _is_single_scan_file(path: Path) -> bool:
     return is_nifti(path) or is_image(path) or path.suffix.lower() == ".zip" or zipfile.is_zipfile(path)
 
 
-def find_studies(path: str | Path) -> list[Study]:
+def find_studies(path: str | Path) -> list[FoundStudy]:
     """The studies under `path` (see the module docstring), in path order."""
     p = Path(path)
     if not p.exists():
         raise InputError("no such file or folder", p)
     if p.is_file():
-        return [Study(str(p), p)]
+        return [FoundStudy(str(p), p)]
     if not p.is_dir():
         raise InputError("not a regular file or folder (a pipe, socket or device?)", p)
-    singles: list[Study] = []
+    singles: list[FoundStudy] = []
     groups: dict[str, list[Path]] = defaultdict(list)
     unreadable: dict[Path, list[Path]] = defaultdict(list)
     for f in list_files(p):
         if _is_single_scan_file(f):
-            singles.append(Study(str(f), f))
+            singles.append(FoundStudy(str(f), f))
             continue
         try:
             ds = _read_header(f)
@@ -70,10 +71,10 @@ def find_studies(path: str | Path) -> list[Study]:
     if not groups and not singles:
         raise InputError("found no scans (no DICOM series, NIfTI, image or zip files)", p)
     if len(groups) == 1 and not singles:
-        return [Study(str(p), p)]
+        return [FoundStudy(str(p), p)]
     folders = {uid: os.path.commonpath([str(f.parent) for f in files]) for uid, files in groups.items()}
     shared = {f for f in folders.values() if list(folders.values()).count(f) > 1}
-    studies = singles + [Study(f"{folders[uid]} [study {uid[-12:]}]" if folders[uid] in shared else folders[uid],
+    studies = singles + [FoundStudy(f"{folders[uid]} [study {uid[-12:]}]" if folders[uid] in shared else folders[uid],
                                sorted(files)) for uid, files in groups.items()]
     return sorted(studies, key=lambda s: s.label)
 

@@ -31,7 +31,7 @@ from ichdet.inference.result import ScanPrediction
 from ichdet.server.catalog import StudyCatalog, study_type
 from ichdet.server.queue import InferenceQueue, QueueFull, QueueStopped
 from ichdet.server.scans import PRESETS, open_scan, parse_display_window, png_bytes, predict_scan, slice_cams, slice_gray
-from ichdet.server.store import Study, StudyStore, remove_dir
+from ichdet.server.store import OpenStudy, StudyStore, remove_dir
 from ichdet.server.uploads import TempSpace, UploadError, check_declared_size, display_name, save_body
 
 log = logging.getLogger("ichdet.server")
@@ -127,7 +127,7 @@ class Server:
         """`fn(*args, **kwargs)` on the inference worker, awaited (QueueFull when the queue is full)."""
         return await asyncio.wrap_future(self.queue.submit(fn, *args, **kwargs))
 
-    async def cam(self, study: Study, k: int) -> Any:
+    async def cam(self, study: OpenStudy, k: int) -> Any:
         """Grad-CAM of display slice k: cached, else computed on the worker together with the
         other uncached slices of its block of CAM_BLOCK (one Grad-CAM pass over a few slices costs
         little more than over one, and a viewer scrolls to the neighbours next), once however many
@@ -151,10 +151,10 @@ class Server:
             job.add_done_callback(done)
         return (await asyncio.shield(job))[k]
 
-    def study_json(self, study: Study) -> dict[str, Any]:
+    def study_json(self, study: OpenStudy) -> dict[str, Any]:
         return study.to_json(list(PRESETS), self.store.expires_in(study))
 
-    def study(self, study_id: str) -> Study:
+    def study(self, study_id: str) -> OpenStudy:
         study = self.store.get(study_id)
         if study is None:
             raise HTTPException(404, "no such study (unknown, closed or expired)")
@@ -306,7 +306,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:  # noqa: C901 - one short
                                  zipped=study_type(source) == "zip", hide=server.catalog.hide())
         return _opened(study)
 
-    def _opened(study: Study) -> JSONResponse:
+    def _opened(study: OpenStudy) -> JSONResponse:
         server.store.add(study)
         p = study.prediction
         log.info("study %s opened: %d slices (%d shown), probability %.3f, %.2f s", study.id, p.shape[0],

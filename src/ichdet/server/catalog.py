@@ -8,8 +8,7 @@ import zipfile
 from pathlib import Path
 
 from ichdet.errors import InputError
-from ichdet.inference.studies import Study as FoundStudy
-from ichdet.inference.studies import find_studies
+from ichdet.inference.studies import FoundStudy, find_studies
 from ichdet.io.images import is_image
 from ichdet.io.nifti import is_nifti
 

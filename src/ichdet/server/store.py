@@ -1,6 +1,6 @@
 """Open studies: what the viewer shows of each scan, and when it is closed.
 
-A `Study` holds the prediction, the model's prepared input (for Grad-CAM), the display stacks of
+An `OpenStudy` holds the prediction, the model's prepared input (for Grad-CAM), the display stacks of
 the preset windows as uint8, the HU in display geometry (for custom windows), the Grad-CAM maps
 computed so far and its temporary folder. `StudyStore` closes a study when asked, when it has
 been idle past `ttl_s`, or when more than `max_studies` are open (the least recently used
@@ -26,8 +26,8 @@ log = logging.getLogger("ichdet.server")
 
 
 @dataclass
-class Study:
-    """One open scan. Display slice k is prepared slice k of the model (see docs/serve-api.md)."""
+class OpenStudy:
+    """One scan open in the viewer. Display slice k is prepared slice k of the model (see docs/serve-api.md)."""
 
     id: str
     name: str  # display name: shown to the client, never logged
@@ -75,13 +75,13 @@ class StudyStore:
         if not ttl_s > 0:
             raise InputError(f"the study time-to-live must be positive, got {ttl_s!r} s")
         self.max_studies, self.ttl_s, self.clock = max_studies, float(ttl_s), clock
-        self._studies: OrderedDict[str, Study] = OrderedDict()  # least recently used first
+        self._studies: OrderedDict[str, OpenStudy] = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self._studies)
 
-    def add(self, study: Study) -> None:
+    def add(self, study: OpenStudy) -> None:
         with self._lock:
             study.last_access = self.clock()
             self._studies[study.id] = study
@@ -89,7 +89,7 @@ class StudyStore:
                 oldest = next(iter(self._studies))
                 self._close(oldest, "evicted: more than %d studies open" % self.max_studies)
 
-    def get(self, study_id: str) -> Study | None:
+    def get(self, study_id: str) -> OpenStudy | None:
         """The study (its idle clock restarted), or None when unknown, closed or expired."""
         with self._lock:
             self.sweep()
@@ -99,7 +99,7 @@ class StudyStore:
                 self._studies.move_to_end(study_id)
             return study
 
-    def expires_in(self, study: Study) -> float:
+    def expires_in(self, study: OpenStudy) -> float:
         return self.ttl_s - (self.clock() - study.last_access)
 
     def close(self, study_id: str) -> bool:
