@@ -89,6 +89,26 @@ def test_upload_every_kind(client, reference, request, kind, n_slices, shape):
         assert any("no Hounsfield units" in w for w in s["warnings"])
 
 
+def test_an_odd_number_of_slices(client, reference, dicom_dir, tmp_path):
+    """7 slices through the 2x2x2 filter: 4 display slices, the last of them slice 6 alone."""
+    from ichdet.io import read_volume
+
+    last = Path(read_volume(dicom_dir).source[-1]).name
+    archive = tmp_path / "seven.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(dicom_dir.glob("*.dcm")):
+            if f.name != last:
+                zf.write(f, f"series/{f.name}")
+    s = _upload(client, archive, "seven.zip").json()
+    assert s["shape"] == [7, 64, 64] and s["n_slices"] == 4
+    assert s["slice_labels"] == ["slices 0-1", "slices 2-3", "slices 4-5", "slice 6"]
+    ref = reference(archive)
+    assert s["slice_probabilities"] == pytest.approx(ref.slice_probabilities[::2], abs=1e-6)
+    assert s["top_slices"] == list(dict.fromkeys(t["index"] // 2 for t in ref.top_slices))
+    _png(client.get(f"/api/studies/{s['id']}/slices/3"))
+    assert client.get(f"/api/studies/{s['id']}/slices/4").status_code == 404
+
+
 def test_default_display_name_and_percent_encoding(client, nifti_path):
     assert _upload(client, nifti_path).json()["name"] == "upload.nii.gz"
     assert _upload(client, nifti_path, "../../etc/Kopf%20CT%C3%BC.nii.gz").json()["name"] == "Kopf CTü.nii.gz"

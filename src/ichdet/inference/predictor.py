@@ -23,7 +23,7 @@ from ichdet.inference.graph import graph_labels
 from ichdet.inference.result import ScanPrediction
 from ichdet.inference.runtime import SLICE_BATCH, OnnxRuntime, TorchRuntime, weights_digest
 from ichdet.io import Volume, read_dicom_series, read_volume
-from ichdet.preprocess import prepare_volume
+from ichdet.preprocess import SliceMap, prepare_volume, slice_map
 
 RUNTIMES = ("auto", "torch", "onnx")
 DEFAULT_RUNTIME = "auto"
@@ -71,18 +71,19 @@ def _gives_labels(bundle: Bundle, rt: OnnxRuntime) -> bool:
     return (rt.has_slice_labels or not slice_labels) and (rt.has_scan_labels or not scan_labels)
 
 
-def prepared_slice_labels(n_slices: int, n_prepared: int) -> list[str]:
-    """Names of the prepared slices in the input's slice numbers: "slice k", or "slices 2k-2k+1"
-    when the 2x2x2 filter merged pairs (n_prepared < n_slices; an odd last slice stands alone)."""
-    merged = n_prepared != n_slices
-    return [f"slices {2 * k}-{2 * k + 1}" if merged and 2 * k + 1 < n_slices else f"slice {2 * k if merged else k}"
-            for k in range(n_prepared)]
-
-
 def _top_prepared(p: np.ndarray, k: int) -> list[int]:
     """Indices of the k highest values, highest first (ties: the lower index first)."""
     order = np.lexsort((np.arange(p.size), -p))
     return [int(i) for i in order[:k]]
+
+
+def _slice_entry(slices: SliceMap, index: int, probability: float) -> dict[str, Any]:
+    """A `top_slices` entry for source slice `index`: {"index", "probability", "z_mm"}, and "file"
+    where the volume was read one file per slice."""
+    entry: dict[str, Any] = {"index": index, "probability": probability, "z_mm": slices.z_mm[index]}
+    if slices.files is not None:
+        entry["file"] = slices.files[index]
+    return entry
 
 
 class Predictor:
@@ -165,30 +166,23 @@ class Predictor:
                heatmaps: str | Path | None = None) -> ScanPrediction:
         """A prepared scan -> ScanPrediction (`prepare_seconds` counts into its `seconds`)."""
         t0 = time.perf_counter()
+        slices = slice_map(volume, self.bundle.prep)  # prepared slice k covers source slices slices.sources(k)
+        if image.ndim != 4 or image.shape[1] != slices.n_prepared:
+            raise ValueError(f"the prepared image of a {volume.shape[0]}-slice volume must be (C, {slices.n_prepared}, "
+                             f"S, S) with this bundle's preprocessing, got shape {image.shape}")
         probability, prepared, subtypes = self.score_labels(image)
         seconds = prepare_seconds + time.perf_counter() - t0
-        n = volume.shape[0]
-        merged = image.shape[1] != n  # the 2x2x2 filter merged slice pairs
-        per_slice = np.repeat(prepared, 2)[:n] if merged else prepared
         top = _top_prepared(prepared, self.top_k)
         result = ScanPrediction(
             input=name, series_uid=volume.series_uid, probability=float(probability), threshold=self.bundle.threshold,
-            decision=bool(probability >= self.bundle.threshold), slice_probabilities=[float(v) for v in per_slice],
-            top_slices=[self._slice_entry(volume, i, float(prepared[k])) for k in top
-                        for i in ((2 * k, 2 * k + 1) if merged else (k,)) if i < n],
+            decision=bool(probability >= self.bundle.threshold),
+            slice_probabilities=[float(v) for v in slices.spread(prepared)],
+            top_slices=[_slice_entry(slices, i, float(prepared[k])) for k in top for i in slices.sources(k)],
             subtypes=subtypes, seconds=seconds, shape=volume.shape, runtime=self.runtime.describe(),
             warnings=self._warnings(volume))
         if heatmaps is not None:
-            result.heatmaps = self.heatmaps(image, prepared, top, Path(heatmaps), volume, result.input)
+            result.heatmaps = self.heatmaps(image, prepared, top, Path(heatmaps), slices, result.input)
         return result
-
-    @staticmethod
-    def _slice_entry(volume: Volume, index: int, probability: float) -> dict[str, Any]:
-        entry: dict[str, Any] = {"index": index, "probability": probability,
-                                 "z_mm": round(float((volume.affine @ np.array([0.0, 0.0, index, 1.0]))[2]), 3)}
-        if len(volume.source) == volume.shape[0] and volume.info.get("units") != "display":
-            entry["file"] = Path(volume.source[index]).name
-        return entry
 
     def _warnings(self, volume: Volume) -> list[str]:
         notes = [str(w) for w in volume.info.get("warnings", [])]
@@ -200,14 +194,13 @@ class Predictor:
             notes.append("a scan model given a single image: its probability means little")
         return notes
 
-    def heatmaps(self, image: np.ndarray, prepared: np.ndarray, top: list[int], out: Path, volume: Volume,
+    def heatmaps(self, image: np.ndarray, prepared: np.ndarray, top: list[int], out: Path, slices: SliceMap,
                  title: str) -> dict[str, Any]:
         """Grad-CAM (MONAI, on the slice encoder) of prepared slices `top` -> overlay PNGs + contact sheet."""
         from ichdet.inference.heatmaps import gradcam, write_heatmaps
 
         cams = gradcam(self.bundle.model, self.bundle.kind, self.sequence(image)[top])
-        labels = prepared_slice_labels(volume.shape[0], image.shape[1])
-        return write_heatmaps(out, image, dict(zip(top, cams)), prepared, title=title, z_labels=labels)
+        return write_heatmaps(out, image, dict(zip(top, cams)), prepared, title=title, z_labels=slices.labels())
 
 
 def load_predictor(path: str | Path, **kwargs: Any) -> Predictor:
