@@ -1,4 +1,4 @@
-"""A scan -> an open `Study`, and a study's slices -> PNG.
+"""A scan -> an `OpenStudy`, and a study's slices -> PNG.
 
 `open_scan` (run on the inference worker) reads the scan with the existing readers, predicts it
 with the bundle's `Predictor`, and prepares the display stacks in the model's geometry: the
@@ -29,7 +29,7 @@ from ichdet.io import Volume
 from ichdet.io.sources import unpacked_zip
 from ichdet.preprocess.pipeline import prepare_volume, slice_map
 from ichdet.preprocess.windows import WINDOWS, Window, parse_window, window
-from ichdet.server.store import Study
+from ichdet.server.store import OpenStudy
 
 PRESETS = ("brain", "subdural", "bone")
 HU_LOW, HU_SPAN = -4096.0, 65536.0  # a window passing -4096..61440 HU unclipped: HU in display geometry
@@ -79,8 +79,8 @@ def predict_scan(predictor: Predictor, source: Path | list[Path], name: str, zip
 
 
 def open_scan(predictor: Predictor, source: Path | list[Path], name: str, zipped: bool = False,
-              hide: dict[str, str] | None = None, tmp_dir: Path | None = None) -> Study:
-    """`predict_scan`, then the display stacks -> an open Study (not yet in a store)."""
+              hide: dict[str, str] | None = None, tmp_dir: Path | None = None) -> OpenStudy:
+    """`predict_scan`, then the display stacks -> an `OpenStudy` (not yet in a store)."""
     volume, image, result = predict_scan(predictor, source, name, zipped, hide)
     display_units = volume.info.get("units") == "display"
     if display_units:
@@ -90,7 +90,7 @@ def open_scan(predictor: Predictor, source: Path | list[Path], name: str, zipped
     stack = prepare_volume(volume, spec)  # (4, Z', S, S) in [0, 1]
     slices = slice_map(volume, spec)  # display slice k covers source slices slices.sources(k)
     top = list(dict.fromkeys(slices.prepared_of(t["index"]) for t in result.top_slices))
-    return Study(id=uuid.uuid4().hex, name=name, prediction=result, image=image,
+    return OpenStudy(id=uuid.uuid4().hex, name=name, prediction=result, image=image,
                  displays={w: to_uint8(stack[i]) for i, w in enumerate(PRESETS)},
                  hu=None if display_units else stack[len(PRESETS)] * np.float32(HU_SPAN) + np.float32(HU_LOW),
                  slice_probabilities=slices.collect(result.slice_probabilities), slice_labels=slices.labels(),
@@ -111,7 +111,7 @@ def parse_display_window(text: str) -> str | Window:
     return next((p for p in PRESETS if WINDOWS[p] == w), w)
 
 
-def slice_gray(study: Study, win: str | Window, k: int) -> np.ndarray:
+def slice_gray(study: OpenStudy, win: str | Window, k: int) -> np.ndarray:
     """Display slice k through `win` -> uint8 (S, S)."""
     if isinstance(win, str):
         return study.displays[win][k]
@@ -120,7 +120,7 @@ def slice_gray(study: Study, win: str | Window, k: int) -> np.ndarray:
     return to_uint8(window(study.hu[k], win))
 
 
-def slice_cams(predictor: Predictor, study: Study, ks: list[int]) -> dict[int, np.ndarray]:
+def slice_cams(predictor: Predictor, study: OpenStudy, ks: list[int]) -> dict[int, np.ndarray]:
     """Grad-CAM (S, S) of the model's prepared slices `ks`, one pass (run it on the inference worker)."""
     from ichdet.inference.heatmaps import gradcam
 
