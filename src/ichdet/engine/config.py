@@ -22,7 +22,7 @@ STAGES = ("slice", "scan", "svm", "aggregate")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 SELECT_METRICS = ("accuracy", "auc", "loss")
 SCHEDULES = ("constant", "cosine")
-LABELS = ("binary", "subtypes")
+LABEL_MODES = ("binary", "subtypes")  # what model.labels may be
 LOSSES = ("auto", "cross_entropy", "rsna", "bce")
 
 
@@ -81,8 +81,8 @@ class OptimConfig:
     warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs (before the schedule)
     loss: str = "auto"  # auto (cross_entropy for binary labels, rsna for subtypes) | cross_entropy | rsna | bce
 
-    def resolved_loss(self, labels: str) -> str:
-        return ("rsna" if labels == "subtypes" else "cross_entropy") if self.loss == "auto" else self.loss
+    def resolved_loss(self, label_mode: str) -> str:
+        return ("rsna" if label_mode == "subtypes" else "cross_entropy") if self.loss == "auto" else self.loss
 
 
 @dataclass
@@ -125,8 +125,8 @@ class TrainConfig:
             raise InputError(f"config optim.name must be one of {', '.join(OPTIMIZERS)}, got {self.optim.name!r}")
         if self.precision not in PRECISIONS:
             raise InputError(f"config precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.model.labels not in LABELS:
-            raise InputError(f"config model.labels must be one of {', '.join(LABELS)}, got {self.model.labels!r}")
+        if self.model.labels not in LABEL_MODES:
+            raise InputError(f"config model.labels must be one of {', '.join(LABEL_MODES)}, got {self.model.labels!r}")
         if self.optim.loss not in LOSSES:
             raise InputError(f"config optim.loss must be one of {', '.join(LOSSES)}, got {self.optim.loss!r}")
         loss = self.optim.resolved_loss(self.model.labels)

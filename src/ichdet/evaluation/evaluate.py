@@ -90,20 +90,20 @@ def score_bundle(bundle: Bundle, cohort: PreparedCohort, scan_ids: Sequence[str]
 
     if cohort.spec != bundle.prep:
         raise InputError(f"cohort prepared as {cohort.spec.key()} but the bundle needs {bundle.prep.key()}")
-    scores, labels, seconds = [], [], 0.0
+    scores, label_probs, seconds = [], [], 0.0
     for i, sid in enumerate(scan_ids):
         t0 = time.perf_counter()  # reading and preparing are timed too: end-to-end seconds per scan
         score, lab = scan_outputs(bundle.kind, bundle.model, cohort[sid].image, bundle.context, bundle.aggregate,
                                   bundle.svm)
         seconds += time.perf_counter() - t0
         scores.append(score)
-        labels.append(lab)
+        label_probs.append(lab)
         if progress is not None:
             progress(i + 1, len(scan_ids))
-    multi = bool(labels) and labels[0] is not None  # the bundle's labels (`model_labels`) decide, for every scan
+    multi = bool(label_probs) and label_probs[0] is not None  # the bundle's labels (`model_labels`) decide, for every scan
     return Scores(bundle.name, list(scan_ids), cohort.labels(scan_ids), np.asarray(scores, dtype=np.float64),
                   bundle.threshold, seconds / max(len(scan_ids), 1),
-                  np.stack(labels).astype(np.float64) if multi else None,
+                  np.stack(label_probs).astype(np.float64) if multi else None,
                   cohort.label_targets(scan_ids) if multi else None)
 
 
@@ -155,9 +155,9 @@ def evaluate_bundle(model: str | Path, manifest: str | Path, out: str | Path, sp
     cohort = PreparedCohort(Path(manifest), bundle.prep, cache=PreparedCache(cache) if cache else None,
                             slice_labels_path=None)
     ids, how = select_cases(bundle, cohort, split)
-    labels = cohort.labels(ids)
-    if labels.min() == labels.max():
-        raise InputError(f"the {len(ids)} case(s) to evaluate are all {'positive' if labels[0] else 'negative'}; "
+    y = cohort.labels(ids)
+    if y.min() == y.max():
+        raise InputError(f"the {len(ids)} case(s) to evaluate are all {'positive' if y[0] else 'negative'}; "
                          "AUC needs both classes", cohort.manifest_path)
     s = score_bundle(bundle, cohort, ids, progress)
     out = Path(out)
