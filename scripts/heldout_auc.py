@@ -19,7 +19,7 @@ from ichdet.engine.bundle import load_bundle
 from ichdet.datasets.cache import PreparedCache
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import read_splits
-from ichdet.engine.scoring import score_scan_labels
+from ichdet.engine.scoring import score_scans
 from ichdet.metrics import SUBTYPE_LABELS, roc_auc, subtype_aucs
 
 
@@ -37,7 +37,7 @@ def main() -> None:
         cohort = PreparedCohort(manifest, b.prep, cache=PreparedCache(cfg["data"].get("cache") or None))
         ids = cohort.scan_ids("test", read_splits(run / "splits.csv"))
         t0 = time.perf_counter()
-        scores, labels = score_scan_labels(b.kind, b.model, cohort, ids, b.context, b.aggregate, b.svm)
+        scores, labels = score_scans(b.kind, b.model, cohort, ids, b.context, b.aggregate, b.svm)
         sec = (time.perf_counter() - t0) / max(len(ids), 1)
         y = cohort.labels(ids)
         rows.append({"run": run.name, "kind": b.kind, "test_auc": roc_auc(y, scores), "n_pos": int(y.sum()),

@@ -18,8 +18,9 @@ from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.scans import ScanDataset, collate_scans
 from ichdet.datasets.slices import SliceDataset, SliceIndex
 from ichdet.engine import load_config, train
-from ichdet.engine.scoring import (kind_subtypes, model_labels, positive_probability, score_scan_labels,
-                                   score_scans, slice_label_probabilities)
+from ichdet.engine.scoring import model_outputs, score_scans
+from ichdet.models.heads import BINARY, MULTILABEL, head_of
+from ichdet.models.kinds import get_kind
 from ichdet.engine.tasks import loss_and_hits
 from ichdet.errors import InputError
 from ichdet.metrics import SUBTYPE_LABELS
@@ -33,13 +34,16 @@ def test_multilabel_models_round_trip_and_read_any_by_sigmoid():
                      ("scan_lstm", {"encoder_kw": {"base_width": 2, "feature_dim": 8}, "hidden": 4})):
         m = create_model(name, num_classes=6, multilabel=True, **kw)
         again = create_model(m.model_name, **m.config())
-        assert again.multilabel and again.num_classes == 6 and model_labels(again, "slice") == SUBTYPE_LABELS
+        assert again.multilabel and again.num_classes == 6 and get_kind("slice").labels(again) == SUBTYPE_LABELS
+        assert head_of(again) is MULTILABEL and head_of(create_model(name, **kw)) is BINARY
         assert not create_model(name, **kw).multilabel  # binary stays the default
     logits = torch.tensor([[0.0, 1.0, -2.0, 0.5, 3.0, 1.5]])
-    assert float(positive_probability(logits, multilabel=True)[0]) == pytest.approx(1 / (1 + np.exp(-1.5)))
-    assert float(positive_probability(logits[:, :2])[0]) == pytest.approx(float(torch.softmax(logits[0, :2], 0)[1]))
+    assert float(MULTILABEL.probability(logits)[0]) == pytest.approx(1 / (1 + np.exp(-1.5)))
+    assert float(BINARY.probability(logits[:, :2])[0]) == pytest.approx(float(torch.softmax(logits[0, :2], 0)[1]))
+    np.testing.assert_allclose(MULTILABEL.probabilities(logits)[0].numpy(), 1 / (1 + np.exp(-logits[0].numpy())), rtol=1e-6)
+    assert BINARY.probabilities(logits[:, :2]).shape == (1, 1)  # "any" only, as the last (only) column
     m = create_model("slice_cnn", base_width=2, num_classes=6, multilabel=True)
-    assert model_labels(m, "alexnet_svm") == ("any",)  # SVM heads are binary
+    assert get_kind("alexnet_svm").labels(m) == ("any",)  # SVM heads are binary
 
 
 def test_loss_and_hits_weights_any_twice_and_skips_unknowns():
@@ -122,17 +126,17 @@ def test_subtype_stages_chain_into_bundles_with_labels(tiny, tmp_path):
     assert agg.kind == "aggregate" and agg.labels == SUBTYPE_LABELS
     cohort = PreparedCohort(load_config(None, tiny).data.manifest, agg.prep)
     ids = cohort.scan_ids()[:6]
-    scores, labels = score_scan_labels(agg.kind, agg.model, cohort, ids)
-    np.testing.assert_allclose(scores, score_scans(agg.kind, agg.model, cohort, ids), atol=1e-12)
+    scores, labels = score_scans(agg.kind, agg.model, cohort, ids)
     np.testing.assert_array_equal(labels[:, -1], scores)  # "any" is the scan score
-    per_slice = slice_label_probabilities(agg.model, cohort[ids[0]].image)
+    out = model_outputs(agg.model, agg.kind, cohort[ids[0]].image)
+    per_slice = out.slice_labels
     np.testing.assert_allclose(labels[0], per_slice.max(axis=0))
-    np.testing.assert_allclose(kind_subtypes("aggregate", per_slice, aggregate="p95"),
+    np.testing.assert_allclose(get_kind("aggregate").score(out, aggregate="p95").labels,
                                np.percentile(per_slice, 95, axis=0))
     # the validation AUCs of the bundle are scikit-learn's on the validation scans
     splits = agg.training_splits()
     val_ids = [s for s in cohort.scan_ids() if splits[s] == "val"]
-    _, val_labels = score_scan_labels(agg.kind, agg.model, cohort, val_ids)
+    _, val_labels = score_scans(agg.kind, agg.model, cohort, val_ids)
     targets = cohort.label_targets(val_ids)
     for j, name in enumerate(SUBTYPE_LABELS):
         got = agg.meta["metrics"]["validation_subtypes"][name]
@@ -145,7 +149,7 @@ def test_subtype_stages_chain_into_bundles_with_labels(tiny, tmp_path):
                              runs / "3d_lstm2_frozen_subtypes", show_progress=False))
     assert scan.kind == "scan" and scan.labels == SUBTYPE_LABELS and scan.model.encoder.multilabel
     cohort = PreparedCohort(load_config(None, tiny).data.manifest, scan.prep)
-    s, lab = score_scan_labels("scan", scan.model, cohort, ids)
+    s, lab = score_scans("scan", scan.model, cohort, ids)
     np.testing.assert_allclose(lab[:, -1], s, atol=1e-12)
     assert lab.shape == (6, 6) and ((lab > 0) & (lab < 1)).all()
 
@@ -204,6 +208,6 @@ def test_alexnet_trains_a_subtype_head(tiny, tmp_path):
     assert b.model.num_classes == 6  # model.labels wins over a num_classes left in model.kwargs
     cohort = PreparedCohort(load_config(None, tiny).data.manifest, b.prep)
     ids = cohort.scan_ids()[:2]
-    scores, labels = score_scan_labels(b.kind, b.model, cohort, ids)
+    scores, labels = score_scans(b.kind, b.model, cohort, ids)
     assert labels.shape == (2, 6)
     np.testing.assert_array_equal(labels[:, -1], scores)

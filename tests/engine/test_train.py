@@ -23,7 +23,7 @@ from ichdet.datasets.splits import read_splits
 from ichdet.engine import load_config, train
 from ichdet.engine.loop import lr_factor, to_device
 from ichdet.engine.precision import PrecisionWarning, cpu_features
-from ichdet.engine.scoring import slice_probabilities
+from ichdet.engine.scoring import model_outputs
 from ichdet.errors import InputError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -59,7 +59,7 @@ def test_slice_stage_writes_run_folder_and_bundle(tiny, tmp_path):
     best = torch.load(out / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(best[k], v) for k, v in b.model.state_dict().items())
     cohort = PreparedCohort(load_config(None, tiny).data.manifest, b.prep)
-    p = slice_probabilities(b.model, cohort[cohort.scan_ids()[0]].image)
+    p = model_outputs(b.model, "slice", cohort[cohort.scan_ids()[0]].image).slice_probability
     assert p.shape == (12,) and ((p >= 0) & (p <= 1)).all()
 
 
@@ -221,7 +221,7 @@ def test_multi_window_and_neighbour_context(tiny, tmp_path):
     b = load_bundle(train(cfg, tmp_path / "ctx", show_progress=False))
     assert b.model.in_channels == 9 and b.context == 1 and b.prep.windows == ("brain", "subdural", "bone")
     cohort = PreparedCohort(cfg.data.manifest, b.prep)
-    assert slice_probabilities(b.model, cohort[cohort.scan_ids()[0]].image, context=1).shape == (12,)
+    assert model_outputs(b.model, "slice", cohort[cohort.scan_ids()[0]].image, context=1).slice_probability.shape == (12,)
     # a scan model started from it must see the same windows and context
     bad = load_config(CONFIGS / "3d_lstm1_frozen.yaml", tiny + ["model.init_from=ctx"])
     with pytest.raises(InputError, match="data config differs from the init_from model's"):

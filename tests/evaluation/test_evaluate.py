@@ -274,7 +274,7 @@ def subtype_bundle(cohort, trained, tmp_path_factory) -> Path:
 
 def test_evaluate_a_subtype_bundle_per_label(cohort, subtype_bundle, tmp_path, capsys):
     from ichdet.datasets.prepared import PreparedCohort
-    from ichdet.engine.scoring import scan_outputs
+    from ichdet.engine.scoring import score_scan
 
     b = load_bundle(subtype_bundle)
     assert b.has_subtypes and b.name == "3d_slice_cnn_subtypes"
@@ -289,7 +289,8 @@ def test_evaluate_a_subtype_bundle_per_label(cohort, subtype_bundle, tmp_path, c
     p = np.array([[float(r[f"p_{n}"]) for n in SUBTYPE_LABELS] for r in preds])
     assert [[int(r[f"y_{n}"]) for n in SUBTYPE_LABELS[:-1]] for r in preds] == y[:, :-1].tolist()
     for i, sid in enumerate(ids[:4]):  # the probabilities are the bundle kind's (one pass with the score)
-        score, labels = scan_outputs(b.kind, b.model, c[sid].image, b.context, b.aggregate, b.svm)
+        want = score_scan(b.kind, b.model, c[sid].image, b.context, b.aggregate, b.svm)
+        score, labels = want.probability, want.labels
         assert p[i] == pytest.approx(labels, abs=1e-6) and float(preds[i]["score"]) == pytest.approx(score, abs=1e-6)
     assert p[:, -1] == pytest.approx([float(r["score"]) for r in preds], abs=1e-12)  # "any" is the score
 

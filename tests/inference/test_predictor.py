@@ -35,7 +35,7 @@ def test_predict_gives_the_evaluation_score(cohort, bundles, kind):
     b = ichdet.load_bundle(bundles[kind])
     pc = PreparedCohort(cohort, b.prep)
     ids = pc.scan_ids()[:3]
-    ref = score_scans(b.kind, b.model, pc, ids, b.context, b.aggregate, b.svm)
+    ref, _ = score_scans(b.kind, b.model, pc, ids, b.context, b.aggregate, b.svm)
     exact = Predictor(b, precision="fp32")  # the default (auto) is bf16 on CPUs with bf16 units
     got = [exact.predict(pc.row(s).resolved_path(pc.root)).probability for s in ids]
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)

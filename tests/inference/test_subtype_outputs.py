@@ -15,11 +15,13 @@ import torch
 import ichdet
 from ichdet.cli import run
 from ichdet.datasets.prepared import PreparedCohort
-from ichdet.engine.scoring import positive_probability, scan_label_probabilities, scan_outputs
+from ichdet.engine.scoring import score_scan
 from ichdet.errors import InputError
 from ichdet.inference import OnnxRuntime, Predictor, TorchRuntime
 from ichdet.inference.export import export_onnx, verify_onnx
-from ichdet.inference.graph import SliceGraph, graph_labels, split_model
+from ichdet.models.graph import SliceGraph, split_model
+from ichdet.models.heads import MULTILABEL
+from ichdet.models.kinds import get_kind
 from ichdet.inference.heatmaps import bleed_logit, gradcam
 from ichdet.inference.result import SUBTYPE_COLUMNS
 from ichdet.metrics import SUBTYPE_LABELS
@@ -45,29 +47,30 @@ def test_graphs_of_multilabel_networks(ml_bundles, bundles):
     cnn = ichdet.load_bundle(ml_bundles["slice"]).model
     x = torch.rand(5, 1, S, S, generator=torch.Generator().manual_seed(0))
     slices, seq = split_model(cnn, "slice")
-    assert seq is None and graph_labels(cnn, "slice") == (True, False)
+    assert seq is None and get_kind("slice").graph_labels(cnn) == (True, False)
     p, f, labels = slices(x)
     logits = cnn(x)
     assert labels.shape == (5, 6)
     torch.testing.assert_close(labels, torch.sigmoid(logits), rtol=0, atol=1e-6)
     assert torch.equal(p, labels[:, -1])  # P(bleed) is P("any"), not a softmax over six logits
-    torch.testing.assert_close(p, positive_probability(logits, multilabel=True), rtol=0, atol=1e-6)
+    torch.testing.assert_close(p, MULTILABEL.probability(logits), rtol=0, atol=1e-6)
     assert not torch.allclose(p, torch.softmax(logits, 1)[:, 1], atol=1e-3)
     # an SVM kind on the same network reports no labels, but its slice probability is still P("any")
     svm_slices, _ = split_model(cnn, "feature_svm")
-    assert graph_labels(cnn, "feature_svm") == (False, False)
+    assert get_kind("feature_svm").graph_labels(cnn) == (False, False)
     out = svm_slices(x)
     assert len(out) == 2 and torch.equal(out[0], p)
 
     lstm = ichdet.load_bundle(ml_bundles["scan"]).model
-    assert graph_labels(lstm, "scan") == (True, True)
+    assert get_kind("scan").graph_labels(lstm) == (True, True)
     slices, seq = split_model(lstm, "scan")
     _, feats, _ = slices(x)
     q, scan_labels = seq(feats)
     assert q.shape == (1,) and scan_labels.shape == (1, 6) and torch.equal(q, scan_labels[:, -1])
-    np.testing.assert_allclose(scan_labels[0].numpy(), scan_label_probabilities(lstm, x.permute(1, 0, 2, 3).numpy()),
+    # the split graphs give what the whole network gives on the scan (B=1, Z=5 slices)
+    np.testing.assert_allclose(scan_labels[0].numpy(), torch.sigmoid(lstm.eval()(x.unsqueeze(0)))[0].numpy(),
                                rtol=0, atol=1e-6)
-    assert graph_labels(ichdet.load_bundle(ml_bundles["scan_binary_encoder"]).model, "scan") == (False, True)
+    assert get_kind("scan").graph_labels(ichdet.load_bundle(ml_bundles["scan_binary_encoder"]).model) == (False, True)
     # binary bundles: the graphs are as they were
     b = ichdet.load_bundle(bundles["scan"])
     slices, seq = split_model(b.model, "scan")
@@ -96,7 +99,7 @@ def test_torch_runtime_outputs(ml_bundles, bundles):
                                           ("scan_binary_encoder", "torch"), ("slice", "onnx"),
                                           ("aggregate", "onnx"), ("scan", "onnx")])
 def test_subtypes_equal_scan_outputs(cohort, ml_bundles, ml_exported, kind, runtime):
-    """ScanPrediction.subtypes = engine.scoring.scan_outputs' label probabilities (which
+    """ScanPrediction.subtypes = engine.scoring.score_scan's label probabilities (which
     `evaluate` scores) within 1e-6, in SUBTYPE_LABELS order, "any" exactly the probability."""
     b = ichdet.load_bundle(ml_bundles[kind])
     onnx_path = ml_exported["scan" if kind == "scan" else "slice"] if runtime == "onnx" else None
@@ -106,7 +109,8 @@ def test_subtypes_equal_scan_outputs(cohort, ml_bundles, ml_exported, kind, runt
     got = []
     for sid in pc.scan_ids()[:3]:
         r = predictor.predict(pc.row(sid).resolved_path(pc.root))
-        score, labels = scan_outputs(b.kind, b.model, pc[sid].image, b.context, b.aggregate, b.svm)
+        want = score_scan(b.kind, b.model, pc[sid].image, b.context, b.aggregate, b.svm)
+        score, labels = want.probability, want.labels
         assert list(r.subtypes) == list(SUBTYPE_LABELS)
         assert r.subtypes["any"] == r.probability
         np.testing.assert_allclose(list(r.subtypes.values()), labels, rtol=0, atol=1e-6)

@@ -30,11 +30,11 @@ import torch
 import ichdet
 from ichdet.errors import InputError
 from ichdet.fileio import atomic_path
+from ichdet.models.kinds import Kind, get_kind
 from ichdet.preprocess.pipeline import PrepSpec
 
 FORMAT = "ichdet-bundle"
 FORMAT_VERSION = 1
-KINDS = ("slice", "scan", "aggregate", "alexnet_svm", "feature_svm")
 META, WEIGHTS, CONFIG, SVM, SPLITS = "bundle.json", "weights.pt", "config.yaml", "svm.joblib", "splits.csv"
 
 
@@ -49,7 +49,13 @@ class Bundle:
 
     @property
     def kind(self) -> str:
+        """The kind's name: slice, scan, aggregate, alexnet_svm or feature_svm."""
         return self.meta["kind"]
+
+    @property
+    def kind_spec(self) -> Kind:
+        """The kind itself (`ichdet.models.kinds`): its scoring rule, labels, slice classifier, SVM."""
+        return get_kind(self.kind)
 
     @property
     def prep(self) -> PrepSpec:
@@ -97,17 +103,15 @@ def save_bundle(out: str | Path, *, model: torch.nn.Module, model_name: str, mod
                 metrics: dict[str, Any], config_yaml: str, data_hash: str, aggregate: str = "max",
                 svm: Any = None, extra: dict[str, Any] | None = None, splits: dict[str, str] | None = None) -> Path:
     """Write a bundle folder atomically (built beside `out`, then renamed over it)."""
-    if kind not in KINDS:
-        raise InputError(f"bundle kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    if (kind in ("alexnet_svm", "feature_svm")) != (svm is not None):
+    k = get_kind(kind)
+    if (k.svm is not None) != (svm is not None):
         raise InputError(f"bundle kind {kind!r} {'needs' if svm is None else 'takes no'} SVM head")
-    from ichdet.engine.scoring import model_labels
 
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "ichdet_version": ichdet.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "kind": kind, "model": {"name": model_name, "kwargs": model_kwargs}, "aggregate": aggregate,
-        "labels": list(model_labels(model, kind)), "prep": prep.to_dict(), "context": int(context), "operating_point": operating_point,
+        "labels": list(k.labels(model)), "prep": prep.to_dict(), "context": int(context), "operating_point": operating_point,
         "metrics": metrics, "data_hash": data_hash, **(extra or {}),
     }
     out = Path(out)
@@ -168,12 +172,9 @@ def load_bundle(path: str | Path) -> Bundle:
         raise InputError(f"bundle weights do not load ({str(e).splitlines()[0][:160]})", path / WEIGHTS) from None
     model.eval()
     svm = None
-    if meta["kind"] in ("alexnet_svm", "feature_svm"):
-        from ichdet.models.aggregate import FeatureSVM
-        from ichdet.models.svm_head import SVMHead
-
-        cls = SVMHead if meta["kind"] == "alexnet_svm" else FeatureSVM
+    k = get_kind(meta["kind"])
+    if k.svm is not None:
         if not (path / SVM).is_file():
-            raise InputError(f"bundle of kind {meta['kind']} lacks {SVM}", path)
-        svm = cls.load(path / SVM)
+            raise InputError(f"bundle of kind {k.name} lacks {SVM}", path)
+        svm = k.svm.load(path / SVM)
     return Bundle(path=path, meta=meta, model=model, svm=svm)

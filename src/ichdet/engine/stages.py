@@ -23,13 +23,17 @@ from ichdet.datasets.slices import SliceDataset, SliceIndex, validation_sample
 from ichdet.engine.config import dump_config
 from ichdet.engine.loop import fit
 from ichdet.engine.run import Run
-from ichdet.engine.scoring import is_multilabel, sample_features, score_scan_labels, score_slices, slice_features
+from ichdet.engine.scoring import sample_features, score_scans, score_slices, slice_features
 from ichdet.engine.tasks import ScanTask, SliceTask
 from ichdet.errors import InputError
 from ichdet.metrics import operating_point as choose_operating_point
 from ichdet.metrics import SUBTYPE_LABELS, roc_auc, subtype_aucs
 from ichdet.models import create_model
+from ichdet.models.aggregate import FeatureSVM
 from ichdet.models.finetune import set_trainable
+from ichdet.models.heads import head_of
+from ichdet.models.kinds import KINDS
+from ichdet.models.svm_head import SVMHead
 
 
 def operating_point(y: np.ndarray, scores: np.ndarray, target: float, level: str) -> dict[str, Any]:
@@ -48,7 +52,7 @@ def label_kwargs(labels: str) -> dict[str, Any]:
 
 def label_mode(model: torch.nn.Module) -> str:
     """The `model.labels` value a network was built for: "subtypes" (multi-label head) or "binary"."""
-    return "subtypes" if is_multilabel(model) else "binary"
+    return "subtypes" if head_of(model).multilabel else "binary"
 
 
 def init_prior_bias(model: torch.nn.Module, prevalence: np.ndarray) -> None:
@@ -139,7 +143,7 @@ def _scan_scores(run: Run, kind: str, model: torch.nn.Module, svm: Any = None
     for a multi-label model, else {})."""
     ids = run.ids("val")
     t0 = time.perf_counter()
-    scores, label_probs = score_scan_labels(kind, model, run.cohort, ids, run.context, run.cfg.aggregate, svm)
+    scores, label_probs = score_scans(kind, model, run.cohort, ids, run.context, run.cfg.aggregate, svm)
     sec = (time.perf_counter() - t0) / max(len(ids), 1)
     extra = {} if label_probs is None else {
         "validation_subtypes": subtype_aucs(run.cohort.label_targets(ids), label_probs)}
@@ -155,8 +159,8 @@ def train_slices(run: Run, resume: bool) -> Path:
     task = SliceTask(run)
     model = build_model(run, task.label_prevalence())
     state = fit(run, model, task, resume)
-    p, y = score_slices(model, task.validation_samples())
-    slice_op = operating_point(y, p, run.cfg.target_sensitivity, "slice")
+    s = score_slices(model, task.validation_samples())
+    slice_op = operating_point(s.y, s.probability, run.cfg.target_sensitivity, "slice")
     ys, ss, sec, sub = _scan_scores(run, "slice", model)
     scan_op = operating_point(ys, ss, run.cfg.target_sensitivity, "scan")
     metrics = {**_history(state), "select_metric": run.cfg.optim.select_metric, "seconds_per_scan": sec,
@@ -177,16 +181,14 @@ def train_scans(run: Run, resume: bool) -> Path:
 
 def fit_svm(run: Run, resume: bool) -> Path:
     """An SVM head on the init_from slice model's features; C by inner CV on training data only."""
-    from ichdet.models.aggregate import FeatureSVM
-    from ichdet.models.svm_head import SVMHead
-
     cfg, s = run.cfg, run.cfg.svm
     kind = cfg.model.name
-    if kind not in ("alexnet_svm", "feature_svm"):
-        raise InputError(f"the svm stage makes model.name alexnet_svm or feature_svm, got {cfg.model.name!r}")
+    svm_kinds = [k.name for k in KINDS.values() if k.svm is not None]
+    if kind not in svm_kinds:
+        raise InputError(f"the svm stage makes model.name {' or '.join(svm_kinds)}, got {cfg.model.name!r}")
     model = run.source.model.eval()
     C = s.C if s.C > 0 else None
-    if kind == "alexnet_svm":
+    if KINDS[kind].svm is SVMHead:  # slice features -> the SVM's slice probability
         kw = {"cranial_only": cfg.data.cranial_only, "negatives_from_negative_scans": cfg.data.negatives_from_negative_scans}
         index = SliceIndex.build(run.cohort, splits=run.splits, split="train", **kw)
         ds = SliceDataset(run.cohort, index, context=run.context)
@@ -197,9 +199,9 @@ def fit_svm(run: Run, resume: bool) -> Path:
         svm.fit(feats, labels)
         val_index = SliceIndex.build(run.cohort, splits=run.splits, split="val", **kw)
         vds = SliceDataset(run.cohort, val_index, context=run.context)
-        p, y = score_slices(model, [vds[i] for i in validation_sample(val_index, cfg.optim.val_samples, cfg.seed)], svm=svm)
-        extra = {"slice_operating_point": operating_point(y, p, cfg.target_sensitivity, "slice")}
-    else:
+        v = score_slices(model, [vds[i] for i in validation_sample(val_index, cfg.optim.val_samples, cfg.seed)], svm=svm)
+        extra = {"slice_operating_point": operating_point(v.y, v.probability, cfg.target_sensitivity, "slice")}
+    else:  # FeatureSVM: a scan's padded slice features -> the SVM's scan probability
         ids = run.ids("train")
         run.log(f"svm: slice features of {len(ids)} training scans")
         feats = [slice_features(model, run.cohort[sid].image, run.context) for sid in ids]

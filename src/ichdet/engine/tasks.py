@@ -18,8 +18,7 @@ from ichdet.datasets.scans import ScanDataset, balanced_scan_epoch, collate_scan
 from ichdet.datasets.slices import Key, SliceDataset, SliceIndex, epoch_keys, validation_sample
 from ichdet.engine.run import Run
 from ichdet.engine.losses import rsna_weighted_bce
-from ichdet.engine.scoring import (adapt_input, positive_probability, scan_label_probabilities, scan_probability,
-                                   score_slice_labels, score_slices)
+from ichdet.engine.scoring import adapt_input, score_scan, score_slices
 from ichdet.errors import InputError
 from ichdet.metrics import RSNA_WEIGHTS, SUBTYPE_LABELS, roc_auc, rsna_log_loss, subtype_aucs
 
@@ -93,10 +92,10 @@ class SliceTask:
 
     def validate(self, model: torch.nn.Module) -> dict[str, float]:
         """The paper's 500 random validation slices: accuracy (and AUC, loss)."""
+        s = score_slices(model, self._val_samples)
         if self.targets == "subtypes":
-            return _multilabel_row(*reversed(score_slice_labels(model, self._val_samples)), self.loss)
-        p, y = score_slices(model, self._val_samples)
-        return _validation_row(y, p)
+            return _multilabel_row(s.targets, s.labels, self.loss)
+        return _validation_row(s.y, s.probability)
 
     def label_prevalence(self) -> np.ndarray | None:
         """(6,) label frequencies of the balanced training batches (subtype targets only)."""
@@ -145,11 +144,11 @@ class ScanTask:
 
     def validate(self, model: torch.nn.Module) -> dict[str, float]:
         """ROC AUC (and accuracy, loss) over every validation scan."""
+        scores = [score_scan("scan", model, self.cohort[s].image, self.context) for s in self.val_ids]
         if self.targets == "subtypes":
-            probs = np.stack([scan_label_probabilities(model, self.cohort[s].image, self.context) for s in self.val_ids])
+            probs = np.stack([s.labels for s in scores])
             return _multilabel_row(self.cohort.label_targets(self.val_ids).astype(np.float64), probs, self.loss)
-        p = np.array([scan_probability(model, self.cohort[s].image, self.context) for s in self.val_ids])
-        return _validation_row(self.cohort.labels(self.val_ids), p)
+        return _validation_row(self.cohort.labels(self.val_ids), np.array([s.probability for s in scores]))
 
 
 def loss_and_hits(logits: torch.Tensor, y: torch.Tensor, loss: str = "cross_entropy") -> tuple[torch.Tensor, int]:
@@ -166,4 +165,4 @@ def loss_and_hits(logits: torch.Tensor, y: torch.Tensor, loss: str = "cross_entr
     return value, int(((logits[:, -1] > 0) == (y[:, -1] == 1)).sum())
 
 
-__all__ = ["ScanTask", "SliceTask", "loss_and_hits", "positive_probability"]
+__all__ = ["ScanTask", "SliceTask", "loss_and_hits"]

@@ -86,21 +86,20 @@ def score_bundle(bundle: Bundle, cohort: PreparedCohort, scan_ids: Sequence[str]
                  progress: Progress | None = None) -> Scores:
     """Score every scan with the bundle (cohort prepared with ``bundle.prep``); a bundle with
     subtypes also gives each scan's label probabilities (same pass) and the manifest's targets."""
-    from ichdet.engine.scoring import scan_outputs
+    from ichdet.engine.scoring import score_scan
 
     if cohort.spec != bundle.prep:
         raise InputError(f"cohort prepared as {cohort.spec.key()} but the bundle needs {bundle.prep.key()}")
     scores, label_probs, seconds = [], [], 0.0
     for i, sid in enumerate(scan_ids):
         t0 = time.perf_counter()  # reading and preparing are timed too: end-to-end seconds per scan
-        score, lab = scan_outputs(bundle.kind, bundle.model, cohort[sid].image, bundle.context, bundle.aggregate,
-                                  bundle.svm)
+        result = score_scan(bundle.kind, bundle.model, cohort[sid].image, bundle.context, bundle.aggregate, bundle.svm)
         seconds += time.perf_counter() - t0
-        scores.append(score)
-        label_probs.append(lab)
+        scores.append(result.probability)
+        label_probs.append(result.labels)
         if progress is not None:
             progress(i + 1, len(scan_ids))
-    multi = bool(label_probs) and label_probs[0] is not None  # the bundle's labels (`model_labels`) decide, for every scan
+    multi = bool(label_probs) and label_probs[0] is not None  # the bundle's labels (`Kind.labels`) decide, for every scan
     return Scores(bundle.name, list(scan_ids), cohort.labels(scan_ids), np.asarray(scores, dtype=np.float64),
                   bundle.threshold, seconds / max(len(scan_ids), 1),
                   np.stack(label_probs).astype(np.float64) if multi else None,

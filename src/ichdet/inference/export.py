@@ -4,7 +4,7 @@ onnxruntime user) can run.
 Graph: inputs "slices" (N, C', S, S) float32 in [0, 1] and, for scan bundles, "features" (Z, F);
 outputs "slice_probability" (N,), "slice_features" (N, F) and, for scan bundles,
 "scan_probability" (1,) computed from "features"; a subtype bundle (a multi-label network, see
-`ichdet.inference.graph.graph_labels`) adds "slice_labels" (N, 6) after "slice_features" and/or
+`ichdet.models.kinds.Kind.graph_labels`) adds "slice_labels" (N, 6) after "slice_features" and/or
 "scan_labels" (1, 6) after "scan_probability", one sigmoid per label in `SUBTYPE_LABELS` order
 ("any" last, equal to the probability output). N and Z are dynamic. The bundle.json rides
 along in the model's metadata (key "ichdet_bundle"), with a sha256 of the weights, so the file
@@ -26,8 +26,8 @@ from torch import nn
 from ichdet.engine.bundle import Bundle, load_bundle
 from ichdet.errors import InputError
 from ichdet.fileio import atomic_path
-from ichdet.inference.graph import SequenceGraph, SliceGraph, split_model
 from ichdet.inference.runtime import ONNX_HASH_KEY, ONNX_META_KEY, SCAN_LABELS, SLICE_LABELS, weights_digest
+from ichdet.models.graph import SequenceGraph, SliceGraph, split_model
 
 MAX_SLICES = 8192  # upper bound of the dynamic slice axis
 

@@ -25,9 +25,11 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import binary_fill_holes
 from torch import nn
 
-from ichdet.engine.scoring import adapt_input, is_multilabel
+from ichdet.engine.scoring import adapt_input
 from ichdet.errors import InputError
 from ichdet.fileio import atomic_path
+from ichdet.models.heads import head_of
+from ichdet.models.kinds import get_kind
 
 MIN_TILE = 256  # pixels: slice PNGs smaller than this are enlarged (nearest neighbour)
 MAX_COLUMNS = 4  # contact sheet columns
@@ -55,7 +57,7 @@ def slice_classifier(model: nn.Module, kind: str) -> tuple[nn.Module, str]:
     so that one-channel slices are replicated to three (`adapt_input`); its layer name then starts
     with "net.".
     """
-    net = model.encoder if kind == "scan" else model
+    net = get_kind(kind).slice_classifier(model)
     layer = net.gradcam_layer
     if getattr(net, "in_channels", None) == 3:
         return _ExpandInput(net), f"net.{layer}"
@@ -66,8 +68,8 @@ def bleed_logit(model: nn.Module, kind: str) -> int:
     """The slice classifier's logit for "bleed" (what Grad-CAM explains): 1 of a two-class
     softmax head, the last ("any", index 5 of six) of a multi-label head, never an argmax (that
     would explain whichever subtype or "no bleed" happens to score highest)."""
-    net = model.encoder if kind == "scan" else model
-    return int(net.num_classes) - 1 if is_multilabel(net) else 1
+    net = get_kind(kind).slice_classifier(model)
+    return int(net.num_classes) - 1 if head_of(net).multilabel else 1
 
 
 def _normalise(maps: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """`Predictor`: a bundle + a runtime -> `ScanPrediction` for a path, a `Volume` or a HU array.
 
     read (DICOM folder/zip, NIfTI, image) -> prepare_volume(bundle.prep) -> slice sequence
-    (Z', C', S, S) -> runtime -> kind_score -> probability, decision, per-slice probabilities
-    (and kind_subtypes -> subtype probabilities, for a bundle with a multi-label head)
+    (Z', C', S, S) -> runtime -> the bundle kind's rule (`Kind.score`) -> probability, decision,
+    per-slice probabilities (and subtype probabilities, for a bundle with a multi-label head)
     -> optional Grad-CAM heatmaps of the most suspicious slices
 """
 from __future__ import annotations
@@ -17,9 +17,7 @@ import torch
 
 from ichdet.engine.bundle import Bundle
 from ichdet.datasets.scans import volume_to_sequence
-from ichdet.engine.scoring import kind_score, kind_subtypes
 from ichdet.errors import InputError
-from ichdet.inference.graph import graph_labels
 from ichdet.inference.result import ScanPrediction
 from ichdet.inference.runtime import SLICE_BATCH, OnnxRuntime, TorchRuntime, weights_digest
 from ichdet.io import Volume, read_dicom_series, read_volume
@@ -66,8 +64,8 @@ def _own_onnx(bundle: Bundle, path: Path, batch: int | None) -> OnnxRuntime | No
 
 
 def _gives_labels(bundle: Bundle, rt: OnnxRuntime) -> bool:
-    """Whether the ONNX file has every label output the bundle's network gives (`graph_labels`)."""
-    slice_labels, scan_labels = graph_labels(bundle.model, bundle.kind)
+    """Whether the ONNX file has every label output the bundle's network gives (`Kind.graph_labels`)."""
+    slice_labels, scan_labels = bundle.kind_spec.graph_labels(bundle.model)
     return (rt.has_slice_labels or not slice_labels) and (rt.has_scan_labels or not scan_labels)
 
 
@@ -138,19 +136,19 @@ class Predictor:
         """Prepared image (C, Z', S, S) -> (scan probability, slice probabilities (Z',), subtypes):
         subtypes is {label: probability} over `bundle.labels` (the five subtypes, then "any", which
         equals the scan probability) for a bundle with a multi-label head, else None. Both come
-        from the bundle kind's rules in `ichdet.engine.scoring` (`kind_score`, `kind_subtypes`)."""
+        from the bundle kind's rule (`ichdet.models.kinds.Kind.score`), as in evaluation."""
         out = self.runtime(self.sequence(image))
         b = self.bundle
-        probability, slices = kind_score(b.kind, out.slice_probability, out.features, out.scan_probability,
-                                         b.aggregate, b.svm)
+        scored = b.kind_spec.score(out, b.aggregate, b.svm)
+        probability, slices = scored.probability, scored.slice_probabilities
         subtypes = None
         if b.has_subtypes:
-            values = kind_subtypes(b.kind, out.slice_labels, out.scan_labels, b.aggregate)
+            values = scored.labels
             if values is None or len(values) != len(b.labels):
                 raise InputError(f"{self.runtime.describe()} gave no subtype probabilities for subtype bundle "
                                  f"{b.path}; export its ONNX file again")
             subtypes = {label: float(v) for label, v in zip(b.labels, values)}
-        per_slice = np.asarray(slices if slices is not None else out.slice_probability, dtype=np.float64)
+        per_slice = np.asarray(slices, dtype=np.float64)
         return probability, per_slice, subtypes
 
     def predict(self, x: Volume | str | Path | np.ndarray, series_uid: str | None = None, name: str | None = None,
@@ -190,7 +188,7 @@ class Predictor:
         tissue = float((volume.hu[:, ::4, ::4] > level).mean())  # every 16th pixel is plenty
         if tissue < MIN_TISSUE_FRACTION:
             notes.append(f"almost nothing but air in the input (tissue in {tissue:.1%} of it): is this a head CT?")
-        if self.bundle.kind == "scan" and volume.shape[0] == 1:
+        if self.bundle.kind_spec.sequence and volume.shape[0] == 1:
             notes.append("a scan model given a single image: its probability means little")
         return notes
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,34 +16,13 @@ import numpy as np
 import torch
 
 from ichdet.errors import InputError
-from ichdet.inference.graph import split_model
+from ichdet.models.graph import ModelOutputs, run_graphs, split_model
 
 SLICE_BATCH = 16  # slices per onnxruntime pass
 BATCH_PIXELS = 131072  # slices x S x S per PyTorch encoder pass: 2 at 256 px, whose activations stay in cache
 ONNX_META_KEY = "ichdet_bundle"  # ONNX metadata_props key holding the bundle.json the graph came from
 ONNX_HASH_KEY = "ichdet_weights_sha256"
 SLICE_LABELS, SCAN_LABELS = "slice_labels", "scan_labels"  # ONNX outputs of subtype bundles
-
-
-@dataclass
-class ModelOutputs:
-    """What the network says about one scan.
-
-    slice_probability: float64 (Z,) P(bleed) of each slice (the slice head; for a scan model, its
-        encoder's slice head).
-    features: float32 (Z, F) slice features (the SVM kinds classify these).
-    scan_probability: the scan model's P(bleed); None for slice models.
-    slice_labels: float64 (Z, L) label probabilities of each slice ("any" last, equal to
-        slice_probability) from a multi-label slice classifier of a subtype bundle, else None.
-    scan_labels: float64 (L,) the multi-label scan model's label probabilities ("any" last, equal
-        to scan_probability) of a subtype scan bundle, else None.
-    """
-
-    slice_probability: np.ndarray
-    features: np.ndarray
-    scan_probability: float | None
-    slice_labels: np.ndarray | None = None
-    scan_labels: np.ndarray | None = None
 
 
 def _as_tensor(seq: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -98,27 +76,13 @@ class TorchRuntime:
         x = _as_tensor(seq)
         if self.device.type == "cuda":
             x = x.pin_memory()
-        batch = self.slice_batch(x.shape[-1])
-        probs, feats, labels = [], [], []
-        scan = scan_labels = None
-        with self.mode.autocast():  # the slice encoder only
-            for i in range(0, x.shape[0], batch):
-                chunk = x[i:i + batch].to(self.device, non_blocking=True)
-                if self.channels_last:
-                    chunk = chunk.contiguous(memory_format=torch.channels_last)
-                out = self._slices(chunk)
-                probs.append(out[0].float())
-                feats.append(out[1].float())
-                if len(out) > 2:
-                    labels.append(out[2].float())
-        features = torch.cat(feats)
-        if self.sequence_graph is not None:  # fp32, outside autocast
-            seq_out = self.sequence_graph(features)
-            if isinstance(seq_out, tuple):
-                seq_out, scan_labels = seq_out[0], seq_out[1][0].double().cpu().numpy()
-            scan = float(seq_out[0])
-        return ModelOutputs(torch.cat(probs).double().cpu().numpy(), features.cpu().numpy(), scan,
-                            torch.cat(labels).double().cpu().numpy() if labels else None, scan_labels)
+
+        def prepare(chunk: torch.Tensor) -> torch.Tensor:
+            chunk = chunk.to(self.device, non_blocking=True)
+            return chunk.contiguous(memory_format=torch.channels_last) if self.channels_last else chunk
+
+        return run_graphs(self._slices, self.sequence_graph, x, self.slice_batch(x.shape[-1]), prepare,
+                          self.mode.autocast)
 
 
 def _inference_copy(model: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
@@ -149,7 +113,7 @@ class OnnxRuntime:
     The graph has inputs "slices" (N, C', S, S) and, for scan bundles, "features" (Z, F); its
     outputs are "slice_probability" (N,), "slice_features" (N, F) and "scan_probability" (1,),
     and for subtype bundles "slice_labels" (N, L) and/or "scan_labels" (1, L) (see
-    `ichdet.inference.graph.graph_labels`). The unused input of a call is fed empty, which
+    `ichdet.models.kinds.Kind.graph_labels`). The unused input of a call is fed empty, which
     onnxruntime skips at no cost. A file of a subtype bundle without the label outputs it needs
     (exported before ichdet wrote them) is refused: export it again.
     """
