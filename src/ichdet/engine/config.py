@@ -72,7 +72,9 @@ class OptimConfig:
     momentum: float = 0.9  # sgd only
     batch_size: int = 25  # global batch, split over processes
     epochs: int = 20
-    steps_per_epoch: int = 100  # balanced random sampling with replacement: an epoch is a step count
+    # balanced random sampling with replacement: an epoch is a step count; 0 = one pass over the
+    # training split, ceil(training scans / batch_size), resolved when the run opens (ichdet.engine.run)
+    steps_per_epoch: int = 100
     val_samples: int = 500  # slice stage: the paper's 500 random validation samples
     select_metric: str = "accuracy"  # best-by-validation checkpoint
     patience: int = 0  # epochs without improvement before stopping; 0 = run all epochs
@@ -142,9 +144,12 @@ class TrainConfig:
         if self.optim.select_metric not in SELECT_METRICS:
             raise InputError(f"config optim.select_metric must be one of {', '.join(SELECT_METRICS)}, "
                              f"got {self.optim.select_metric!r}")
-        for key in ("batch_size", "epochs", "steps_per_epoch"):
+        for key in ("batch_size", "epochs"):
             if getattr(self.optim, key) < 1:
                 raise InputError(f"config optim.{key} must be >= 1, got {getattr(self.optim, key)}")
+        if self.optim.steps_per_epoch < 0:
+            raise InputError(f"config optim.steps_per_epoch must be >= 1, or 0 for one pass over the training "
+                             f"split, got {self.optim.steps_per_epoch}")
         if not 0 < self.target_sensitivity <= 1:
             raise InputError(f"config target_sensitivity must be in (0, 1], got {self.target_sensitivity}")
         if self.data.context < 0:
@@ -269,16 +274,19 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "configs"  # the papers' exp
 
 
 def experiment_path(name: str | Path) -> Path:
-    """A config file, or the name of a shipped experiment ("3d_slice_cnn", "quick/2d_cnn")."""
+    """A config file, or a config's name without ".yaml": a shipped experiment ("3d_slice_cnn",
+    "quick/2d_cnn", "cv/2d_cnn", "demo/quick/3d_lstm2_e2e"; configs/README.md) or else a file
+    ("/my/configs/2d_cnn" -> /my/configs/2d_cnn.yaml)."""
     path = Path(name)
     if path.is_file() or path.suffix:
         return path  # a missing file is reported by the reader
-    shipped = EXPERIMENTS / f"{name}.yaml"
-    if shipped.is_file():
-        return shipped
+    for candidate in (EXPERIMENTS / f"{name}.yaml", path.with_name(f"{path.name}.yaml")):
+        if candidate.is_file():
+            return candidate
     known = ", ".join(sorted(p.stem for p in EXPERIMENTS.glob("*.yaml")))
     raise InputError(f"no config file {str(name)!r}, nor a shipped experiment of that name (known: {known}; "
-                     "quick/NAME for the laptop-sized ones)")
+                     "quick/NAME for the laptop-sized ones, cv/NAME and demo/NAME for what ichdet cv and "
+                     "ichdet demo train)")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:

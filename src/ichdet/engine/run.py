@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 
 from ichdet.engine.bundle import Bundle, load_bundle
 from ichdet.datasets.cache import PreparedCache
+from ichdet.datasets.manifest import read_manifest
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import split_by_patient, write_splits
 from ichdet.engine.checkpoint import LATEST
@@ -83,6 +85,18 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def resolve_steps_per_epoch(cfg: TrainConfig) -> TrainConfig:
+    """``optim.steps_per_epoch: 0`` -> one pass over the training split: ceil(training scans /
+    batch_size) (in place, so the saved config says what ran; `ichdet cv` trains its image
+    models so). Needs the data paths resolved (`resolve_paths`)."""
+    if cfg.optim.steps_per_epoch == 0:
+        d = cfg.data
+        splits = split_by_patient(read_manifest(d.manifest), d.val_fraction, d.test_fraction, d.split_seed)
+        n_train = sum(1 for s in splits.values() if s == "train")
+        cfg.optim.steps_per_epoch = max(1, math.ceil(n_train / cfg.optim.batch_size))
+    return cfg
+
+
 def resolve_source(init_from: str, out: Path) -> Bundle:
     """`init_from` (relative paths: to the run folder's parent) -> the bundle of that run."""
     path = Path(init_from)
@@ -106,7 +120,7 @@ def data_hash(cohort: PreparedCohort, splits: dict[str, str]) -> str:
 def open_run(cfg: TrainConfig, out: Path, resume: bool, info: DistInfo, show_progress: bool = True) -> Run:
     """Check the run folder, save the config, load the starting bundle, the cohort and the split,
     and prepare (cache) the training and validation scans."""
-    resolve_paths(cfg)
+    resolve_steps_per_epoch(resolve_paths(cfg))
     if (out / LATEST).exists() and not resume:
         raise InputError("run folder already holds a checkpoint; pass --resume to continue it or choose another --out", out)
     if resume and (out / LATEST).exists():

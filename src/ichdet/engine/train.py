@@ -39,9 +39,10 @@ def train_or_resume(cfg: TrainConfig, out: str | Path, show_progress: bool = Tru
     cfg.validate()
     done = False
     if meta.is_file() and saved.is_file():
-        from ichdet.engine.run import check_resume, resolve_paths
+        from ichdet.engine.run import check_resume, resolve_paths, resolve_steps_per_epoch
 
-        check_resume(resolve_paths(cfg), out)  # a finished run of another config is an error, not a result
+        # a finished run of another config is an error, not a result
+        check_resume(resolve_steps_per_epoch(resolve_paths(cfg)), out)
         done = not latest.exists() or meta.stat().st_mtime >= latest.stat().st_mtime
     bundle = out / "bundle" if done else train(cfg, out, resume=latest.exists(), show_progress=show_progress)
     if not keep_checkpoints:
