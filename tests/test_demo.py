@@ -5,30 +5,53 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from sklearn.metrics import roc_auc_score
 
 from ichdet.engine.bundle import load_bundle
-from ichdet.demo import PROPOSED, ROWS_3D, ROWS_SUBTYPES, SUBTYPE_ORDER, TRAIN_ORDER, Profile, run_demo
+from ichdet.engine.config import EXPERIMENTS, load_config
+from ichdet.demo import FULL, PROPOSED, QUICK, ROWS_3D, ROWS_SUBTYPES, SUBTYPE_ORDER, TRAIN_ORDER, Profile, run_demo
+from ichdet.evaluation.cv import MODELS
 from ichdet.metrics import SUBTYPE_LABELS, rsna_log_loss
 
-FAST = ["threads=1", "precision=fp32", "channels_last=false", "optim.batch_size=4", "optim.val_samples=24"]
-TINY = Profile(
-    scans=30, size=64, slices=8, difficulty=0.2,
-    sets={"3d_slice_cnn": ["data.size=64", "model.kwargs={base_width: 2, feature_dim: 16}", "optim.epochs=1",
-                           "optim.steps_per_epoch=2", *FAST],
-          "3d_lstm": ["data.size=64", "model.kwargs.hidden=8", "optim.epochs=1", "optim.steps_per_epoch=2", *FAST],
-          "3d_e2e": ["data.size=64", "model.kwargs.hidden=8", "model.kwargs.encoder_kw.base_width=2",
-                     "model.kwargs.encoder_kw.feature_dim=16",
-                     "optim.epochs=1", "optim.steps_per_epoch=2", *FAST]},
-    cv_folds=2, cv_epochs={"cnn": 1, "alexnet": 1}, cv_images=16, cv_size=64,
-    cv_sets=["threads=1", "precision=fp32", "channels_last=false"],
-)
+CV_2D = tuple(MODELS.values())  # the 2D experiments the demo cross-validates
+FAST = {"threads": 1, "precision": "fp32", "channels_last": False}
+SMALL_3D = {"data": {"size": 64}, "optim": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 4, "val_samples": 24},
+            **FAST}
+TINY = {  # experiment name prefix -> what shrinks it, over its configs/demo/quick config
+    "3d_slice_cnn": {**SMALL_3D, "model": {"kwargs": {"base_width": 2, "feature_dim": 16, "dropout": 0.5}}},
+    "3d_lstm": {**SMALL_3D, "model": {"kwargs": {"hidden": 8}}},
+    "3d_e2e": {**SMALL_3D, "model": {"kwargs": {"hidden": 8, "encoder_kw": {"base_width": 2, "feature_dim": 16}}}},
+    "3d_": {},
+    "2d_alexnet_svm": FAST,
+    "2d_": {"data": {"size": 64}, "optim": {"epochs": 1}, **FAST},
+}
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def tiny(tmp_path_factory) -> Profile:
+    """A tiny profile whose configs (a folder of NAME.yaml) shrink the quick demo's."""
+    folder = tmp_path_factory.mktemp("tiny_configs")
+    for name in TRAIN_ORDER + SUBTYPE_ORDER + CV_2D:
+        shrink = next(v for prefix, v in TINY.items() if name.startswith(prefix))
+        base = EXPERIMENTS / "demo" / "quick" / f"{name}.yaml"
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump({"base": str(base), **shrink}))
+    return Profile(scans=30, size=64, slices=8, difficulty=0.2, configs=str(folder), cv_folds=2, cv_images=16)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, tiny):
     out = tmp_path_factory.mktemp("demo")
-    return out, run_demo(out, seed=3, show_progress=False, profile=TINY)
+    return out, run_demo(out, seed=3, show_progress=False, profile=tiny)
+
+
+def test_every_profile_names_a_config_for_every_model():
+    """The demo's recipes are configs (configs/demo/, configs/demo/quick/), one per experiment."""
+    for profile in (QUICK, FULL):
+        for name in TRAIN_ORDER + SUBTYPE_ORDER + CV_2D:
+            assert load_config(f"{profile.configs}/{name}", ["data.manifest=m.csv"]).experiment == name
+    assert (load_config("demo/quick/3d_lstm2_e2e").optim.epochs, load_config("demo/3d_lstm2_e2e").optim.epochs) == (4, 16)
+    assert (load_config("demo/quick/2d_cnn").optim.epochs, load_config("demo/2d_cnn").optim.epochs) == (30, 40)
 
 
 def test_every_3d_row_is_filled_on_the_test_split(demo):
@@ -149,18 +172,18 @@ def test_every_model_is_kept_as_a_loadable_bundle(demo):
     assert not load_bundle(out / "bundles" / "2d_cnn").has_subtypes
 
 
-def test_a_second_run_reuses_every_trained_model(demo):
+def test_a_second_run_reuses_every_trained_model(demo, tiny):
     out, first = demo
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/bundle/bundle.json")}
-    again = run_demo(out, seed=3, show_progress=False, profile=TINY)
+    again = run_demo(out, seed=3, show_progress=False, profile=tiny)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again["models"][PROPOSED]["auc"] == pytest.approx(first["models"][PROPOSED]["auc"])
 
 
-def test_demo_on_a_given_manifest_skips_the_synthetic_cohort(demo):
+def test_demo_on_a_given_manifest_skips_the_synthetic_cohort(demo, tiny):
     out, first = demo
     manifest = out / "cohort" / "manifest.csv"
-    again = run_demo(out, seed=3, show_progress=False, profile=TINY, data=manifest)  # same runs: all reused
+    again = run_demo(out, seed=3, show_progress=False, profile=tiny, data=manifest)  # same runs: all reused
     assert again["synthetic"] is False and again["seconds"]["synth"] == 0.0
     assert again["data"]["manifest"] == str(manifest.resolve()) and "scans" not in again["data"]
     md = (out / "report" / "report.md").read_text()

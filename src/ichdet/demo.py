@@ -3,10 +3,11 @@ OUT/report/index.html + report.md, and every trained model as OUT/bundles/NAME.
 
 ```
 OUT/cohort/          the synthetic cohort (DICOM series, manifest.csv, slice_labels.csv)
-OUT/runs/NAME/       one training run per 3D experiment (configs/quick/NAME.yaml; resumable), the
-                     subtype experiments (NAME_subtypes) too when the manifest has subtype columns
+OUT/runs/NAME/       one training run per 3D experiment (configs/demo/quick/NAME.yaml, configs/demo/NAME.yaml
+                     without --quick; resumable), the subtype experiments (NAME_subtypes) too when the
+                     manifest has subtype columns
 OUT/images2d/        one PNG per scan + labels.csv: the 2D paper's setting
-OUT/cv/              `ichdet cv` on those images (CNN vs AlexNet vs AlexNet-SVM)
+OUT/cv/              `ichdet cv` on those images (CNN vs AlexNet vs AlexNet-SVM; the same config folder)
 OUT/bundles/NAME/    every trained model, ready for `ichdet predict` / `serve` / `evaluate`
 OUT/report/          index.html, report.md, metrics.json, ROC figures
 ```
@@ -18,7 +19,7 @@ import datetime as _dt
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -52,37 +53,24 @@ FIGURE4 = ("3d_lstm1_frozen", "3d_lstm2_frozen", "3d_lstm1_e2e", "3d_lstm2_e2e",
 
 @dataclass(frozen=True)
 class Profile:
-    """How big the demo is: the cohort, the per-experiment overrides, the 2D cross-validation."""
+    """How big the demo is: the cohort, the folder of every model's config, the 2D cross-validation."""
 
     scans: int
     size: int  # synthetic in-plane pixels
     slices: int
     difficulty: float
-    sets: dict[str, list[str]] = field(default_factory=dict)  # experiment prefix -> --set overrides
+    configs: str  # a load_config name: the folder holding every experiment's config (3D and 2D) as NAME.yaml
     cv_folds: int = 5
-    cv_epochs: dict[str, int] = field(default_factory=dict)
     cv_images: int | None = None
-    cv_sets: list[str] = field(default_factory=list)  # --set overrides of every 2D model
-    cv_size: int | None = None
     cv_subtypes: tuple[str, ...] = ("cnn-subtypes",)  # 2D subtype models cross-validated beside the binary ones
 
 
-QUICK = Profile(scans=200, size=256, slices=16, difficulty=0.3,
-                sets={"3d_slice_cnn": ["optim.epochs=12"],
-                      "3d_lstm": ["optim.epochs=4", "optim.steps_per_epoch=40"],
-                      "3d_e2e": ["optim.epochs=4", "optim.steps_per_epoch=40"]},
-                cv_folds=3, cv_epochs={"cnn": 30, "alexnet": 6, "cnn-subtypes": 60}, cv_images=120)
-FULL = Profile(scans=300, size=256, slices=24, difficulty=0.3,
-               sets={"3d_": ["optim.epochs=16"]}, cv_folds=5, cv_epochs={"cnn": 40, "alexnet": 15, "cnn-subtypes": 80},
-               cv_images=200)
+QUICK = Profile(scans=200, size=256, slices=16, difficulty=0.3, configs="demo/quick", cv_folds=3, cv_images=120)
+FULL = Profile(scans=300, size=256, slices=24, difficulty=0.3, configs="demo", cv_folds=5, cv_images=200)
 
 
 def _log(msg: str) -> None:
     print(f"demo: {msg}", file=sys.stderr, flush=True)
-
-
-def _sets(profile: Profile, name: str) -> list[str]:
-    return [s for prefix, sets in profile.sets.items() if name.startswith(prefix) for s in sets]
 
 
 def make_data(out: Path, profile: Profile, seed: int) -> Path:
@@ -114,8 +102,8 @@ def train_3d(out: Path, manifest: Path, profile: Profile, show_progress: bool,
     for name in names:
         t0 = time.perf_counter()
         _log(f"3D: {name}")
-        cfg = load_config(f"quick/{name}", [f"data.manifest={manifest}", f"data.cache={out / 'cache'}",
-                                            *_sets(profile, name), *overrides])
+        cfg = load_config(f"{profile.configs}/{name}", [f"data.manifest={manifest}", f"data.cache={out / 'cache'}",
+                                                         *overrides])
         train_or_resume(cfg, out / "runs" / name, show_progress=show_progress, keep_checkpoints=False)
         seconds[name] = time.perf_counter() - t0
     return seconds
@@ -197,8 +185,7 @@ def run_2d(out: Path, manifest: Path, profile: Profile, seed: int, show_progress
     subtypes = list(profile.cv_subtypes) if has_subtypes(manifest) else []
     labels = export_image_set(manifest, out / "images2d", seed=seed, limit=profile.cv_images, subtypes=bool(subtypes))
     opts = CVOptions(models=("cnn", "alexnet", "alexnet-svm", *subtypes), folds=profile.cv_folds, seed=seed,
-                     epochs=profile.cv_epochs, quick=True, size=profile.cv_size,
-                     overrides=[*profile.cv_sets, *overrides], show_progress=show_progress)
+                     quick=True, configs=profile.configs, overrides=list(overrides), show_progress=show_progress)
     return cross_validate(out / "images2d" / "images", labels, out / "cv", opts)
 
 

@@ -1,14 +1,24 @@
 """Config files: base chains, --set overrides, type checks and the exact error messages."""
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ichdet.engine.config import TrainConfig, dump_config, load_config
+from ichdet.engine.run import resolve_paths, resolve_steps_per_epoch
 from ichdet.errors import InputError
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+# what a folder's configs may change in the config each names as `base:` (configs/README.md)
+RUN_CHANGES = {
+    "cv": {"data.crop_head", "data.slice_labels", "model.weights", "model.init_from", "optim.epochs",
+           "optim.steps_per_epoch", "optim.select_metric", "optim.patience"},
+    "demo": {"optim.epochs", "optim.steps_per_epoch"},
+}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -97,10 +107,65 @@ def test_missing_and_broken_files(tmp_path):
         load_config(tmp_path / "bad.yaml")
 
 
-def test_shipped_experiments_load_by_name():
+def test_shipped_experiments_load_by_name(tmp_path):
     by_name = load_config("quick/3d_slice_cnn", ["data.manifest=x.csv"])
     by_path = load_config(CONFIGS / "quick" / "3d_slice_cnn.yaml", ["data.manifest=x.csv"])
     assert by_name == by_path and by_name.data.size == 128
+    for name in ("cv/2d_cnn", "cv/quick/2d_alexnet_svm", "demo/3d_lstm2_e2e", "demo/quick/2d_cnn_subtypes"):
+        assert load_config(name) == load_config(CONFIGS / f"{name}.yaml"), name
+    (tmp_path / "mine.yaml").write_text("base: " + str(CONFIGS / "cv" / "2d_cnn.yaml") + "\n")
+    assert load_config(tmp_path / "mine") == load_config("cv/2d_cnn")  # a file named without .yaml
     with pytest.raises(InputError, match=r"^no config file '3d_nothing', nor a shipped experiment of that name \(known: "
                                          r"2d_alexnet, 2d_alexnet_subtypes, 2d_alexnet_svm, 2d_cnn, 2d_cnn_subtypes, "):
         load_config("3d_nothing")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "kwargs" else {prefix + k: v})
+    return out
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "cv").rglob("*.yaml")) + sorted((CONFIGS / "demo").rglob("*.yaml")),
+                         ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_cv_and_demo_configs_change_only_their_runs_terms(path):
+    """configs/cv and configs/demo name their base and change only how it is run, not the model."""
+    base = yaml.safe_load(path.read_text())["base"]
+    ours, theirs = _flat(load_config(path).to_dict()), _flat(load_config(path.parent / base).to_dict())
+    changed = {k for k in ours if ours[k] != theirs[k]}
+    assert changed <= RUN_CHANGES[path.relative_to(CONFIGS).parts[0]], changed
+    assert ours["experiment"] == path.stem  # the experiment's own name: bundles and reports say 2d_cnn
+
+
+def test_cv_configs_are_the_recipe_ichdet_cv_trains():
+    for quick in ("", "quick/"):
+        cnn, alex, svm = (load_config(f"cv/{quick}{n}") for n in ("2d_cnn", "2d_alexnet", "2d_alexnet_svm"))
+        for cfg in (cnn, alex):
+            assert (cfg.data.crop_head, cfg.data.slice_labels, cfg.model.weights) == (True, "", "")
+            assert (cfg.optim.steps_per_epoch, cfg.optim.select_metric, cfg.optim.patience) == (0, "auc", 0)
+        assert (svm.model.init_from, svm.data.slice_labels) == ("alexnet", "")  # the fold's AlexNet run
+    assert [load_config(f"cv/{n}").optim.epochs for n in ("2d_cnn", "2d_alexnet", "2d_cnn_subtypes")] == [30, 10, 30]
+    assert load_config("cv/quick/2d_cnn").optim.epochs == load_config("quick/2d_cnn").optim.epochs
+
+
+def test_steps_per_epoch_zero_is_one_pass_over_the_training_split(tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text("scan_id,patient_id,path,label,split\n" + "".join(
+        f"s{i},p{i},s{i}.png,{i % 2},{'train' if i < 51 else 'val'}\n" for i in range(60)))
+    cfg = load_config(None, [f"data.manifest={m}", "optim.steps_per_epoch=0", "optim.batch_size=25"])
+    assert resolve_steps_per_epoch(resolve_paths(cfg)).optim.steps_per_epoch == 3  # ceil(51 / 25)
+    one = load_config(None, [f"data.manifest={m}", "optim.steps_per_epoch=0", "optim.batch_size=64"])
+    assert resolve_steps_per_epoch(one).optim.steps_per_epoch == 1
+    assert resolve_steps_per_epoch(load_config(None, [f"data.manifest={m}"])).optim.steps_per_epoch == 100  # as given
+    with pytest.raises(InputError, match=r"optim.steps_per_epoch must be >= 1, or 0 for one pass over the training "
+                                         r"split, got -1"):
+        load_config(None, ["optim.steps_per_epoch=-1"])
+
+
+def test_package_data_ships_every_config():
+    """pyproject's package-data globs take every file under src/ichdet/configs into the wheel."""
+    package = ROOT / "src" / "ichdet"
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ichdet"]
+    shipped = {p for g in globs for p in package.glob(g)}
+    assert {p for p in (package / "configs").rglob("*") if p.is_file()} <= shipped

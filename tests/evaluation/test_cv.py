@@ -22,9 +22,10 @@ from ichdet.evaluation.cv import (
     CVOptions, _order, assign_folds, cross_validate, fold_jobs, fold_manifest, model_config, patient_column,
     requested,
 )
-from ichdet.datasets.manifest import ManifestRow, read_manifest
+from ichdet.datasets.manifest import ManifestRow, read_manifest, write_manifest
 from ichdet.datasets.splits import read_splits
 from ichdet.engine import load_config
+from ichdet.engine.run import resolve_paths, resolve_steps_per_epoch
 from ichdet.errors import InputError
 from ichdet.evaluation.evaluate import evaluate_images
 from ichdet.metrics import SUBTYPE_LABELS, delong_test, roc_auc, rsna_log_loss
@@ -133,31 +134,44 @@ def test_fold_manifest_holds_out_one_fold(tmp_path):
     assert {r.extra["split"] for r in read_manifest(final)} == {"train", "val"}  # no test fold
 
 
+def _split_manifest(path: Path, n_train: int, n_val: int) -> Path:
+    rows = [ManifestRow(f"s{i}", f"p{i}", f"s{i}.png", i % 2, extra={"split": "train" if i < n_train else "val"})
+            for i in range(n_train + n_val)]
+    return write_manifest(path, rows)
+
+
 def test_model_config_per_model(tmp_path):
-    m = tmp_path / "manifest.csv"
+    m = _split_manifest(tmp_path / "manifest.csv", 60, 15)
     opts = _opts(weights="", epochs=3, size=96)
-    cnn = model_config("cnn", m, 60, opts, tmp_path / "cache")
+    cnn = model_config("cnn", m, opts, tmp_path / "cache")
+    assert cnn.experiment == "2d_cnn" and cnn.optim.steps_per_epoch == 0  # one pass, resolved when the run opens
     batch = load_config("quick/2d_cnn").optim.batch_size
-    assert cnn.experiment == "2d_cnn" and cnn.optim.steps_per_epoch == math.ceil(60 / batch)
+    assert resolve_steps_per_epoch(resolve_paths(cnn)).optim.steps_per_epoch == math.ceil(60 / batch)
     assert (cnn.optim.epochs, cnn.data.size, cnn.data.crop_head, cnn.optim.patience) == (3, 96, True, 0)
     assert (cnn.threads, cnn.precision, cnn.channels_last, cnn.target_sensitivity) == (1, "fp32", False, 0.9)
-    assert cnn.data.manifest == str(m) and cnn.data.slice_labels == ""
-    alex = model_config("alexnet", m, 60, opts, tmp_path / "cache")
+    assert cnn.data.manifest == str(m) and cnn.data.slice_labels == "" and cnn.optim.select_metric == "auc"
+    alex = model_config("alexnet", m, opts, tmp_path / "cache")
     assert alex.experiment == "2d_alexnet" and alex.model.weights == "" and alex.data.size == 96
-    svm = model_config("alexnet-svm", m, 60, opts, tmp_path / "cache")
+    svm = model_config("alexnet-svm", m, opts, tmp_path / "cache")
     assert svm.stage == "svm" and svm.model.init_from == "alexnet" and svm.experiment == "2d_alexnet_svm"
-    full = model_config("cnn", m, 60, _opts(quick=False, epochs=None, size=None), tmp_path / "cache")
-    assert (full.optim.epochs, full.data.size) == (30, 256)  # the full 2d_cnn config's
+    full = _opts(quick=False, epochs=None, size=None)
+    assert load_config("cv/2d_cnn", [f"data.manifest={m}", f"data.cache={tmp_path / 'cache'}", "seed=0", *TINY]) == \
+        model_config("cnn", m, full, tmp_path / "cache")  # configs/cv/2d_cnn.yaml, the run's values, --set
+    assert [model_config(n, m, full, tmp_path / "cache").optim.epochs for n in ("cnn", "alexnet")] == [30, 10]
+    assert model_config("cnn", m, full, tmp_path / "cache").data.size == 256  # the full 2d_cnn config's
     # the subtype models: their network's epochs and weights, the multi-label head and the RSNA loss
     per_net = _opts(weights="w.pt", epochs={"cnn": 4, "alexnet": 2})
-    sub = model_config("alexnet-subtypes", m, 60, per_net, tmp_path / "cache")
+    sub = model_config("alexnet-subtypes", m, per_net, tmp_path / "cache")
     assert (sub.experiment, sub.model.weights, sub.optim.epochs) == ("2d_alexnet_subtypes", "w.pt", 2)
     assert (sub.model.labels, sub.optim.loss, sub.data.crop_head) == ("subtypes", "rsna", True)
-    assert model_config("cnn-subtypes", m, 60, per_net, tmp_path / "cache").optim.epochs == 4
+    assert model_config("cnn-subtypes", m, per_net, tmp_path / "cache").optim.epochs == 4
+    demo = _opts(configs="demo/quick", epochs=None, size=None)  # `ichdet demo`'s own folder of configs
+    assert model_config("cnn", m, demo, tmp_path / "cache") == load_config(
+        "demo/quick/2d_cnn", [f"data.manifest={m}", f"data.cache={tmp_path / 'cache'}", "seed=0", *TINY])
 
 
 def test_model_config_top_level_overrides_reach_the_svm(tmp_path):
-    svm = model_config("alexnet-svm", tmp_path / "m.csv", 60, _opts(), tmp_path / "cache")
+    svm = model_config("alexnet-svm", tmp_path / "m.csv", _opts(), tmp_path / "cache")
     assert (svm.threads, svm.precision, svm.channels_last, svm.target_sensitivity) == (1, "fp32", False, 0.9)
 
 
@@ -331,6 +345,31 @@ def test_second_run_reuses_the_finished_runs(images, cv_run, monkeypatch):
     # another config for an existing run folder is an error, not a silent reuse
     with pytest.raises(InputError, match="cannot resume with a different config; changed: optim.epochs"):
         cross_validate(img, labels, out, _opts(epochs=2))
+
+
+def test_ichdet_train_on_the_cv_config_reproduces_the_cv_run(cv_run, tmp_path):
+    """`ichdet train cv/quick/NAME` with the run's data and seed and cv's options as --set trains the
+    model cv trained: the same resolved config, key by key, and the same weights."""
+    import torch
+    import yaml
+
+    out, _ = cv_run
+    fold = out / "folds" / "0"
+    shutil.copytree(fold / "alexnet", tmp_path / "alexnet")  # the SVM's model.init_from: a sibling run
+    run_values = [f"data.manifest={fold / 'manifest.csv'}", f"data.cache={out / 'cache'}", "seed=0"]
+    for name, options in (("cnn", ["optim.epochs=1", "data.size=64"]), ("alexnet-svm", [])):
+        argv = ["train", f"cv/quick/{MODELS_ALL[name]}", "--out", str(tmp_path / name), "--quiet"]
+        assert cli(argv + [a for s in run_values + options + TINY for a in ("--set", s)]) == 0
+        cv_trained = yaml.safe_load((fold / name / "config.yaml").read_text())
+        trained = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
+        for section, values in cv_trained.items():
+            for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
+                got = trained[section] if key is None else trained[section][key]
+                assert got == value, (name, section, key)
+        assert trained == cv_trained
+    ours = torch.load(tmp_path / "cnn" / "bundle" / "weights.pt", weights_only=True)
+    theirs = torch.load(fold / "cnn" / "bundle" / "weights.pt", weights_only=True)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 # ---------------------------------------------------------------- CLI

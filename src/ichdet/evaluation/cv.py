@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -40,18 +39,15 @@ from ichdet.datasets.splits import split_by_patient
 from ichdet.errors import InputError
 from ichdet.evaluation.cv_results import write_cv_outputs
 
-MODELS = {"cnn": "2d_cnn", "alexnet": "2d_alexnet", "alexnet-svm": "2d_alexnet_svm",  # name -> experiment
+# name -> its config in configs/cv/ (configs/cv/quick/ with --quick): the experiment on cv's terms
+MODELS = {"cnn": "2d_cnn", "alexnet": "2d_alexnet", "alexnet-svm": "2d_alexnet_svm",
           "cnn-subtypes": "2d_cnn_subtypes", "alexnet-subtypes": "2d_alexnet_subtypes"}
 BINARY_MODELS = ("cnn", "alexnet", "alexnet-svm")  # the 2D paper's comparison
 SUBTYPE_MODELS = ("cnn-subtypes", "alexnet-subtypes")
-NETWORK = {"cnn-subtypes": "cnn", "alexnet-subtypes": "alexnet"}  # a subtype model's network (epochs, weights)
+NETWORK = {"cnn-subtypes": "cnn", "alexnet-subtypes": "alexnet"}  # a subtype model's network (--epochs, --weights)
 DISPLAY_NAMES = {"cnn": "CNN from scratch", "alexnet": "AlexNet, fine-tuned", "alexnet-svm": "AlexNet-SVM",
           "cnn-subtypes": "CNN from scratch, subtype head", "alexnet-subtypes": "AlexNet, fine-tuned, subtype head"}
 PATIENT_COLUMNS = ("patient", "patient_id", "patientid", "patient id", "subject", "subject_id")
-# passes over the training images when --epochs is not given: fine-tuning a pretrained AlexNet
-# needs few; 200 images x 3 models x (5 folds + final) then take about 15 minutes on 2 cores of an
-# AMX Xeon in bf16 and about 35 in fp32 on an AVX2 CPU (README, Precision)
-CV_EPOCHS = {"cnn": 30, "alexnet": 10}
 MAX_AUTO_JOBS = 4  # training runs at once by default (memory: about 2 GB each with AlexNet)
 
 
@@ -64,11 +60,12 @@ class CVOptions:
     folds: int = 5
     seed: int = 0
     weights: str = ""  # alexnet: "imagenet" or a local file; "" = random initialisation
-    epochs: int | Mapping[str, int] | None = None  # passes over the training images, or per model; None: CV_EPOCHS
+    epochs: int | Mapping[str, int] | None = None  # passes over the training images, or per model; None: the configs'
 
     size: int | None = None
     val_fraction: float = 0.2  # of the training folds' patients, for epoch selection + operating point
-    quick: bool = False  # the configs in configs/quick
+    quick: bool = False  # the configs in configs/cv/quick (else configs/cv)
+    configs: str = ""  # another folder of the models' configs (`ichdet demo`: "demo/quick"; load_config names)
     final: bool = True  # also train every model on all images -> OUT/bundles/NAME
     overrides: list[str] = field(default_factory=list)
     show_progress: bool = True
@@ -122,29 +119,25 @@ def fold_manifest(rows: Sequence[ManifestRow], root: Path, fold_of: dict[str, in
     return write_manifest(path, out)
 
 
-def model_config(name: str, manifest: Path, n_train: int, opts: CVOptions, cache: Path):
-    """The experiment config of model `name` for one training run on an image manifest."""
+def model_config(name: str, manifest: Path, opts: CVOptions, cache: Path):
+    """Model `name`'s config for one training run on an image manifest: configs/cv/NAME (cv/quick/
+    with `opts.quick`, or `opts.configs`), overridden by the run (data.manifest, data.cache, seed)
+    and the options (--epochs, --size, --weights, then --set). The same as
+    `ichdet train cv/2d_cnn --set data.manifest=M --set data.cache=C --set seed=S`."""
     from ichdet.engine.config import load_config
 
-    experiment = ("quick/" if opts.quick else "") + MODELS[name]
-    sets = [f"data.manifest={manifest}", f"data.cache={cache}", "data.slice_labels=", f"seed={opts.seed}"]
+    folder = opts.configs or ("cv/quick" if opts.quick else "cv")
+    sets = [f"data.manifest={manifest}", f"data.cache={cache}", f"seed={opts.seed}"]
     network = NETWORK.get(name, name)
     if name != "alexnet-svm":
-        sets += ["data.crop_head=true", "optim.patience=0",
-                 "optim.select_metric=auc"]  # accuracy ties at 0.5 on a few dozen validation images
-        batch = load_config(experiment).optim.batch_size
-        sets.append(f"optim.steps_per_epoch={max(1, math.ceil(n_train / batch))}")  # an epoch = one pass
-        epochs = opts.epochs if opts.epochs is not None else ({} if opts.quick else CV_EPOCHS)
-        epochs = epochs.get(name, epochs.get(network)) if isinstance(epochs, Mapping) else epochs
+        epochs = opts.epochs.get(name, opts.epochs.get(network)) if isinstance(opts.epochs, Mapping) else opts.epochs
         sets += [f"optim.epochs={epochs}"] if epochs else []
         sets += [f"data.size={opts.size}"] if opts.size else []
-    if network == "alexnet":
+    if network == "alexnet" and opts.weights:
         sets.append(f"model.weights={opts.weights}")
-    if name == "alexnet-svm":
-        sets.append("model.init_from=alexnet")
     network_only = ("data.", "model.", "optim.")  # the SVM stage takes its data and network from its AlexNet
     extra = [o for o in opts.overrides if name != "alexnet-svm" or not o.startswith(network_only)]
-    return load_config(experiment, sets + extra)
+    return load_config(f"{folder}/{MODELS[name]}", sets + extra)
 
 
 def requested(opts: CVOptions) -> list[str]:
@@ -167,10 +160,9 @@ def _log(msg: str) -> None:
 def _train_all(manifest: Path, folder: Path, models: list[str], opts: CVOptions, cache: Path) -> dict[str, Path]:
     from ichdet.engine.train import train_or_resume
 
-    n_train = sum(1 for r in read_manifest(manifest) if r.extra.get("split") == "train")
     out = {}
     for name in models:
-        cfg = model_config(name, manifest, n_train, opts, cache)
+        cfg = model_config(name, manifest, opts, cache)
         out[name] = train_or_resume(cfg, folder / name, show_progress=opts.show_progress, keep_checkpoints=False)
     return out
 
