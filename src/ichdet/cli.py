@@ -371,7 +371,9 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-column", help="the 0/1 label column (default: the only 0/1 column besides the id)")
     p.add_argument("--id-column", help="the id column matching file stems (default: the first column)")
     p.add_argument("--patient-column", help="group folds by this column (default: a column named patient, "
-                                            "patient_id or subject, else each image is its own patient)")
+                                            "patient_id, patientid, patient id, subject or subject_id, as "
+                                            "`ichdet prepare folder` finds it, else each image is its own "
+                                            "patient, with a warning)")
     p.add_argument("--model", choices=["cnn", "alexnet", "alexnet-svm", "cnn-subtypes", "alexnet-subtypes", "all"],
                    default="all", help="one model, or all three of the 2D paper (default)")
     p.add_argument("--subtypes", action="store_true",

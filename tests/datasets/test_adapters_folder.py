@@ -1,6 +1,8 @@
-"""Image-folder adapter: Kaggle head_ct layout, zero-padded ids, stray header spaces, label column choice."""
+"""Image-folder adapter: Kaggle head_ct layout, zero-padded ids, stray header spaces, label and patient
+column choice."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +10,10 @@ import pytest
 from PIL import Image
 
 from ichdet.datasets.adapters import prepare_folder
-from ichdet.datasets.adapters.folder import id_key
+from ichdet.datasets.adapters.common import read_csv
+from ichdet.datasets.adapters.folder import find_patient_column, id_key
 from ichdet.datasets.manifest import read_manifest
-from ichdet.errors import InputError
+from ichdet.errors import InputError, InputWarning
 
 
 def write_png(path: Path, mode: str, size: tuple[int, int] = (12, 10), fmt: str = "PNG") -> None:
@@ -54,6 +57,36 @@ def test_padded_ids_match_plain_stems_and_patient_column(tmp_path: Path) -> None
         ("12", "P1", 0, "img/12.jpg"), ("7", "P1", 1, "img/7.jpg")]
     # A second run does not take its own manifest for the labels CSV.
     assert prepare_folder(src, src / "manifest.csv", patient_column="patient") == out
+
+
+def test_patient_column_found_by_its_usual_names(tmp_path: Path) -> None:
+    for header, expected in (("id,patient,hemorrhage", "patient"), ("id, Patient ID ,label", "Patient ID"),
+                             ("\ufeffname,SUBJECT,y", "SUBJECT"), ("id,subject_id,patientid", "subject_id"),
+                             ("id,label,patients", None)):
+        (tmp_path / "l.csv").write_text(header + "\n", encoding="utf-8")
+        assert find_patient_column(read_csv(tmp_path / "l.csv")) == expected, header
+
+
+def test_patient_column_groups_images_and_an_explicit_one_wins(tmp_path: Path) -> None:
+    src = tmp_path / "set"
+    for i in range(3):
+        write_png(src / f"{i}.png", "L")
+    (src / "labels.csv").write_text("id,Patient_ID,site,label\n0,P1,A,1\n1,P1,B,0\n2,P2,A,0\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)  # a patient column found: no warning
+        rows = read_manifest(prepare_folder(src, tmp_path / "m.csv"))
+    assert [(r.scan_id, r.patient_id, r.label) for r in rows] == [("0", "P1", 1), ("1", "P1", 0), ("2", "P2", 0)]
+    rows = read_manifest(prepare_folder(src, tmp_path / "m.csv", patient_column="site"))
+    assert [r.patient_id for r in rows] == ["A", "B", "A"]
+
+
+def test_no_patient_column_warns_once(kaggle: Path, tmp_path: Path) -> None:
+    with pytest.warns(InputWarning) as caught:
+        rows = read_manifest(prepare_folder(kaggle, tmp_path / "m.csv"))
+    assert [str(w.message) for w in caught if w.category is InputWarning] == [
+        f"{kaggle / 'labels.csv'}: no patient column (named patient, patient_id, patientid, patient id, subject, "
+        f"subject_id, or given by --patient-column): each image is its own patient"]
+    assert [r.patient_id for r in rows] == [r.scan_id for r in rows] == ["000", "001", "002", "003"]
 
 
 def test_ambiguous_label_columns_listed(kaggle: Path, tmp_path: Path) -> None:

@@ -7,12 +7,15 @@ only other column holding just 0/1. The Kaggle layout `SRC/head_ct/[head_ct/]*.p
 images are SRC itself or the only folder below it that holds images. Columns named like the
 subtypes (epidural, intraparenchymal, intraventricular, subarachnoid, subdural; case and spaces
 ignored) are carried into the manifest as the images' subtype labels (an empty cell: unknown),
-and are not label candidates while another 0/1 column is.
+and are not label candidates while another 0/1 column is. `patient_column`, or else the first column
+with a usual patient name (`PATIENT_COLUMNS`, case and spaces ignored), groups a patient's images;
+without one each image is its own patient (an `InputWarning` says so).
 """
 from __future__ import annotations
 
 import argparse
 import re
+import warnings
 from pathlib import Path
 
 import pydicom
@@ -24,10 +27,11 @@ from ichdet.datasets.adapters.common import (
 )
 from ichdet.datasets.adapters.dicom_headers import READ_ERRORS
 from ichdet.datasets.manifest import SUBTYPES, ManifestRow
-from ichdet.errors import InputError
+from ichdet.errors import InputError, InputWarning
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".bmp", ".tif", ".tiff")
 SEARCH_DEPTH = 3  # folder levels below SRC searched for images and a CSV
+PATIENT_COLUMNS = ("patient", "patient_id", "patientid", "patient id", "subject", "subject_id")
 
 
 def id_key(value: str) -> str:
@@ -95,6 +99,11 @@ def subtype_columns(table: CsvTable) -> dict[str, str]:
     return {c.strip().lower(): c for c in table.header if c.strip().lower() in SUBTYPES}
 
 
+def find_patient_column(table: CsvTable) -> str | None:
+    """The first column named like `PATIENT_COLUMNS` (case and spaces ignored), or None."""
+    return next((c for c in table.header if c.strip().lower() in PATIENT_COLUMNS), None)
+
+
 def pick_label_column(table: CsvTable, exclude: list[str]) -> str:
     """The only column (besides `exclude`) whose values are all 0/1, subtype columns counted only when
     no other column is; InputError listing candidates."""
@@ -133,7 +142,7 @@ def prepare_folder(src: str | Path, out: str | Path, *, labels: str | Path | Non
                                          Path(images) if images else None, (out, slices_path(out)))
     table = read_csv(labels_path, "labels CSV")
     id_col = _column(table, id_column, "--id-column") if id_column else table.header[0]
-    patient_col = _column(table, patient_column, "--patient-column") if patient_column else None
+    patient_col = _column(table, patient_column, "--patient-column") if patient_column else find_patient_column(table)
     label_col = (_column(table, label_column, "--label-column") if label_column
                  else pick_label_column(table, [id_col] + ([patient_col] if patient_col else [])))
     subtype_cols = {k: c for k, c in subtype_columns(table).items() if c not in (id_col, label_col, patient_col)}
@@ -178,7 +187,11 @@ def prepare_folder(src: str | Path, out: str | Path, *, labels: str | Path | Non
     summary.skip("images without label", len(no_label))
     if not rows and not problems:
         raise InputError(f"no id in column {id_col!r} matches an image stem in {image_dir}", labels_path)
-    return write_outputs(out, rows, None, summary)
+    manifest = write_outputs(out, rows, None, summary)
+    if patient_col is None:
+        warnings.warn(f"{labels_path}: no patient column (named {', '.join(PATIENT_COLUMNS)}, or given by "
+                      f"--patient-column): each image is its own patient", InputWarning, stacklevel=2)
+    return manifest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -192,4 +205,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id-column", dest="id_column", default=None,
                         help="id column matching file stems (default: the first column)")
     parser.add_argument("--patient-column", dest="patient_column", default=None,
-                        help="patient id column (default: each image is its own patient)")
+                        help="patient id column grouping a patient's images (default: a column named patient, "
+                             "patient_id, patientid, patient id, subject or subject_id, else each image is its "
+                             "own patient, with a warning)")
