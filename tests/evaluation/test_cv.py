@@ -19,14 +19,13 @@ from ichdet.engine.bundle import load_bundle, read_bundle_meta
 from ichdet.cli import run as cli
 from ichdet.evaluation.cv import MODELS as MODELS_ALL
 from ichdet.evaluation.cv import (
-    CVOptions, _order, assign_folds, cross_validate, fold_jobs, fold_manifest, model_config, patient_column,
-    requested,
+    CVOptions, _order, assign_folds, cross_validate, fold_jobs, fold_manifest, model_config, requested,
 )
 from ichdet.datasets.manifest import ManifestRow, read_manifest, write_manifest
 from ichdet.datasets.splits import read_splits
 from ichdet.engine import load_config
 from ichdet.engine.run import resolve_paths, resolve_steps_per_epoch
-from ichdet.errors import InputError
+from ichdet.errors import InputError, InputWarning
 from ichdet.evaluation.evaluate import evaluate_images
 from ichdet.metrics import SUBTYPE_LABELS, delong_test, roc_auc, rsna_log_loss
 from ichdet.synth import make_cohort
@@ -69,11 +68,7 @@ def cv_run(images, tmp_path_factory):
 
 
 # ---------------------------------------------------------------- pieces
-def test_patient_column_and_model_order(tmp_path):
-    for header, expected in (("id,patient,hemorrhage", "patient"), ("id, Patient ID ,label", "Patient ID"),
-                             ("\ufeffname,SUBJECT,y", "SUBJECT"), ("id,label", None)):
-        (tmp_path / "l.csv").write_text(header + "\n", encoding="utf-8")
-        assert patient_column(tmp_path / "l.csv") == expected, header
+def test_model_order():
     assert _order(["alexnet-svm"]) == ["alexnet", "alexnet-svm"]  # the SVM needs its AlexNet, trained first
     assert _order(["alexnet-svm", "cnn"]) == ["cnn", "alexnet", "alexnet-svm"]
     with pytest.raises(InputError) as e:
@@ -414,6 +409,31 @@ def test_label_column_choice_reaches_the_folder_reader(images, tmp_path):
     by_id = sorted(rows, key=lambda r: r["id"])
     assert [r.label for r in got] == [int(r["hemorrhage"]) for r in by_id]
     assert [r.subtypes for r in got] == [{"subdural": int(r["hemorrhage"])} for r in by_id]
+
+
+def test_patient_column_found_by_the_folder_reader_unless_named(images, tmp_path):
+    """cv passes only an explicit patient column on; `prepare_folder` finds a usual one, or warns."""
+    img, labels = images
+    recs = _csv(labels)
+
+    def patients(labels_csv: Path, out: Path, **kw) -> dict[str, str]:  # {scan_id: patient_id} of OUT/data
+        with pytest.raises(InputError, match=r"^50-fold cross-validation"):  # stops after the manifest
+            cross_validate(img, labels_csv, out, _opts(folds=50, **kw))
+        return {r.scan_id: r.patient_id for r in read_manifest(out / "data" / "manifest.csv")}
+
+    renamed, plain = tmp_path / "renamed.csv", tmp_path / "plain.csv"
+    renamed.write_text("id,Patient_ID,hemorrhage\n" + "".join(f"{r['id']},{r['patient']},{r['hemorrhage']}\n"
+                                                            for r in recs))
+    plain.write_text("id,hemorrhage\n" + "".join(f"{r['id']},{r['hemorrhage']}\n" for r in recs))
+    own = {r["id"]: r["id"] for r in recs}
+    grouped = patients(renamed, tmp_path / "a")
+    assert grouped == {r["id"]: r["patient"] for r in recs} and len(set(grouped.values())) == 15
+    assert patients(renamed, tmp_path / "b", patient_column="id") == own  # an explicit column wins
+    with pytest.warns(InputWarning) as caught:
+        assert patients(plain, tmp_path / "c") == own
+    assert [str(w.message) for w in caught if w.category is InputWarning] == [
+        f"{plain}: no patient column (named patient, patient_id, patientid, patient id, subject, subject_id, "
+        f"or given by --patient-column): each image is its own patient"]
 
 
 # ---------------------------------------------------------------- subtypes

@@ -21,7 +21,6 @@ out-of-fold predictions and per fold.
 """
 from __future__ import annotations
 
-import csv
 import io
 import os
 import sys
@@ -47,7 +46,6 @@ SUBTYPE_MODELS = ("cnn-subtypes", "alexnet-subtypes")
 NETWORK = {"cnn-subtypes": "cnn", "alexnet-subtypes": "alexnet"}  # a subtype model's network (--epochs, --weights)
 DISPLAY_NAMES = {"cnn": "CNN from scratch", "alexnet": "AlexNet, fine-tuned", "alexnet-svm": "AlexNet-SVM",
           "cnn-subtypes": "CNN from scratch, subtype head", "alexnet-subtypes": "AlexNet, fine-tuned, subtype head"}
-PATIENT_COLUMNS = ("patient", "patient_id", "patientid", "patient id", "subject", "subject_id")
 MAX_AUTO_JOBS = 4  # training runs at once by default (memory: about 2 GB each with AlexNet)
 
 
@@ -72,17 +70,7 @@ class CVOptions:
     jobs: int = 0  # training runs at once (folds and the final models in parallel processes); 0 = fold_jobs' choice
     label_column: str | None = None  # labels CSV columns (default: found as `ichdet prepare folder` finds them)
     id_column: str | None = None
-    patient_column: str | None = None  # default: a column named patient, patient_id, subject, ...
-
-
-def patient_column(labels_csv: Path) -> str | None:
-    """The labels CSV's patient column, when one has a usual name (case and spaces ignored)."""
-    with open(labels_csv, newline="", encoding="utf-8-sig") as fh:
-        header = next(csv.reader(fh), [])
-    for h in header:
-        if h.strip().lower() in PATIENT_COLUMNS:
-            return h.strip()
-    return None
+    patient_column: str | None = None  # default: as `ichdet prepare folder` finds it (patient, patient_id, ...)
 
 
 def assign_folds(rows: Sequence[ManifestRow], folds: int, seed: int) -> dict[str, int]:
@@ -275,7 +263,7 @@ def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts
     cache = out / "cache"
     manifest = prepare_folder(images, out / "data" / "manifest.csv", labels=labels, images=images,
                               label_column=opts.label_column, id_column=opts.id_column,
-                              patient_column=opts.patient_column or patient_column(labels))
+                              patient_column=opts.patient_column)
     rows = read_manifest(manifest)
     if any(m in SUBTYPE_MODELS for m in models) and not any(r.subtypes for r in rows):
         raise InputError(f"the subtype models need subtype columns ({', '.join(SUBTYPES)}) in the labels CSV", labels)
