@@ -86,12 +86,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from ichdet.datasets.adapters import ADAPTERS
+    from ichdet.datasets.adapters import prepare_from_args
 
-    fn = ADAPTERS[args.dataset]
     logging.getLogger("ichdet.datasets").setLevel(logging.INFO)  # the adapters' one-line summary
-    options = {k: v for k, v in vars(args).items() if k not in ("dataset", "src", "out", "func", "command", "debug", "verbose")}
-    manifest = fn(Path(args.src), Path(args.out), **options)
+    manifest = prepare_from_args(args)  # the adapter's keyword options, nothing else from args
     print(f"manifest: {manifest}")
     return EXIT_OK
 
