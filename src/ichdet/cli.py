@@ -18,9 +18,21 @@ from ichdet.errors import InputError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # ichdet.engine.precision.PRECISIONS (not imported: keeps --help fast)
+CV_ARCHS = ("cnn", "alexnet", "alexnet-svm", "cnn-subtypes", "alexnet-subtypes", "all")  # ichdet.evaluation.cv.MODELS
 TRAIN_PRECISION_HELP = ("autocast of the slice encoder (the config's precision): auto = bf16 where the CPU has "
                         "AMX/AVX-512 BF16 or the GPU has bf16, else fp32 on a CPU and fp16 with a gradient scaler "
                         "on a GPU; bf16 where it would be emulated warns and runs fp32")
+
+
+class _NotHere(argparse.Action):
+    """An option that only explains where its meaning went: using it is an InputError with `hint`."""
+
+    def __init__(self, option_strings: list[str], dest: str, hint: str, **kwargs: object):
+        super().__init__(option_strings, dest, **kwargs)
+        self.hint = hint
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        raise InputError(self.hint)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
@@ -157,7 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     from ichdet.evaluation.cv import BINARY_MODELS, CVOptions, cross_validate
 
-    models = list(BINARY_MODELS) if args.model == "all" else [args.model]
+    models = list(BINARY_MODELS) if args.arch == "all" else [args.arch]
     opts = CVOptions(models=models, subtypes=args.subtypes, folds=args.folds, seed=args.seed, weights=args.weights or "", epochs=args.epochs,
                      size=args.size, quick=args.quick, final=not args.no_final, jobs=args.jobs,
                      overrides=_overrides(args),
@@ -372,8 +384,11 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
                                             "patient_id, patientid, patient id, subject or subject_id, as "
                                             "`ichdet prepare folder` finds it, else each image is its own "
                                             "patient, with a warning)")
-    p.add_argument("--model", choices=["cnn", "alexnet", "alexnet-svm", "cnn-subtypes", "alexnet-subtypes", "all"],
-                   default="all", help="one model, or all three of the 2D paper (default)")
+    p.add_argument("--arch", choices=CV_ARCHS, default="all", help="one architecture, or all three of the 2D paper "
+                                                                   "(default)")
+    p.add_argument("--model", action=_NotHere, nargs="?", help=argparse.SUPPRESS,
+                   hint=f"ichdet cv: --model is a bundle folder elsewhere; choose architectures with --arch "
+                        f"({', '.join(CV_ARCHS[:-1])} or all)")
     p.add_argument("--subtypes", action="store_true",
                    help="also the subtype models (cnn-subtypes, alexnet-subtypes: five subtypes + any), scored "
                         "per subtype; the labels CSV needs epidural, intraparenchymal, intraventricular, "
@@ -468,7 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse, run, and map errors to exit codes; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except InputError as e:  # an option that explains where its meaning went (_NotHere)
+        print(f"ichdet: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
     _configure_logging(args.verbose)
     warnings.showwarning = _show_warning
     warnings.filterwarnings("ignore", module=r"pydicom\..*")

@@ -16,6 +16,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from ichdet.engine.bundle import load_bundle, read_bundle_meta
+from ichdet.cli import CV_ARCHS, build_parser
 from ichdet.cli import run as cli
 from ichdet.evaluation.cv import MODELS as MODELS_ALL
 from ichdet.evaluation.cv import (
@@ -368,6 +369,24 @@ def test_ichdet_train_on_the_cv_config_reproduces_the_cv_run(cv_run, tmp_path):
 
 
 # ---------------------------------------------------------------- CLI
+def test_cli_cv_arch_chooses_architectures_and_model_is_refused(capsys):
+    assert CV_ARCHS == (*MODELS_ALL, "all")
+    base = ["cv", "--images", "i", "--labels", "l", "--out", "o"]
+    assert build_parser().parse_args(base).arch == "all"
+    assert build_parser().parse_args(base + ["--arch", "alexnet-svm"]).arch == "alexnet-svm"
+    hint = ("ichdet cv: --model is a bundle folder elsewhere; choose architectures with --arch (cnn, alexnet, "
+            "alexnet-svm, cnn-subtypes, alexnet-subtypes or all)")
+    for argv in (base + ["--model", "cnn"], ["cv", "--model", "all"], base + ["--model"]):
+        assert cli(argv) == 2, argv
+        assert capsys.readouterr() == ("", f"ichdet: error: {hint}\n")
+    with pytest.raises(InputError) as e:
+        build_parser().parse_args(base + ["--model", "alexnet"])
+    assert str(e.value) == hint
+    with pytest.raises(SystemExit):
+        cli(["cv", "--help"])
+    assert "--model" not in capsys.readouterr().out
+
+
 def test_cli_cv_missing_labels(images, tmp_path, capsys):
     img, _ = images
     missing = tmp_path / "missing.csv"
