@@ -71,8 +71,8 @@ def score_scans(kind: str, model: torch.nn.Module, cohort: PreparedCohort, scan_
     probabilities float64 (N, L) ("any" last, equal to the score), else None."""
     results = [score_scan(kind, model, cohort[sid].image, context, aggregate, svm) for sid in scan_ids]
     scores = np.asarray([r.probability for r in results], dtype=np.float64)
-    labels = np.stack([r.labels for r in results]) if results and results[0].labels is not None else None
-    return scores, labels
+    label_probs = np.stack([r.labels for r in results]) if results and results[0].labels is not None else None
+    return scores, label_probs
 
 
 def slice_features(model: torch.nn.Module, image: np.ndarray, context: int = 0) -> np.ndarray:
@@ -118,10 +118,10 @@ def score_slices(model: torch.nn.Module, samples: Sequence[tuple[torch.Tensor, A
             probs.append(head.probabilities(model(xs)).double().cpu().numpy())
         else:
             probs.append(svm.predict_proba(model.forward_features(xs).float().cpu().numpy())[:, 1:])
-    labels = np.concatenate(probs) if probs else np.zeros((0, 1))
+    label_probs = np.concatenate(probs) if probs else np.zeros((0, 1))
     vectors = bool(samples) and isinstance(samples[0][1], torch.Tensor) and samples[0][1].ndim == 1
     targets = np.stack([np.asarray(s[1], dtype=np.float64) for s in samples]) if vectors else None
-    return SampleScores(labels[:, -1].astype(np.float64), labels.astype(np.float64),
+    return SampleScores(label_probs[:, -1].astype(np.float64), label_probs.astype(np.float64),
                         np.asarray([any_label(s[1]) for s in samples], dtype=np.int64), targets)
 
 
