@@ -387,7 +387,7 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", choices=CV_ARCHS, default="all", help="one architecture, or all three of the 2D paper "
                                                                    "(default)")
     p.add_argument("--model", action=_NotHere, nargs="?", help=argparse.SUPPRESS,
-                   hint=f"ichdet cv: --model is a bundle folder elsewhere; choose architectures with --arch "
+                   hint=f"cv takes no --model (a bundle folder in the other commands); choose architectures with --arch "
                         f"({', '.join(CV_ARCHS[:-1])} or all)")
     p.add_argument("--subtypes", action="store_true",
                    help="also the subtype models (cnn-subtypes, alexnet-subtypes: five subtypes + any), scored "

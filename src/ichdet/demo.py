@@ -127,7 +127,7 @@ def score_3d(out: Path, manifest: Path, names=ROWS_3D) -> tuple[list[str], np.nd
         ids = test
         cohort.prepare_all(scan_ids=test)  # read + prepare once: seconds per scan time the model
         scores[name] = score_bundle(bundle, cohort, test)
-        y = scores[name].labels
+        y = scores[name].y
     return ids, y, scores
 
 

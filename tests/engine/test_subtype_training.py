@@ -131,7 +131,7 @@ def test_subtype_stages_chain_into_bundles_with_labels(tiny, tmp_path):
     out = model_outputs(agg.model, agg.kind, cohort[ids[0]].image)
     per_slice = out.slice_labels
     np.testing.assert_allclose(labels[0], per_slice.max(axis=0))
-    np.testing.assert_allclose(get_kind("aggregate").score(out, aggregate="p95").labels,
+    np.testing.assert_allclose(get_kind("aggregate").score(out, aggregate="p95").label_probs,
                                np.percentile(per_slice, 95, axis=0))
     # the validation AUCs of the bundle are scikit-learn's on the validation scans
     splits = agg.training_splits()

@@ -374,7 +374,7 @@ def test_cli_cv_arch_chooses_architectures_and_model_is_refused(capsys):
     base = ["cv", "--images", "i", "--labels", "l", "--out", "o"]
     assert build_parser().parse_args(base).arch == "all"
     assert build_parser().parse_args(base + ["--arch", "alexnet-svm"]).arch == "alexnet-svm"
-    hint = ("ichdet cv: --model is a bundle folder elsewhere; choose architectures with --arch (cnn, alexnet, "
+    hint = ("cv takes no --model (a bundle folder in the other commands); choose architectures with --arch (cnn, alexnet, "
             "alexnet-svm, cnn-subtypes, alexnet-subtypes or all)")
     for argv in (base + ["--model", "cnn"], ["cv", "--model", "all"], base + ["--model"]):
         assert cli(argv) == 2, argv

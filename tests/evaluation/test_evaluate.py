@@ -290,7 +290,7 @@ def test_evaluate_a_subtype_bundle_per_label(cohort, subtype_bundle, tmp_path, c
     assert [[int(r[f"y_{n}"]) for n in SUBTYPE_LABELS[:-1]] for r in preds] == y[:, :-1].tolist()
     for i, sid in enumerate(ids[:4]):  # the probabilities are the bundle kind's (one pass with the score)
         want = score_scan(b.kind, b.model, c[sid].image, b.context, b.aggregate, b.svm)
-        score, labels = want.probability, want.labels
+        score, labels = want.probability, want.label_probs
         assert p[i] == pytest.approx(labels, abs=1e-6) and float(preds[i]["score"]) == pytest.approx(score, abs=1e-6)
     assert p[:, -1] == pytest.approx([float(r["score"]) for r in preds], abs=1e-12)  # "any" is the score
 

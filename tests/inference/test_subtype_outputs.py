@@ -110,7 +110,7 @@ def test_subtypes_equal_scan_outputs(cohort, ml_bundles, ml_exported, kind, runt
     for sid in pc.scan_ids()[:3]:
         r = predictor.predict(pc.row(sid).resolved_path(pc.root))
         want = score_scan(b.kind, b.model, pc[sid].image, b.context, b.aggregate, b.svm)
-        score, labels = want.probability, want.labels
+        score, labels = want.probability, want.label_probs
         assert list(r.subtypes) == list(SUBTYPE_LABELS)
         assert r.subtypes["any"] == r.probability
         np.testing.assert_allclose(list(r.subtypes.values()), labels, rtol=0, atol=1e-6)

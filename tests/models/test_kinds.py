@@ -34,7 +34,7 @@ def test_each_kind_scores_by_its_rule():
     assert get_kind("slice").score(out).probability == 0.9
     assert get_kind("aggregate").score(out, "p95").probability == pytest.approx(np.percentile(out.slice_probability, 95))
     scan = get_kind("scan").score(out)
-    assert scan.probability == 0.42 and scan.slice_probabilities is out.slice_probability and scan.labels is None
+    assert scan.probability == 0.42 and scan.slice_probabilities is out.slice_probability and scan.label_probs is None
     svm = get_kind("alexnet_svm").score(out, svm=_FixedSVM())  # the SVM's slice probabilities, their maximum
     np.testing.assert_allclose(svm.slice_probabilities, [0.7, 0.2, 0.4, 0.1], rtol=1e-6)
     assert svm.probability == pytest.approx(0.7)
@@ -45,13 +45,13 @@ def test_each_kind_scores_by_its_rule():
 def test_label_probabilities_follow_the_kind():
     out = _outputs(labels=True)
     per_slice = out.slice_labels
-    np.testing.assert_allclose(get_kind("slice").score(out).labels, per_slice.max(axis=0))
-    np.testing.assert_allclose(get_kind("aggregate").score(out, "p95").labels, np.percentile(per_slice, 95, axis=0))
-    np.testing.assert_array_equal(get_kind("scan").score(out).labels, out.scan_labels)
+    np.testing.assert_allclose(get_kind("slice").score(out).label_probs, per_slice.max(axis=0))
+    np.testing.assert_allclose(get_kind("aggregate").score(out, "p95").label_probs, np.percentile(per_slice, 95, axis=0))
+    np.testing.assert_array_equal(get_kind("scan").score(out).label_probs, out.scan_labels)
     for kind in ("slice", "aggregate", "scan"):  # "any" is the score
         s = get_kind(kind).score(out)
-        assert s.labels[-1] == s.probability
-    assert get_kind("alexnet_svm").score(out, svm=_FixedSVM()).labels is None
+        assert s.label_probs[-1] == s.probability
+    assert get_kind("alexnet_svm").score(out, svm=_FixedSVM()).label_probs is None
 
 
 def test_labels_and_graph_outputs_of_each_kind():

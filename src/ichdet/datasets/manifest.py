@@ -17,6 +17,7 @@ from ichdet.fileio import write_text_atomic
 
 REQUIRED_COLUMNS = ("scan_id", "patient_id", "path", "label")
 SUBTYPES = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
+LABEL_MODES = ("binary", "subtypes")  # what a model is trained to give: bleed / no bleed, or SUBTYPES + "any"
 SLICE_COLUMNS = ("scan_id", "slice_index", "label")
 
 

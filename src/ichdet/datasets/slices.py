@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ichdet.datasets.augment import augment_slice, sample_rng
+from ichdet.datasets.manifest import LABEL_MODES
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.errors import InputError
 
@@ -153,12 +154,11 @@ def _key(key: int | Sequence[int]) -> Key:
     return int(item), int(epoch), int(position)
 
 
-TARGETS = ("binary", "subtypes")
 
 
 def check_targets(targets: str) -> str:
-    if targets not in TARGETS:
-        raise InputError(f"targets must be one of {', '.join(TARGETS)}, got {targets!r}")
+    if targets not in LABEL_MODES:
+        raise InputError(f"targets must be one of {', '.join(LABEL_MODES)}, got {targets!r}")
     return targets
 
 
@@ -200,5 +200,5 @@ class SliceDataset(Dataset):
 
 
 __all__ = ["Key", "SAMPLING_STREAM", "SliceDataset", "SliceEntry", "SliceIndex", "VALIDATION_SAMPLES",
-           "TARGETS", "balanced_epoch", "check_targets", "context_slices", "epoch_keys", "epoch_rng", "shard", "stack_context",
+           "balanced_epoch", "check_targets", "context_slices", "epoch_keys", "epoch_rng", "shard", "stack_context",
            "validation_sample"]

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from ichdet.datasets.manifest import LABEL_MODES
 from ichdet.engine.precision import PRECISIONS
 from ichdet.errors import InputError
 from ichdet.preprocess.pipeline import PrepSpec
@@ -22,7 +23,6 @@ STAGES = ("slice", "scan", "svm", "aggregate")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 SELECT_METRICS = ("accuracy", "auc", "loss")
 SCHEDULES = ("constant", "cosine")
-LABEL_MODES = ("binary", "subtypes")  # what model.labels may be
 LOSSES = ("auto", "cross_entropy", "rsna", "bce")
 
 

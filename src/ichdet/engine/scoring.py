@@ -71,7 +71,8 @@ def score_scans(kind: str, model: torch.nn.Module, cohort: PreparedCohort, scan_
     probabilities float64 (N, L) ("any" last, equal to the score), else None."""
     results = [score_scan(kind, model, cohort[sid].image, context, aggregate, svm) for sid in scan_ids]
     scores = np.asarray([r.probability for r in results], dtype=np.float64)
-    label_probs = np.stack([r.labels for r in results]) if results and results[0].labels is not None else None
+    label_probs = (np.stack([r.label_probs for r in results]) if results and results[0].label_probs is not None
+                   else None)
     return scores, label_probs
 
 
@@ -88,12 +89,12 @@ def any_label(y: int | torch.Tensor) -> int:
 
 @dataclass
 class SampleScores:
-    """Slice samples scored: `probability` float64 (N,) P(bleed); `labels` float64 (N, L) label
+    """Slice samples scored: `probability` float64 (N,) P(bleed); `label_probs` float64 (N, L) label
     probabilities ("any" last; (N, 1) for a two-class head or an SVM); `y` int64 (N,) bleed labels;
     `targets` float64 (N, L) the samples' subtype targets (-1 unknown) when they have them, else None."""
 
     probability: np.ndarray
-    labels: np.ndarray
+    label_probs: np.ndarray
     y: np.ndarray
     targets: np.ndarray | None
 

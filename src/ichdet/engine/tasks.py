@@ -94,7 +94,7 @@ class SliceTask:
         """The paper's 500 random validation slices: accuracy (and AUC, loss)."""
         s = score_slices(model, self._val_samples)
         if self.targets == "subtypes":
-            return _multilabel_row(s.targets, s.labels, self.loss)
+            return _multilabel_row(s.targets, s.label_probs, self.loss)
         return _validation_row(s.y, s.probability)
 
     def label_prevalence(self) -> np.ndarray | None:
@@ -146,7 +146,7 @@ class ScanTask:
         """ROC AUC (and accuracy, loss) over every validation scan."""
         scores = [score_scan("scan", model, self.cohort[s].image, self.context) for s in self.val_ids]
         if self.targets == "subtypes":
-            probs = np.stack([s.labels for s in scores])
+            probs = np.stack([s.label_probs for s in scores])
             return _multilabel_row(self.cohort.label_targets(self.val_ids).astype(np.float64), probs, self.loss)
         return _validation_row(self.cohort.labels(self.val_ids), np.array([s.probability for s in scores]))
 

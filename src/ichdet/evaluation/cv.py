@@ -205,7 +205,7 @@ class FoldTask:
         for name, bundle in trained.items():
             s = _score_fold(bundle, fm, self.cache)
             n = len(s.scan_ids)
-            out[name] = {"ids": list(s.scan_ids), "y": s.labels.tolist(), "p": s.scores.tolist(),
+            out[name] = {"ids": list(s.scan_ids), "y": s.y.tolist(), "p": s.scores.tolist(),
                          "t": [s.threshold] * n, "fold": [self.fold] * n,
                          "sub": [] if s.subtypes is None else s.subtypes.tolist(),
                          "ysub": [] if s.subtypes is None else s.subtype_targets.tolist()}
@@ -290,6 +290,8 @@ def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts
                          "learning. Pass `--weights imagenet` or a local copy of the official file.")
     settings = {"folds": opts.folds, "seed": opts.seed, "grouped_by": "patient", "stratified": True,
                 "val_fraction_of_training_folds": opts.val_fraction, "weights": opts.weights or "random",
-                "quick": opts.quick, "epochs": opts.epochs, "subtypes": bool(opts.subtypes)}
+                "quick": opts.quick, "subtypes": bool(opts.subtypes),
+                "epochs": {m: model_config(m, manifest, opts, cache).optim.epochs  # as each network trained
+                           for m in models if m != "alexnet-svm"}}
     return write_cv_outputs(out, {m: oof[m] for m in wanted}, names, settings, bundles, n_images=len(rows),
                             n_patients=len({r.patient_id for r in rows}), notes=notes)

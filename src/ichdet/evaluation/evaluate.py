@@ -38,11 +38,11 @@ SPLIT_CHOICES = ("auto", "test", "all")
 
 @dataclass
 class Scores:
-    """One model's scores on a case list: `scores[i]` for `scan_ids[i]` with label `labels[i]`."""
+    """One model's scores on a case list: `scores[i]` for `scan_ids[i]`, whose bleed label is `y[i]`."""
 
     name: str
     scan_ids: list[str]
-    labels: np.ndarray  # int64 (N,)
+    y: np.ndarray  # int64 (N,) 1 = bleed
     scores: np.ndarray  # float64 (N,), higher = bleed
     threshold: float
     seconds_per_scan: float
@@ -96,7 +96,7 @@ def score_bundle(bundle: Bundle, cohort: PreparedCohort, scan_ids: Sequence[str]
         result = score_scan(bundle.kind, bundle.model, cohort[sid].image, bundle.context, bundle.aggregate, bundle.svm)
         seconds += time.perf_counter() - t0
         scores.append(result.probability)
-        label_probs.append(result.labels)
+        label_probs.append(result.label_probs)
         if progress is not None:
             progress(i + 1, len(scan_ids))
     multi = bool(label_probs) and label_probs[0] is not None  # the bundle's labels (`Kind.labels`) decide, for every scan
@@ -110,11 +110,11 @@ def model_metrics(s: Scores, n_boot: int = 2000, seed: int = 0) -> dict[str, Any
     """The metrics-JSON entry of one model (design.md schema + bootstrap CI, calibration)."""
     from ichdet.evaluation.comparison import model_entry
 
-    out = model_entry(s.labels, s.scores, s.threshold, n_boot, seed)
+    out = model_entry(s.y, s.scores, s.threshold, n_boot, seed)
     out["operating_point"] = "max_sensitivity (chosen on validation data, applied unchanged)"
     out["seconds_per_scan"] = s.seconds_per_scan
     if np.all((s.scores >= 0) & (s.scores <= 1)):
-        out["reliability"] = reliability_curve(s.labels, s.scores, n_bins=10)
+        out["reliability"] = reliability_curve(s.y, s.scores, n_bins=10)
     if s.subtypes is not None:
         out.update(subtype_metrics(s.subtype_targets, s.subtypes))
     return out
@@ -136,7 +136,7 @@ def write_predictions(path: Path, s: Scores, cohort: PreparedCohort | None = Non
     w = csv.writer(buf, lineterminator="\n")
     sub = s.subtypes is not None
     w.writerow(["scan_id", "patient_id", "label", "score", "threshold", "decision"] + (SUBTYPE_CSV_COLUMNS if sub else []))
-    for i, (sid, y, p) in enumerate(zip(s.scan_ids, s.labels, s.scores)):
+    for i, (sid, y, p) in enumerate(zip(s.scan_ids, s.y, s.scores)):
         pid = cohort.row(sid).patient_id if cohort is not None else ""
         extra = subtype_cells(s.subtypes[i], s.subtype_targets[i]) if sub else []
         w.writerow([sid, pid, int(y), repr(float(p)), repr(float(s.threshold)), int(p >= s.threshold)] + extra)
@@ -163,7 +163,7 @@ def evaluate_bundle(model: str | Path, manifest: str | Path, out: str | Path, sp
     out.mkdir(parents=True, exist_ok=True)
     m = model_metrics(s)
     write_predictions(out / "predictions.csv", s, cohort)
-    roc_figure(roc_curves(s.labels, {s.name: s.scores}, {s.name: m}, n_boot=1000), out / "roc.png",
+    roc_figure(roc_curves(s.y, {s.name: s.scores}, {s.name: m}, n_boot=1000), out / "roc.png",
                title=f"{s.name}: ROC, 95% bootstrap band")
     confusion_figure(m["tp"], m["fp"], m["tn"], m["fn"], out / "confusion.png",
                      title=f"{s.name} at threshold {s.threshold:.3g} (chosen on validation data)")

@@ -143,7 +143,7 @@ class Predictor:
         probability, slices = scored.probability, scored.slice_probabilities
         subtypes = None
         if b.has_subtypes:
-            values = scored.labels
+            values = scored.label_probs
             if values is None or len(values) != len(b.labels):
                 raise InputError(f"{self.runtime.describe()} gave no subtype probabilities for subtype bundle "
                                  f"{b.path}; export its ONNX file again")

@@ -54,13 +54,13 @@ class ScanScore:
 
     probability: the scan score (higher = bleed; a probability for every kind).
     slice_probabilities: float64 (Z,) what a reader sees per slice (the SVM's, for alexnet_svm).
-    labels: float64 (L,) label probabilities ("any" last, equal to `probability`) of a bundle that
-        reports subtypes, else None.
+    label_probs: float64 (L,) label probabilities ("any" last, equal to `probability`) of a bundle
+        that reports subtypes, else None.
     """
 
     probability: float
     slice_probabilities: np.ndarray
-    labels: np.ndarray | None = None
+    label_probs: np.ndarray | None = None
 
 
 def _reduce(aggregate: str):
@@ -103,17 +103,17 @@ class Kind:
 class _SliceKind(Kind):
     def score(self, out: ModelOutputs, aggregate: str = "max", svm: Any = None) -> ScanScore:
         reduce = _reduce(aggregate)
-        labels = None
+        label_probs = None
         if out.slice_labels is not None:
             per_slice = np.asarray(out.slice_labels, dtype=np.float64)
-            labels = np.array([reduce(per_slice[:, j]) for j in range(per_slice.shape[1])])
-        return ScanScore(float(reduce(out.slice_probability)), out.slice_probability, labels)
+            label_probs = np.array([reduce(per_slice[:, j]) for j in range(per_slice.shape[1])])
+        return ScanScore(float(reduce(out.slice_probability)), out.slice_probability, label_probs)
 
 
 class _ScanKind(Kind):
     def score(self, out: ModelOutputs, aggregate: str = "max", svm: Any = None) -> ScanScore:
-        labels = None if out.scan_labels is None else np.asarray(out.scan_labels, dtype=np.float64)
-        return ScanScore(float(out.scan_probability), out.slice_probability, labels)
+        label_probs = None if out.scan_labels is None else np.asarray(out.scan_labels, dtype=np.float64)
+        return ScanScore(float(out.scan_probability), out.slice_probability, label_probs)
 
 
 class _SliceSVMKind(Kind):
