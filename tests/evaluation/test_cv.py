@@ -207,8 +207,8 @@ def test_metrics_json_matches_sklearn_and_delong(cv_run):
     assert list(saved["models"]) == MODELS
     assert saved["data"] == {"images": 16, "patients": 15, "positives": 7}
     assert saved["cv"] == {"folds": 2, "seed": 0, "grouped_by": "patient", "stratified": True,
-                           "val_fraction_of_training_folds": 0.2, "weights": "random", "quick": True, "epochs": 1,
-                           "subtypes": False}
+                           "val_fraction_of_training_folds": 0.2, "weights": "random", "quick": True,
+                           "epochs": {"cnn": 1, "alexnet": 1}, "subtypes": False}  # as each network trained
     preds = _csv(out / "predictions.csv")
     order = [p["scan_id"] for p in preds if p["model"] == "cnn"]
     cols = {}
