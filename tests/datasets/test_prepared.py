@@ -63,6 +63,20 @@ def test_pair_reduce_odd_length_keeps_last_slice() -> None:
     np.testing.assert_array_equal(pair_reduce(np.array([False, False, True]), "any"), [False, True])
 
 
+@pytest.mark.parametrize("n", range(1, 8))
+def test_training_labels_merge_the_slices_the_slice_map_names(n: int) -> None:
+    """The labels of prepared slice k are merged from the source slices that `slice_map` says
+    slice k covers (one rule for training and for predict's map back)."""
+    from ichdet.io import Volume
+    from ichdet.preprocess import slice_map
+
+    groups = slice_map(Volume(np.zeros((n, 4, 4), np.float32), (5.0, 1.0, 1.0), np.eye(4)),
+                       PrepSpec(z_max_filter=True)).groups
+    np.testing.assert_array_equal(pair_reduce(np.arange(n), "max"), [max(g) for g in groups])
+    subtypes = np.arange(n * 5).reshape(n, 5)
+    np.testing.assert_array_equal(pair_reduce(subtypes, "max"), [subtypes[list(g)].max(axis=0) for g in groups])
+
+
 def test_missing_slice_labels_are_zero_for_negatives_and_unknown_for_positives(cohort_manifest: Path) -> None:
     cohort = PreparedCohort(cohort_manifest, SPEC_Z, slice_labels_path=None)
     for sid in cohort.scan_ids():

@@ -21,7 +21,8 @@ from ichdet.datasets.manifest import SUBTYPES, ManifestRow, SliceLabel, read_man
 from ichdet.errors import InputError
 from ichdet.io import read_volume
 from ichdet.io.sources import list_files
-from ichdet.preprocess import PrepSpec, cranial_slices, prepare_volume
+from ichdet.preprocess import PrepSpec, cranial_slices, merge_groups, prepare_volume, slice_groups
+from ichdet.preprocess.pipeline import Z_MAX_FILTER
 
 UNKNOWN = -1  # slice label of a slice nobody annotated
 ScanProgress = Callable[[int, int, str], None]  # progress(done, total, scan_id), after each scan prepared
@@ -68,13 +69,12 @@ def source_files(path: Path) -> list[Path]:
 
 
 def pair_reduce(values: np.ndarray, how: str) -> np.ndarray:
-    """(Z,) -> (ceil(Z/2),): ``max`` (labels; -1 unknown loses to 0/1) or ``any`` of each slice
-    pair (0, 1), (2, 3), ...; an odd last slice stands alone (as the z max filter does)."""
+    """(Z, ...) -> (ceil(Z/2), ...): ``max`` (labels; -1 unknown loses to 0/1) or ``any`` of the
+    source slices of each prepared slice under the 2x2x2 filter, by the rule `prepare_volume` and
+    `slice_map` follow (`ichdet.preprocess.slice_groups`: pairs (0, 1), (2, 3), ..., an odd last
+    slice alone)."""
     v = np.asarray(values)
-    if v.shape[0] % 2:
-        v = np.concatenate([v, v[-1:]])
-    pairs = v.reshape(-1, 2)
-    return pairs.any(axis=1) if how == "any" else pairs.max(axis=1)
+    return merge_groups(v, slice_groups(v.shape[0], Z_MAX_FILTER), how)
 
 
 def align_slice_labels(scan_id: str, label: int, n_slices: int, slice_labels: Sequence[SliceLabel] | None,
@@ -122,7 +122,7 @@ def align_slice_subtypes(scan_id: str, label: int, subtypes: Mapping[str, int], 
             out[sl.slice_index] = [sl.subtypes.get(name, 0 if int(sl.label) == 0 else UNKNOWN) for name in SUBTYPES]
     if not z_max_filter:
         return out
-    return np.stack([pair_reduce(out[:, j], "max") for j in range(len(SUBTYPES))], axis=1).astype(np.int8)
+    return pair_reduce(out, "max").astype(np.int8)
 
 
 def _key_parts(row: ManifestRow, path: Path, spec: PrepSpec, what: str) -> dict:

@@ -19,6 +19,22 @@ from ichdet.io.volume import Volume
 T = TypeVar("T")
 
 
+def slice_groups(n_slices: int, block: int) -> tuple[tuple[int, ...], ...]:
+    """The source slices of each prepared slice when each run of `block` consecutive slices of
+    `n_slices` becomes one (1: none merged; 2: the 2x2x2 filter), the last run possibly shorter."""
+    if not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be a positive integer, got {block!r}")
+    return tuple(tuple(range(s, min(s + block, n_slices))) for s in range(0, n_slices, block))
+
+
+def merge_groups(values: np.ndarray, groups: Sequence[Sequence[int]], how: str) -> np.ndarray:
+    """Per source slice (Z, ...) -> per prepared slice (Z', ...): the maximum ("max") or logical
+    or ("any") of each group's source values."""
+    v = np.asarray(values)
+    reduce = np.any if how == "any" else np.max
+    return np.stack([reduce(v[list(g)], axis=0) for g in groups]) if len(groups) else v[:0]
+
+
 @dataclass(frozen=True)
 class SliceMap:
     """Prepared slices <-> source slices of one volume (index 0 = the most inferior slice).
@@ -46,10 +62,8 @@ class SliceMap:
     def of_volume(cls, volume: Volume, block: int = 1) -> SliceMap:
         """The map of `volume` when each run of `block` consecutive slices becomes one prepared
         slice (1: none merged; 2: the 2x2x2 filter), the last run possibly shorter."""
-        if not isinstance(block, int) or block < 1:
-            raise ValueError(f"block must be a positive integer, got {block!r}")
         n = volume.shape[0]
-        groups = tuple(tuple(range(s, min(s + block, n))) for s in range(0, n, block))
+        groups = slice_groups(n, block)
         z_mm = tuple(round(float((volume.affine @ np.array([0.0, 0.0, i, 1.0]))[2]), 3) for i in range(n))
         one_file_per_slice = len(volume.source) == n and volume.info.get("units") != "display"
         files = tuple(Path(f).name for f in volume.source) if one_file_per_slice else None
