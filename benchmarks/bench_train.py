@@ -65,6 +65,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from ichdet.engine.memory import keep_freed_memory  # noqa: E402
 from ichdet.engine.precision import Precision, resolve_precision  # noqa: E402
 
 VARIANTS = {  # name -> (precision asked, channels_last)
@@ -374,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.time()
     machine = machine_info()
+    # as `ichdet train` does: freed activations stay in the heap (ICHDET_SYSTEM_MALLOC=1: glibc's defaults)
+    machine["malloc"] = "keeps freed memory" if keep_freed_memory() else "system default"
     plan = plan_precision(a.precision, [v for v in variants if v in BF16_VARIANTS], log)
     asked_variants = list(variants)
     variants = [v for v in variants if v not in BF16_VARIANTS or plan.run_bf16]

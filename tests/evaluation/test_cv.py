@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from ichdet.engine.bundle import load_bundle, read_bundle_meta
@@ -306,20 +307,24 @@ def test_fold_jobs_rule():
 
 
 def test_parallel_folds_give_the_sequential_results(images, tmp_path, capfd):
-    """Folds in two worker processes (one torch thread each, as TINY sets) give the same
-    out-of-fold predictions, byte for byte, as the same folds one after another; each worker's
-    log lines say which fold they come from."""
+    """Two folds and the final model in two worker processes (one torch thread each, as TINY sets)
+    give the same out-of-fold predictions, byte for byte, and the same final weights as one run
+    after another; each worker's log lines say which run they come from."""
     img, labels = images
     runs = {}
     for jobs in (1, 2):
         out = tmp_path / f"jobs{jobs}"
-        runs[jobs] = cross_validate(img, labels, out, _opts(models=["cnn"], final=False, jobs=jobs))
+        runs[jobs] = cross_validate(img, labels, out, _opts(models=["cnn"], final=True, jobs=jobs))
         assert sorted(p.parents[2].name for p in out.glob("folds/*/cnn/bundle/bundle.json")) == ["0", "1"]
     err = capfd.readouterr().err
-    assert re.search(r"^cv: 2 training runs, 2 at a time with \d+ thread\(s\) each$", err, re.M)
+    assert re.search(r"^cv: 3 training runs, 2 at a time with \d+ thread\(s\) each$", err, re.M)
+    assert f"[final] bundle: {tmp_path / 'jobs2' / 'final' / 'cnn' / 'bundle'} (validation AUC" in err
     assert f"[fold 2] bundle: {tmp_path / 'jobs2' / 'folds' / '1' / 'cnn' / 'bundle'} (validation AUC" in err
+    assert "] [" not in err  # a worker that runs a second task does not stack prefixes
     assert (tmp_path / "jobs1" / "predictions.csv").read_bytes() == (tmp_path / "jobs2" / "predictions.csv").read_bytes()
     assert runs[1]["models"]["cnn"]["auc"] == runs[2]["models"]["cnn"]["auc"]
+    weights = [load_bundle(tmp_path / f"jobs{j}" / "bundles" / "cnn").model.state_dict() for j in (1, 2)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_second_run_reuses_the_finished_runs(images, cv_run, monkeypatch):

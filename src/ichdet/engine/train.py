@@ -8,6 +8,7 @@ import torch
 from ichdet.engine.checkpoint import BEST, LATEST
 from ichdet.engine.config import TrainConfig
 from ichdet.engine.distributed import setup_distributed, teardown_distributed
+from ichdet.engine.memory import keep_freed_memory
 from ichdet.engine.run import open_run
 from ichdet.engine.stages import STAGE_FUNCTIONS
 
@@ -18,6 +19,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, show_progress
     `resume=True` continues from ``out/latest.pt`` (same config required) and, on CPU with the
     same seed, ends with the weights an uninterrupted run would have.
     """
+    keep_freed_memory()  # about 1.2x faster steps on the CPU (ichdet.engine.memory)
     info = setup_distributed()
     try:
         if cfg.threads:

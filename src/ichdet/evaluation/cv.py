@@ -231,7 +231,8 @@ class _LinePrefix(io.TextIOBase):
 
 def _run_task(task: FoldTask) -> dict[str, Any]:
     """A worker process's task; its log lines read "[fold F] ..." or "[final] ..."."""
-    sys.stderr = _LinePrefix(sys.stderr, "[final] " if task.fold is None else f"[fold {task.fold + 1}] ")
+    stream = sys.stderr.stream if isinstance(sys.stderr, _LinePrefix) else sys.stderr  # a worker runs several tasks
+    sys.stderr = _LinePrefix(stream, "[final] " if task.fold is None else f"[fold {task.fold + 1}] ")
     return task.run()
 
 
