@@ -179,12 +179,34 @@ def _train_cmd(tiny: list[str], out: Path, *extra: str) -> list[str]:
             "--quiet", *sum((["--set", s] for s in tiny), []), *extra]
 
 
+def test_checkpoints_at_most_every_checkpoint_seconds(tiny, tmp_path, monkeypatch):
+    """With checkpoint_seconds longer than the run, latest.pt and best.pt are written once, after
+    the last epoch, and the bundle holds the same best weights as a run that saved every epoch."""
+    import ichdet.engine.loop as loop
+
+    saves = []
+    real = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda out, *a, **k: saves.append(a[2].epoch) or real(out, *a, **k))
+    cfg = tiny + ["optim.epochs=3", "optim.steps_per_epoch=2", "model.kwargs={base_width: 4, feature_dim: 32}"]
+    every = train(load_config(CONFIGS / "3d_slice_cnn.yaml", cfg + ["checkpoint_seconds=0"]), tmp_path / "every",
+                  show_progress=False)
+    assert saves == [1, 2, 3]
+    saves.clear()
+    once = train(load_config(CONFIGS / "3d_slice_cnn.yaml", cfg + ["checkpoint_seconds=3600"]), tmp_path / "once",
+                 show_progress=False)
+    assert saves == [3]
+    a, b = (torch.load(d / "best.pt", weights_only=True) for d in (tmp_path / "every", tmp_path / "once"))
+    assert a["epoch"] == b["epoch"] and all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    wa, wb = _weights(every / "weights.pt"), _weights(once / "weights.pt")
+    assert all(torch.equal(v, wb[k]) for k, v in wa.items())
+
+
 def test_killed_run_resumes_to_identical_weights(tiny, tmp_path):
     """Kill a real training process after its first epoch checkpoint, resume it, and compare
     with an uninterrupted run of the same config and seed (a warmed-up cosine schedule: the
     learning rate follows from the step, not from state carried over)."""
     cfg = tiny + ["optim.epochs=4", "optim.steps_per_epoch=6", "model.kwargs={base_width: 4, feature_dim: 32}",
-                  "optim.schedule=cosine", "optim.warmup_epochs=1"]
+                  "optim.schedule=cosine", "optim.warmup_epochs=1", "checkpoint_seconds=0"]  # a checkpoint every epoch
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full = tmp_path / "full"
     subprocess.run(_train_cmd(cfg, full), check=True, env=env, capture_output=True)

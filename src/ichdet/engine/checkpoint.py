@@ -47,8 +47,9 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     return save_torch_atomic(payload, run_dir / LATEST)
 
 
-def save_best(run_dir: Path, model: torch.nn.Module, state: TrainState) -> Path:
-    return save_torch_atomic({"model": model.state_dict(), "epoch": state.epoch, "metric": state.best_metric},
+def save_best(run_dir: Path, weights: dict[str, torch.Tensor], state: TrainState) -> Path:
+    """best.pt: the best-by-validation `weights` (a state dict), their epoch and metric."""
+    return save_torch_atomic({"model": weights, "epoch": state.best_epoch, "metric": state.best_metric},
                              run_dir / BEST)
 
 

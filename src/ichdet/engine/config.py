@@ -113,6 +113,7 @@ class TrainConfig:
     # The old switch autocast_bf16: true / false is read as precision bf16 / fp32.
     precision: str = "auto"
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    checkpoint_seconds: float = 60.0  # latest.pt + best.pt at most this often and after the last epoch; 0: every epoch
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -123,6 +123,9 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
     steps_per_epoch = cfg.optim.steps_per_epoch  # every epoch draws steps_per_epoch x batch_size samples
     total_steps = steps_per_epoch * cfg.optim.epochs
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    # checkpoints (an AlexNet's latest.pt is 0.7 GB) at most every cfg.checkpoint_seconds: the best
+    # weights wait in memory until then; a resumed run replays the epochs since (same seeds per epoch)
+    best_weights, best_unsaved, last_saved = None, False, time.monotonic()
     while state.epoch < cfg.optim.epochs and not stopped:
         epoch = state.epoch + 1
         torch.manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))  # dropout masks of this epoch
@@ -164,7 +167,7 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
         if improved:
             state.best_metric, state.best_epoch, state.bad_epochs = float(metric), epoch, 0
             if info.is_main:
-                save_best(run.out, model, state)
+                best_weights, best_unsaved = {k: v.detach().clone() for k, v in model.state_dict().items()}, True
         else:
             state.bad_epochs += 1
         stopped = bool(cfg.optim.patience and state.bad_epochs >= cfg.optim.patience)
@@ -173,7 +176,12 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
                               "seconds": seconds, "data_wait_fraction": waited / max(seconds, 1e-9),
                               "best": int(improved), "stopped": stopped})
         if info.is_main:
-            save_checkpoint(run.out, model, optimizer, state, cfg.to_dict(), scaler)
+            if stopped or epoch == cfg.optim.epochs or time.monotonic() - last_saved >= cfg.checkpoint_seconds:
+                if best_unsaved:
+                    save_best(run.out, best_weights, state)
+                    best_unsaved = False
+                save_checkpoint(run.out, model, optimizer, state, cfg.to_dict(), scaler)
+                last_saved = time.monotonic()
             write_metrics_csv(run, state)
         run.log(f"epoch {epoch}/{cfg.optim.epochs}: loss {loss_sum / max(seen, 1):.4f} acc {hits / max(seen, 1):.3f} | "
                 f"val auc {val['val_auc']:.4f} acc {val['val_accuracy']:.3f} loss {val['val_loss']:.4f}"
@@ -183,6 +191,8 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
         if stopped:
             run.log(f"early stop: no {cfg.optim.select_metric} improvement for {cfg.optim.patience} epochs")
     best = run.out / BEST
-    if best.exists():
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
+    elif best.exists():
         model.load_state_dict(load_checkpoint(best)["model"])
     return state

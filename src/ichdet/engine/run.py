@@ -33,7 +33,7 @@ from ichdet.preprocess.pipeline import PrepSpec
 
 # differences that do not change what is trained, so a resumed run may use other values (precision:
 # a run started on a CPU with bf16 units may finish on one without)
-RESUME_FREE_KEYS = {("data", "workers"), ("threads",), ("data", "cache"), ("precision",)}
+RESUME_FREE_KEYS = {("data", "workers"), ("threads",), ("data", "cache"), ("precision",), ("checkpoint_seconds",)}
 
 
 @dataclass
