@@ -11,7 +11,9 @@ OUT/metrics.json, OUT/predictions.csv, OUT/roc.png, OUT/report.md
 ```
 Folds are stratified by label and grouped by patient (a patient's images share a fold). Every
 choice a model makes (best epoch, the SVM's C, the operating point) is made on the training
-folds only; the held-out fold is scored once.
+folds only; the held-out fold is scored once. Each fold, and the final models, is one task;
+`CVOptions.jobs` tasks run at a time in spawned worker processes (`fold_jobs`), with identical
+results.
 
 With ``subtypes`` (``ichdet cv --subtypes``) the subtype networks (2d_cnn_subtypes,
 2d_alexnet_subtypes) are trained beside the binary ones on the labels CSV's subtype columns
@@ -45,7 +47,8 @@ BINARY_MODELS = ("cnn", "alexnet", "alexnet-svm")  # the 2D paper's comparison
 SUBTYPE_MODELS = ("cnn-subtypes", "alexnet-subtypes")
 NETWORK = {"cnn-subtypes": "cnn", "alexnet-subtypes": "alexnet"}  # a subtype model's network (--epochs, --weights)
 DISPLAY_NAMES = {"cnn": "CNN from scratch", "alexnet": "AlexNet, fine-tuned", "alexnet-svm": "AlexNet-SVM",
-          "cnn-subtypes": "CNN from scratch, subtype head", "alexnet-subtypes": "AlexNet, fine-tuned, subtype head"}
+                 "cnn-subtypes": "CNN from scratch, subtype head",
+                 "alexnet-subtypes": "AlexNet, fine-tuned, subtype head"}
 MAX_AUTO_JOBS = 4  # training runs at once by default (memory: about 2 GB each with AlexNet)
 
 
