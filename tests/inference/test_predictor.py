@@ -1,4 +1,4 @@
-"""`Predictor` / `Bundle.predict`: the same scores as evaluation, on every input kind, with the
+"""`Predictor` (`ichdet.load_predictor`): the same scores as evaluation, on every input kind, with the
 result fields a reader needs."""
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_result_fields_of_a_scan_model(cohort, bundles):
         assert t["z_mm"] == pytest.approx((vol.affine @ [0, 0, t["index"], 1])[2], abs=1e-3)
         assert t["file"] == Path(vol.source[t["index"]]).name
     assert r.decision == (r.probability >= r.threshold) and r.threshold == b.bundle.threshold
-    auto = "bf16" if cpu_features().native_bf16 else "fp32"  # Bundle.predict's default precision
+    auto = "bf16" if cpu_features().native_bf16 else "fp32"  # the Predictor's default precision
     assert r.runtime == f"torch ({auto}, channels-last)" and r.seconds > 0 and r.heatmaps is None
     doc = json.loads(json.dumps(r.to_dict()))
     assert set(doc) >= {"input", "series_uid", "probability", "threshold", "decision", "slice_probabilities",

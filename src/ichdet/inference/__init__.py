@@ -1,7 +1,7 @@
 """Inference: a bundle on scans -> probabilities, decisions, most suspicious slices, heatmaps.
 
 `Predictor` (predictor.py) runs one bundle through a runtime (runtime.py: PyTorch or onnxruntime,
-both on the graphs of graph.py); `predict_inputs` (batch.py) finds the studies in folders
+both on the graphs of ichdet.models.graph); `predict_inputs` (batch.py) finds the studies in folders
 (studies.py) and keeps going past bad ones; `export_onnx` (export.py) writes the ONNX file;
 heatmaps.py draws Grad-CAM overlays; result.py is the result object, its JSON and its table.
 """
