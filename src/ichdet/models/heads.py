@@ -35,10 +35,8 @@ class Head:
         return torch.softmax(logits.float(), dim=1)[:, 1:]
 
     def probability(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits (N, K) -> float32 (N,) P(bleed)."""
-        if self.multilabel:
-            return torch.sigmoid(logits[:, -1].float())
-        return torch.softmax(logits.float(), dim=1)[:, 1]
+        """Logits (N, K) -> float32 (N,) P(bleed): the last column of `probabilities`."""
+        return self.probabilities(logits)[:, -1]
 
     def require_labels(self, what: str) -> None:
         """An InputError unless this head gives subtype labels (`what` names the network)."""
