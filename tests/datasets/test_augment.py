@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ichdet.datasets.augment import augment_slice, augment_volume, mirror, rotate, sample_rng, scaled_shift, shift
+from ichdet.datasets.augment import (augment_slice, augment_volume, augment_volume_labels, mirror, rotate, sample_rng,
+                                     scaled_shift, shift, shift_slice_labels)
 
 
 def classify(out: torch.Tensor, img: torch.Tensor) -> str:
@@ -120,6 +121,42 @@ def test_volume_modes_and_z_shift() -> None:
         else:
             modes["rotate"] += 1
     assert all(60 < c < 140 for c in modes.values()), modes
+
+
+def test_slice_labels_follow_the_volume() -> None:
+    """augment_volume_labels draws what augment_volume draws and gives the same volume; labels
+    stay with their slices (original, mirror, in-plane rotation), move with the z shift (-1 on
+    the slices shifted in) and become unknown after a tilt (rotation about y or x)."""
+    z_count = 8
+    vol = torch.zeros(1, z_count, 32, 32)
+    for z in range(z_count):
+        vol[0, z, 8:24, 8:24] = (z + 1) / z_count  # slice z is recognisable by its value
+    labels = np.stack([np.arange(z_count), np.arange(z_count) % 2], axis=1)  # (Z, 2): any trailing shape
+    outcomes = {"kept": 0, "moved": 0, "unknown": 0}
+    for i in range(240):
+        out, lab = augment_volume_labels(vol, labels, sample_rng(2, 0, i), ref_size=32)
+        assert torch.equal(out, augment_volume(vol, sample_rng(2, 0, i), ref_size=32))
+        assert lab.shape == labels.shape and lab.dtype == labels.dtype
+        if (lab == -1).all():
+            outcomes["unknown"] += 1
+            assert not torch.equal(out, vol)
+            continue
+        for z in range(z_count):
+            if lab[z, 0] == -1:
+                assert float(out[0, z].abs().max()) == 0.0 and lab[z, 1] == -1  # shifted in: air
+            else:
+                assert lab[z, 1] == lab[z, 0] % 2  # rows move whole
+                assert float(out[0, z].max()) == pytest.approx((lab[z, 0] + 1) / z_count, abs=1e-5)
+        outcomes["kept" if np.array_equal(lab, labels) else "moved"] += 1
+    # original, mirror, in-plane rotation: 7/12; a z shift other than 0: about 1/4 * 8/9; a tilt: 1/6
+    assert 110 < outcomes["kept"] < 170 and 30 < outcomes["moved"] < 80 and 20 < outcomes["unknown"] < 65, outcomes
+    assert augment_volume_labels(vol, None, sample_rng(2, 0, 0))[1] is None
+    assert shift_slice_labels(np.arange(4), 1).tolist() == [-1, 0, 1, 2]
+    assert shift_slice_labels(np.arange(4), -2).tolist() == [2, 3, -1, -1]
+    assert shift_slice_labels(np.arange(4), 4).tolist() == [-1, -1, -1, -1]
+    from ichdet.errors import InputError
+    with pytest.raises(InputError, match="^augment_volume: 3 slice labels for a volume of 8 slices$"):
+        augment_volume_labels(vol, np.zeros(3), sample_rng(0, 0, 0))
 
 
 @pytest.mark.parametrize("bad", [torch.rand(4, 4), np.zeros((1, 4, 4))])

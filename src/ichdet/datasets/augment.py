@@ -117,21 +117,48 @@ def augment_volume(vol: torch.Tensor, rng: np.random.Generator, max_angle: float
     each with probability 1/4. In-plane shifts are scaled to H, W from `ref_size`; the z shift
     is U{-mz..mz} slices with mz = `max_shift_z` (default `max_shift`), capped at Z // 2 so at
     least half of a short volume stays in view."""
+    return augment_volume_labels(vol, None, rng, max_angle, max_shift, ref_size, max_shift_z)[0]
+
+
+def shift_slice_labels(labels: np.ndarray, dz: int, fill: int = -1) -> np.ndarray:
+    """Per-slice labels (Z, ...) moved as `shift` moves the slices by `dz`: ``out[z + dz] =
+    labels[z]``, `fill` (unknown) on the slices shifted in."""
+    out = np.full_like(labels, fill)
+    n = labels.shape[0]
+    if abs(dz) < n:
+        out[max(0, dz):n - max(0, -dz)] = labels[max(0, -dz):n - max(0, dz)]
+    return out
+
+
+def augment_volume_labels(vol: torch.Tensor, slice_labels: np.ndarray | None, rng: np.random.Generator,
+                          max_angle: float = MAX_ANGLE_DEG, max_shift: int = MAX_SHIFT_PX, ref_size: int = REF_SIZE,
+                          max_shift_z: int | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
+    """`augment_volume` (the same draws from `rng`, the same volume) that carries per-slice labels
+    (Z, ...) along, -1 unknown: kept by the original, the mirror and a rotation about z (in the
+    slice plane); moved with the z shift, unknown on the slices shifted in; all unknown after a
+    rotation about y or x, whose tilted slices each mix several source slices. None stays None."""
     _check(vol, 4, "augment_volume")
+    if slice_labels is not None and slice_labels.shape[0] != vol.shape[1]:
+        raise InputError(f"augment_volume: {slice_labels.shape[0]} slice labels for a volume of "
+                         f"{vol.shape[1]} slices")
     mode = int(rng.integers(4))
     if mode == 1:
         axis = int(rng.integers(3))
         out = rotate(vol, rng.uniform(-max_angle, max_angle), axis=axis)
-        return _clamp_like(out, vol)
+        if slice_labels is not None and axis != 0:
+            slice_labels = np.full_like(slice_labels, -1)
+        return _clamp_like(out, vol), slice_labels
     if mode == 2:
-        return mirror(vol)
+        return mirror(vol), slice_labels
     if mode == 3:
         mz = min(max_shift if max_shift_z is None else int(max_shift_z), vol.shape[1] // 2)
         my, mx = scaled_shift(max_shift, vol.shape[2], ref_size), scaled_shift(max_shift, vol.shape[3], ref_size)
         offsets = (int(rng.integers(-mz, mz + 1)), int(rng.integers(-my, my + 1)), int(rng.integers(-mx, mx + 1)))
-        return shift(vol, offsets)
-    return vol
+        if slice_labels is not None:
+            slice_labels = shift_slice_labels(slice_labels, offsets[0])
+        return shift(vol, offsets), slice_labels
+    return vol, slice_labels
 
 
-__all__ = ["MAX_ANGLE_DEG", "MAX_SHIFT_PX", "MODES", "REF_SIZE", "augment_slice", "augment_volume", "mirror",
-           "rotate", "sample_rng", "scaled_shift", "shift"]
+__all__ = ["MAX_ANGLE_DEG", "MAX_SHIFT_PX", "MODES", "REF_SIZE", "augment_slice", "augment_volume",
+           "augment_volume_labels", "mirror", "rotate", "sample_rng", "scaled_shift", "shift", "shift_slice_labels"]
