@@ -3,6 +3,7 @@ and `slice_map`, which source slices each prepared slice covers."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -11,6 +12,7 @@ from ichdet.errors import InputError
 from ichdet.io.volume import Volume
 from ichdet.preprocess.anatomy import crop_to_head
 from ichdet.preprocess.downsample import AIR_HU, _block_max, max_filter_2d, max_filter_3d, resize_slices
+from ichdet.preprocess.slabs import series_spacing, slab_max, slab_size
 from ichdet.preprocess.slices import SliceMap
 from ichdet.preprocess.windows import WINDOWS, parse_window, window_stack
 
@@ -28,6 +30,10 @@ class PrepSpec:
         the slice is larger than `size`; whatever remains is resized by area/bilinear.
     z_max_filter: also take the maximum of slice pairs (the 2x2x2 filter of the 3D model).
     crop_head: crop every slice to the head's in-plane bounding box (one box per volume).
+    slab_mm: first merge runs of consecutive source slices into slabs of about this thickness (mm),
+        by their maximum (`ichdet.preprocess.slabs`): the training slice thickness, so a thin
+        series reaches the model as the scans it was trained on. None (the default): slices as
+        they are. Left out of `to_dict` and `key` when None, so existing specs keep their keys.
     """
 
     windows: tuple[str, ...] = ("brain",)
@@ -35,6 +41,7 @@ class PrepSpec:
     max_filter: int = 2
     z_max_filter: bool = False
     crop_head: bool = False
+    slab_mm: float | None = None
 
     def __post_init__(self) -> None:
         wins = (self.windows,) if isinstance(self.windows, str) else tuple(self.windows)
@@ -51,10 +58,17 @@ class PrepSpec:
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise InputError(f"PrepSpec.{name} must be true or false, got {getattr(self, name)!r}")
             object.__setattr__(self, name, bool(getattr(self, name)))
+        if self.slab_mm is not None:
+            ok = isinstance(self.slab_mm, (int, float, np.integer, np.floating)) and not isinstance(self.slab_mm, bool)
+            if not ok or not math.isfinite(float(self.slab_mm)) or float(self.slab_mm) <= 0:
+                raise InputError(f"PrepSpec.slab_mm must be a positive number of mm or null, got {self.slab_mm!r}")
+            object.__setattr__(self, "slab_mm", float(self.slab_mm))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["windows"] = list(self.windows)
+        if self.slab_mm is None:
+            del d["slab_mm"]
         return d
 
     @classmethod
@@ -70,7 +84,8 @@ class PrepSpec:
         names = {v: k for k, v in WINDOWS.items()}
         wins = "+".join(names.get(parse_window(w), f"c{parse_window(w).center:g}w{parse_window(w).width:g}")
                         for w in self.windows)
-        return f"{wins}_s{self.size}_mf{self.max_filter}_z{int(self.z_max_filter)}_crop{int(self.crop_head)}"
+        slab = "" if self.slab_mm is None else f"_slab{self.slab_mm:g}"
+        return f"{wins}_s{self.size}_mf{self.max_filter}_z{int(self.z_max_filter)}_crop{int(self.crop_head)}{slab}"
 
 
 def prepare_display_image(image: np.ndarray, spec: PrepSpec = PrepSpec()) -> np.ndarray:
@@ -94,9 +109,10 @@ def prepare_display_image(image: np.ndarray, spec: PrepSpec = PrepSpec()) -> np.
 def prepare_volume(volume: Volume | np.ndarray, spec: PrepSpec = PrepSpec()) -> np.ndarray:
     """A HU volume (Z, H, W) -> float32 (C, Z', size, size) in [0, 1], C = len(spec.windows).
 
-    Always four axes, even for one window. Z' = Z, or ceil(Z/2) with `z_max_filter`; `slice_map`
-    says which source slices each prepared slice covers.
-    Order: head crop (one box) -> max filter -> pad to square + resize -> windows.
+    Always four axes, even for one window. Z' = Z, or ceil(Z/2) with `z_max_filter`, each after
+    slabs of `spec.slab_mm` (a Volume with a z spacing only); `slice_map` says which source slices
+    each prepared slice covers.
+    Order: slabs -> head crop (one box) -> max filter -> pad to square + resize -> windows.
     A Volume read from a PNG/JPEG (``info["units"] == "display"``) goes to `prepare_display_image`.
     """
     if isinstance(volume, Volume) and volume.info.get("units") == "display":
@@ -105,6 +121,8 @@ def prepare_volume(volume: Volume | np.ndarray, spec: PrepSpec = PrepSpec()) -> 
     spacing = volume.spacing if isinstance(volume, Volume) else None
     if hu.ndim != 3 or min(hu.shape) == 0:
         raise InputError(f"prepare_volume expects a (Z, H, W) HU volume, got shape {hu.shape}")
+    if spec.slab_mm is not None and isinstance(volume, Volume):
+        hu = slab_max(hu, slab_size(series_spacing(volume), spec.slab_mm))
     if spec.crop_head:
         hu = crop_to_head(hu, spacing, blank_outside=True, fill=AIR_HU)
     k = spec.max_filter if max(hu.shape[-2:]) > spec.size else 1
@@ -117,9 +135,18 @@ def prepare_volume(volume: Volume | np.ndarray, spec: PrepSpec = PrepSpec()) -> 
     return np.ascontiguousarray(window_stack(hu, spec.windows), dtype=np.float32)
 
 
+def z_block(spec: PrepSpec, spacing_mm: float | None, display: bool = False) -> int:
+    """Consecutive source slices per prepared slice of a volume whose slices are `spacing_mm`
+    apart (None: unknown): the slab size (`slab_size(spacing_mm, spec.slab_mm)`) times 2 with
+    `z_max_filter`, whose pairs of slabs are runs of 2k source slices; 1 for a PNG/JPEG image."""
+    if display:
+        return 1
+    return slab_size(spacing_mm, spec.slab_mm) * (Z_MAX_FILTER if spec.z_max_filter else 1)
+
+
 def slice_map(volume: Volume, spec: PrepSpec = PrepSpec()) -> SliceMap:
-    """The `SliceMap` of `prepare_volume(volume, spec)`: with `z_max_filter`, prepared slice k
-    covers source slices (2k, 2k+1) (an odd last slice alone), else slice k; a PNG/JPEG image
+    """The `SliceMap` of `prepare_volume(volume, spec)`: prepared slice j covers the source slices
+    of its slab (k of them, `spec.slab_mm`; k = 1 without) or, with `z_max_filter`, of its pair of
+    slabs, 2k source slices from 2jk (the last group possibly shorter); a PNG/JPEG image
     (``info["units"] == "display"``) is one slice and never merged."""
-    merges = spec.z_max_filter and volume.info.get("units") != "display"
-    return SliceMap.of_volume(volume, Z_MAX_FILTER if merges else 1)
+    return SliceMap.of_volume(volume, z_block(spec, series_spacing(volume), volume.info.get("units") == "display"))

@@ -1,7 +1,9 @@
 """`SliceMap`: which slices of the input each prepared slice covers, and where those lie.
 
 The 2x2x2 maximum filter merges source slices (2k, 2k+1) into prepared slice k (an odd last
-slice stands alone); without it prepared slice k is source slice k. `slice_map` in
+slice stands alone); without it prepared slice k is source slice k. Slabs of the training slice
+thickness (`ichdet.preprocess.slabs`, k source slices each) come first, so prepared slice j then
+covers k (or, with the filter, 2k) consecutive source slices. `slice_map` in
 `ichdet.preprocess.pipeline` makes the map with the same rule that `prepare_volume` follows, so
 consumers (per-slice probabilities, top slices, heatmap names, the viewer) read it instead of
 guessing from array shapes.
