@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ichdet.datasets.prepared import PreparedCohort
-from ichdet.datasets.scans import ScanDataset, balanced_scan_epoch, collate_scans, volume_to_sequence
+from ichdet.datasets.manifest import read_slice_labels
+from ichdet.datasets.scans import ScanDataset, balanced_scan_epoch, collate_scans, slice_target_rows, volume_to_sequence
 from ichdet.datasets.slices import epoch_keys, stack_context
 from ichdet.errors import InputError
 from ichdet.preprocess import PrepSpec
@@ -63,6 +64,37 @@ def test_collate_pads_at_the_end_and_reports_lengths() -> None:
     assert torch.equal(x[0, :3], a) and x[0, 3:].abs().sum() == 0 and torch.equal(x[1], b)
     with pytest.raises(InputError, match=r"scan 'c' has slices of shape \(2, 8, 8\), expected \(2, 4, 4\)"):
         collate_scans([(a, 1, "a"), (torch.zeros(2, 2, 8, 8), 0, "c")])
+
+
+def test_slice_targets_are_the_merged_slice_labels_and_follow_augmentation(cohort: PreparedCohort,
+                                                                             cohort_manifest: Path) -> None:
+    """With slice_targets each scan brings (Z', 6) rows: five subtypes, then the slice label of the
+    2x2x2-merged slice (1 when either source slice bleeds); x is the same as without them."""
+    source = read_slice_labels(cohort_manifest.parent / "slice_labels.csv")
+    positive = next(s for s in cohort.scan_ids() if cohort.row(s).label == 1)
+    ds = ScanDataset(cohort, [positive], slice_targets=True)
+    x, y, sid, rows = ds[0]
+    assert rows.shape == (15, 6) and rows.dtype == torch.float32 and y == 1
+    by_z = {sl.slice_index: sl.label for sl in source[sid]}  # 30 source slices
+    merged = [max(by_z[2 * z], by_z[2 * z + 1]) for z in range(15)]
+    assert rows[:, 5].tolist() == merged and 0 < sum(merged) < 15
+    np.testing.assert_array_equal(rows[:, :5].numpy(), cohort[sid].slice_subtypes)
+    assert ((rows[:, :5].max(1).values == 1) == (rows[:, 5] == 1)).all()  # a slice bleeds when a subtype does
+    assert torch.equal(x, ScanDataset(cohort, [positive])[0][0])
+    np.testing.assert_array_equal(slice_target_rows(cohort[sid]), rows.numpy())
+    aug = ScanDataset(cohort, [positive], augment=True, seed=5, slice_targets=True)
+    plain = ScanDataset(cohort, [positive], augment=True, seed=5)
+    for p in range(12):  # same volume as without targets; targets kept, moved or unknown
+        xa, _, _, ra = aug[(0, 0, p)]
+        assert torch.equal(xa, plain[(0, 0, p)][0])
+        known = ra[:, 5] >= 0
+        assert (ra[:, 5] == -1).all() or set(ra[known, 5].tolist()) <= {0.0, 1.0}
+    # collate pads the rows with -1 after each scan's last slice
+    a = (torch.ones(3, 1, 4, 4), 1, "a", torch.tensor([[0.0] * 5 + [1.0]] * 3))
+    b = (torch.ones(5, 1, 4, 4), 0, "b", torch.zeros(5, 6))
+    x, lengths, y, ids, st = collate_scans([a, b])
+    assert st.shape == (2, 5, 6) and lengths.tolist() == [3, 5] and ids == ["a", "b"]
+    assert st[0, :3, 5].tolist() == [1.0] * 3 and (st[0, 3:] == -1).all() and (st[1] == 0).all()
 
 
 def test_balanced_scan_epoch_and_loader(cohort: PreparedCohort) -> None:
