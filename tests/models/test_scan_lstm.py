@@ -63,6 +63,32 @@ def test_variable_length_batch_equals_single_scans():
     assert torch.all(feats[0, 3:] == 0) and torch.all(feats[2, 1:] == 0)
 
 
+def test_forward_with_slices_is_one_encoder_pass_giving_both_outputs():
+    """(scan logits, slice-head logits of the real slices) equal forward() and slice_logits() at
+    the real slices, from one pass of the encoder; with_slices routes forward() to it."""
+    model = small(num_classes=3)
+    batch = torch.rand(2, 5, 1, 32, 32)
+    lengths = torch.tensor([3, 5])
+    calls = []
+    enc_forward = model.encoder.forward_features
+    model.encoder.forward_features = lambda x: (calls.append(len(x)), enc_forward(x))[1]
+    scan, slices = model.forward_with_slices(batch, lengths)
+    assert calls == [8], "the encoder runs once, on the 8 real slices only"
+    assert scan.shape == (2, 3) and slices.shape == (8, 2)
+    assert torch.equal(scan, model(batch, lengths))
+    per_slice = model.slice_logits(batch, lengths)
+    assert torch.equal(slices, torch.cat([per_slice[0, :3], per_slice[1, :5]]))
+    with_slices = model(batch, lengths, with_slices=True)
+    assert torch.equal(with_slices[0], scan) and torch.equal(with_slices[1], slices)
+    full_scan, full_slices = model.forward_with_slices(batch)  # no lengths: every slice is real
+    assert full_slices.shape == (10, 2) and torch.equal(full_scan, model(batch))
+    # gradients reach the encoder's head through the slice logits, the LSTM through the scan logits
+    model.train()
+    scan, slices = model.forward_with_slices(batch, lengths)
+    slices.sum().backward()
+    assert model.encoder.head.linear.weight.grad.abs().sum() > 0 and model.lstm.weight_ih_l0.grad is None
+
+
 def test_chunked_encoding_is_identical():
     model = small()
     x = torch.rand(2, 5, 1, 32, 32)

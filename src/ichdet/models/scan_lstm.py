@@ -4,7 +4,9 @@ x (B, Z, C, H, W) -> the encoder's `forward_features` on every real slice -> (B,
 `lstm_layers` bidirectional LSTM layers of `hidden` units -> the last layer's final forward and
 backward hidden states, concatenated (B, 2*hidden) -> Linear -> scan logits (B, num_classes).
 Scans are padded at the end; with `lengths` the sequence is packed, so padding never changes the
-result. LSTM initialisation follows the paper: Glorot-uniform input weights and orthogonal
+result. `forward_with_slices` also gives the encoder's own slice head's logits on the real slices
+from the same encoder pass (training's auxiliary slice loss keeps that head, which `predict`'s
+per-slice probabilities come from, trained with the encoder). LSTM initialisation follows the paper: Glorot-uniform input weights and orthogonal
 recurrent weights (per gate block), forget-gate bias 1, all other biases 0. Under autocast only the
 encoder runs in bf16/fp16: the LSTM reads fp32 features in fp32 (`fp32_sequence`; oneDNN has no
 bf16 LSTM on CPUs without bf16 units, and the recurrence is a small part of the work).
@@ -129,15 +131,29 @@ class ScanLSTM(nn.Module):
 
     def _per_slice(self, x: torch.Tensor, lengths: torch.Tensor | None, fn) -> torch.Tensor:
         """Apply `fn` ((N, C, H, W) -> (N, D)) to the real slices; (B, Z, D) with zeros at padding."""
+        return self._per_slice_real(x, lengths, fn)[1]
+
+    def _per_slice_real(self, x: torch.Tensor, lengths: torch.Tensor | None, fn) -> tuple[torch.Tensor, torch.Tensor]:
+        """`fn` on the real slices: (its (N, D) output, scan-major, inferior slice first; the same
+        as (B, Z, D) with zeros at padding)."""
         B, Z = x.shape[:2]
         flat = x.reshape(B * Z, *x.shape[2:])
         if lengths is None:
-            return fn(flat).reshape(B, Z, -1)
+            real = fn(flat)
+            return real, real.reshape(B, Z, -1)
         mask = (torch.arange(Z).unsqueeze(0) < lengths.unsqueeze(1)).reshape(-1).to(x.device)
         real = fn(flat[mask])
         out = real.new_zeros(B * Z, real.shape[1])
         out[mask] = real
-        return out.reshape(B, Z, -1)
+        return real, out.reshape(B, Z, -1)
+
+    def _sequence(self, seq: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """Slice features (B, Z, F) -> scan vector (B, 2*hidden), the LSTM in fp32."""
+        with fp32_sequence(seq) as seq:  # the LSTM always in fp32
+            if lengths is not None:
+                seq = pack_padded_sequence(seq, lengths, batch_first=True, enforce_sorted=False)
+            _, (h_n, _) = self.lstm(seq)  # h_n (layers*2, B, hidden), original batch order
+            return torch.cat([h_n[-2], h_n[-1]], dim=1)
 
     def slice_features(self, x: torch.Tensor, lengths: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
         """x (B, Z, C, H, W) -> encoder features (B, Z, F); rows past a scan's length are 0."""
@@ -151,19 +167,29 @@ class ScanLSTM(nn.Module):
         """x (B, Z, C, H, W), lengths (B,) -> scan vector (B, 2*hidden): last layer's final forward and
         backward hidden states."""
         lengths = self._check(x, lengths)
-        with fp32_sequence(self._per_slice(x, lengths, self._encode)) as seq:  # the LSTM always in fp32
-            if lengths is not None:
-                seq = pack_padded_sequence(seq, lengths, batch_first=True, enforce_sorted=False)
-            _, (h_n, _) = self.lstm(seq)  # h_n (layers*2, B, hidden), original batch order
-            return torch.cat([h_n[-2], h_n[-1]], dim=1)
+        return self._sequence(self._per_slice(x, lengths, self._encode), lengths)
 
     def forward_head(self, f: torch.Tensor) -> torch.Tensor:
         """Scan vector (B, 2*hidden) -> logits (B, num_classes)."""
         check_feature_batch(f, self.feature_dim, "ScanLSTM head")
         return self.head(f)
 
-    def forward(self, x: torch.Tensor, lengths: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, Z, C, H, W), lengths (B,) or None (all Z slices real) -> logits (B, num_classes)."""
+    def forward_with_slices(self, x: torch.Tensor, lengths: Sequence[int] | torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, Z, C, H, W), lengths (B,) -> (scan logits (B, num_classes), the encoder's slice-head
+        logits (N, K_slice) on the N = sum(lengths) real slices, scan-major, inferior slice first:
+        the rows of ``x[b, z]`` for z < lengths[b]). The encoder runs once; its features feed both."""
+        lengths = self._check(x, lengths)
+        real, seq = self._per_slice_real(x, lengths, self._encode)
+        return self.forward_head(self._sequence(seq, lengths)), self.encoder.forward_head(real)
+
+    def forward(self, x: torch.Tensor, lengths: Sequence[int] | torch.Tensor | None = None,
+                with_slices: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x (B, Z, C, H, W), lengths (B,) or None (all Z slices real) -> logits (B, num_classes);
+        with `with_slices`, `forward_with_slices` (so DistributedDataParallel, which wraps
+        `forward`, sees the slice head too)."""
+        if with_slices:
+            return self.forward_with_slices(x, lengths)
         return self.forward_head(self.forward_features(x, lengths))
 
     def config(self) -> dict:
