@@ -141,7 +141,7 @@ def test_prepare_all_with_worker_processes(cohort_manifest: Path, tmp_path: Path
     plain = PreparedCohort(cohort_manifest, SPEC_Z)
     for sid in cohort.scan_ids()[:3]:
         np.testing.assert_array_equal(cohort[sid].image, plain[sid].image)
-    assert len(list((tmp_path / "cache").glob("??/*.npy"))) == 6  # image + cranial flags per scan
+    assert len(list((tmp_path / "cache").glob("??/*.npy"))) == 9  # image, cranial flags and slice spacing per scan
 
 
 def test_bad_scan_names_scan_and_path(cohort_manifest: Path, tmp_path: Path) -> None:
@@ -271,3 +271,59 @@ def test_align_slice_subtypes_without_full_labels() -> None:
     got = align_slice_subtypes("d", 1, {}, 3, labels, False)
     assert got.tolist() == [[0] * 5, [-1] * 5, [-1, -1, -1, 1, -1]]
     assert align_slice_subtypes("d", 1, {}, 3, labels, True).tolist() == [[0] * 5, [-1, -1, -1, 1, -1]]
+
+
+def test_cache_keys_of_image_and_cranial_flags_are_unchanged(cohort_manifest: Path) -> None:
+    """The slice spacing joined the cache as a third entry; the image's and the cranial flags' keys
+    are still the ones `volume_key_parts` gave them, so existing caches stay valid."""
+    from ichdet.datasets.cache import volume_key_parts
+
+    row = read_manifest(cohort_manifest)[0]
+    path = row.resolved_path(cohort_manifest.parent)
+    keys = prepared._key_parts(row, path, SPEC_Z)
+    same = {"layout": 2, "path": str(path.resolve()), "series_uid": row.extra["series_uid"]}
+    files = prepared.source_files(path)
+    assert keys["image"] == volume_key_parts(files, SPEC_Z.to_dict(), what="image", **same)
+    assert keys["cranial"] == volume_key_parts(files, {}, what="cranial", **same)
+    assert keys["z_spacing"] == {**keys["cranial"], "what": "z_spacing"}
+
+
+def test_slice_spacing_is_kept_and_an_older_cache_gains_it_without_preparing_again(
+        cohort_manifest: Path, tmp_path: Path, monkeypatch) -> None:
+    cache = PreparedCache(tmp_path / "cache")
+    cohort = PreparedCohort(cohort_manifest, SPEC_Z, cache=cache)
+    ids = cohort.scan_ids()
+    assert [cohort[s].z_spacing_mm for s in ids] == [5.0] * 8
+    assert cohort.slice_thickness_mm(ids) == 5.0 == PreparedCohort(cohort_manifest, SPEC_Z).slice_thickness_mm(ids[:2])
+    row = cohort.row(ids[0])
+    cache.path_for(prepared._key_parts(row, row.resolved_path(cohort.root), SPEC_Z)["z_spacing"]).unlink()
+    reads, prepares = [], []
+    monkeypatch.setattr(prepared, "read_volume", lambda path, **kw: reads.append(path) or read_volume(path, **kw))
+    monkeypatch.setattr(prepared, "prepare_volume", lambda *a: prepares.append(a) or None)
+    again = PreparedCohort(cohort_manifest, SPEC_Z, cache=cache)
+    assert again[ids[0]].z_spacing_mm == 5.0 and again[ids[1]].z_spacing_mm == 5.0
+    assert len(reads) == 1 and prepares == []  # read once for the spacing; the cached image is used
+    np.testing.assert_array_equal(again[ids[0]].image, cohort[ids[0]].image)
+
+
+def test_slabs_merge_labels_and_cranial_flags_with_the_slices(tmp_path: Path) -> None:
+    """A 0.625 mm cohort with `slab_mm` 5 and the z filter: prepared slice j covers source slices
+    16j..16j+15, its label the maximum and its cranial flag the 'any' of theirs."""
+    from ichdet.datasets.prepared import n_prepared_slices
+    from ichdet.synth import make_cohort
+
+    manifest = make_cohort(tmp_path / "thin", 2, seed=3, size=64, n_slices=40, slice_thickness=0.625,
+                           positive_fraction=1.0)
+    spec = PrepSpec(windows=("brain",), size=32, z_max_filter=True, slab_mm=5.0)
+    full, slabs = PreparedCohort(manifest, PrepSpec(windows=("brain",), size=32)), PreparedCohort(manifest, spec)
+    assert full.slice_thickness_mm(full.scan_ids()) == 0.625
+    groups = [list(range(0, 16)), list(range(16, 32)), list(range(32, 40))]
+    for sid in slabs.scan_ids():
+        a, b = full[sid], slabs[sid]
+        assert b.image.shape == (1, 3, 32, 32) == (1, n_prepared_slices(40, spec, 0.625), 32, 32)
+        assert b.slice_labels.dtype == np.int8 and b.slice_subtypes.dtype == np.int8
+        np.testing.assert_array_equal(b.slice_labels, [a.slice_labels[g].max() for g in groups])
+        np.testing.assert_array_equal(b.slice_subtypes, [a.slice_subtypes[g].max(axis=0) for g in groups])
+        np.testing.assert_array_equal(b.cranial, [a.cranial[g].any() for g in groups])
+        assert b.slice_labels.max() == 1 and b.z_spacing_mm == 0.625
+    assert n_prepared_slices(40, spec) == 20 and n_prepared_slices(40, PrepSpec()) == 40

@@ -1,9 +1,11 @@
 """Prepared scans: network-ready arrays + per-slice labels + cranial flags, cached on disk.
 
 `load_prepared` turns one manifest row into a `PreparedScan`; `PreparedCohort` does it lazily
-for a whole manifest. With a `PreparedCache` the prepared image and the full-resolution cranial
-flags are stored under a key built from the series' file fingerprints (listed, not decoded), the
-scan path, the series uid and the `PrepSpec`, so the second pass over a cohort decodes nothing.
+for a whole manifest. With a `PreparedCache` the prepared image, the full-resolution cranial
+flags and the slice spacing are stored under keys built from the series' file fingerprints
+(listed, not decoded), the scan path, the series uid and (for the image) the `PrepSpec`, so the
+second pass over a cohort decodes nothing. `PreparedCohort.slice_thickness_mm` is the median
+slice spacing of a set of scans: what a bundle records as its training slice thickness.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from ichdet.datasets.manifest import SUBTYPES, ManifestRow, SliceLabel, read_man
 from ichdet.errors import InputError
 from ichdet.io import read_volume
 from ichdet.io.sources import list_files
-from ichdet.preprocess import PrepSpec, cranial_slices, merge_groups, prepare_volume, slice_groups
+from ichdet.io.volume import Volume
+from ichdet.preprocess import PrepSpec, cranial_slices, merge_groups, prepare_volume, series_spacing, slice_groups, z_block
 from ichdet.preprocess.pipeline import Z_MAX_FILTER
 
 UNKNOWN = -1  # slice label of a slice nobody annotated
@@ -37,7 +40,9 @@ class PreparedScan:
     cranial: bool (Z',): the slice shows the cranial cavity.
     slice_subtypes: int8 (Z', 5) in `SUBTYPES` order, 1 / 0 / -1 (unknown) per slice and subtype
         (see `align_slice_subtypes`).
-    Z' = Z, or ceil(Z / 2) when the spec's z max filter merged slice pairs.
+    z_spacing_mm: the distance between the source slices (mm), None for one slice or an image.
+    Z' = Z, or ceil(Z / 2) when the spec's z max filter merged slice pairs; with `spec.slab_mm`
+    the source slices are first merged into slabs (`ichdet.preprocess.z_block`).
     """
 
     scan_id: str
@@ -49,6 +54,7 @@ class PreparedScan:
     cranial: np.ndarray
     extra: dict[str, str] = field(default_factory=dict)
     slice_subtypes: np.ndarray | None = None
+    z_spacing_mm: float | None = None
 
     @property
     def n_slices(self) -> int:
@@ -125,9 +131,20 @@ def align_slice_subtypes(scan_id: str, label: int, subtypes: Mapping[str, int], 
     return pair_reduce(out, "max").astype(np.int8)
 
 
-def _key_parts(row: ManifestRow, path: Path, spec: PrepSpec, what: str) -> dict:
-    return volume_key_parts(source_files(path), spec.to_dict() if what == "image" else {}, what=what, layout=2,
-                            path=str(path.resolve()), series_uid=row.extra.get("series_uid", ""))
+CACHED = ("image", "cranial", "z_spacing")  # what the cache holds per scan
+
+
+def _key_parts(row: ManifestRow, path: Path, spec: PrepSpec) -> dict[str, dict]:
+    """{what: key parts} of `CACHED`, the files fingerprinted once (the image's and the cranial
+    flags' keys are those `volume_key_parts(files, spec or {}, what=..., layout=2, ...)` gives)."""
+    base = volume_key_parts(source_files(path), {}, what="cranial", layout=2, path=str(path.resolve()),
+                            series_uid=row.extra.get("series_uid", ""))
+    return {what: {**base, "what": what, **({"spec": spec.to_dict()} if what == "image" else {})} for what in CACHED}
+
+
+def _merged(values: np.ndarray, block: int, how: str) -> np.ndarray:
+    """Per source slice (Z, ...) -> per prepared slice: runs of `block` slices merged (`merge_groups`)."""
+    return values if block == 1 else merge_groups(values, slice_groups(values.shape[0], block), how)
 
 
 def load_prepared(row: ManifestRow, root: str | Path, spec: PrepSpec = PrepSpec(), cache: PreparedCache | None = None,
@@ -135,43 +152,54 @@ def load_prepared(row: ManifestRow, root: str | Path, spec: PrepSpec = PrepSpec(
     """Read, prepare and label one manifest row; InputError names the scan and its path."""
     path = row.resolved_path(root)
     try:
-        image, cranial_full = _image_and_cranial(row, path, spec, cache)
-        labels = align_slice_labels(row.scan_id, row.label, int(cranial_full.shape[0]), slice_labels,
-                                    spec.z_max_filter)
-        subtypes = align_slice_subtypes(row.scan_id, row.label, row.subtypes, int(cranial_full.shape[0]),
-                                        slice_labels, spec.z_max_filter)
+        image, cranial_full, z_mm = _image_cranial_spacing(row, path, spec, cache)
+        n, block = int(cranial_full.shape[0]), z_block(spec, z_mm)  # source slices per prepared slice
+        labels = _merged(align_slice_labels(row.scan_id, row.label, n, slice_labels, False), block, "max")
+        subtypes = _merged(align_slice_subtypes(row.scan_id, row.label, row.subtypes, n, slice_labels, False),
+                           block, "max")
     except InputError as e:
         msg = str(e)
         raise InputError(msg if f"scan {row.scan_id!r}" in msg else f"scan {row.scan_id!r}: {msg}",
                          None if str(path) in msg else path) from None
     except (OSError, MemoryError) as e:  # the file cannot be read; anything else is an internal error
         raise InputError(f"scan {row.scan_id!r}: cannot be read ({e.__class__.__name__}: {e})", path) from None
-    cranial = pair_reduce(cranial_full, "any") if spec.z_max_filter else np.asarray(cranial_full, dtype=bool)
+    cranial = _merged(np.asarray(cranial_full, dtype=bool), block, "any")
     if image.shape[1] != labels.shape[0]:
         raise InputError(f"scan {row.scan_id!r}: prepared image has {image.shape[1]} slices but the labels "
                          f"have {labels.shape[0]} (stale cache?)", path)
     return PreparedScan(row.scan_id, row.patient_id, int(row.label), dict(row.subtypes), image, labels,
-                        np.asarray(cranial, dtype=bool), dict(row.extra), subtypes)
+                        np.asarray(cranial, dtype=bool), dict(row.extra), subtypes.astype(np.int8), z_mm)
 
 
-def _image_and_cranial(row: ManifestRow, path: Path, spec: PrepSpec,
-                       cache: PreparedCache | None) -> tuple[np.ndarray, np.ndarray]:
-    """(image (C, Z', S, S), cranial flags (Z,) at full z resolution), from the cache if there."""
-    def compute() -> tuple[np.ndarray, np.ndarray]:
-        vol = read_volume(path, series_uid=row.extra.get("series_uid") or None)
+def _image_cranial_spacing(row: ManifestRow, path: Path, spec: PrepSpec,
+                           cache: PreparedCache | None) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """(image (C, Z', S, S), cranial flags (Z,) at full z resolution, slice spacing in mm or None),
+    from the cache where there; the volume is read at most once, only for what is missing."""
+    read: list[Volume] = []
+
+    def volume() -> Volume:
+        if not read:
+            read.append(read_volume(path, series_uid=row.extra.get("series_uid") or None))
+        return read[0]
+
+    def cranial() -> np.ndarray:
+        vol = volume()
         if vol.hu.shape[0] == 1:  # one image of a 2D set shows the head by definition
-            return prepare_volume(vol, spec), np.ones(1, dtype=bool)
-        return prepare_volume(vol, spec), cranial_slices(vol.hu, vol.spacing)
+            return np.ones(1, dtype=bool)
+        return cranial_slices(vol.hu, vol.spacing)
 
+    def spacing() -> np.ndarray:  # (1,) float64, NaN where there is none
+        z = series_spacing(volume())
+        return np.array([np.nan if z is None else z], dtype=np.float64)
+
+    compute = {"image": lambda: prepare_volume(volume(), spec), "cranial": cranial, "z_spacing": spacing}
     if cache is None:
-        return compute()
-    image_key, cranial_key = _key_parts(row, path, spec, "image"), _key_parts(row, path, spec, "cranial")
-    image, cranial = cache.load(image_key), cache.load(cranial_key)
-    if image is None or cranial is None:
-        fresh = compute()
-        image = cache.get_or_compute(image_key, lambda: fresh[0])
-        cranial = cache.get_or_compute(cranial_key, lambda: fresh[1])
-    return image, np.asarray(cranial, dtype=bool)
+        got = {what: fn() for what, fn in compute.items()}
+    else:
+        keys = _key_parts(row, path, spec)
+        got = {what: cache.get_or_compute(keys[what], compute[what]) for what in CACHED}
+    z = float(np.asarray(got["z_spacing"]).reshape(-1)[0])
+    return got["image"], np.asarray(got["cranial"], dtype=bool), None if np.isnan(z) else z
 
 
 def _prepare_worker(args: tuple) -> tuple[str, PreparedScan | None, str | None]:
@@ -300,10 +328,17 @@ class PreparedCohort:
         return (f"PreparedCohort({str(self.manifest_path)!r}, scans={len(self.rows)}, spec={self.spec.key()}, "
                 f"loaded={len(self._scans)})")
 
+    def slice_thickness_mm(self, scan_ids: Sequence[str]) -> float | None:
+        """The median slice spacing (mm, to 0.001) of these scans (loading them), over those with
+        several slices; None when none has any (a 2D image set)."""
+        z = [self[s].z_spacing_mm for s in scan_ids]
+        z = [v for v in z if v is not None]
+        return round(float(np.median(z)), 3) if z else None
 
-def n_prepared_slices(n_slices: int, spec: PrepSpec) -> int:
-    """Z' for a volume of `n_slices` slices under `spec`."""
-    return math.ceil(n_slices / 2) if spec.z_max_filter else int(n_slices)
+
+def n_prepared_slices(n_slices: int, spec: PrepSpec, z_spacing_mm: float | None = None) -> int:
+    """Z' for a volume of `n_slices` slices `z_spacing_mm` apart (None: unknown) under `spec`."""
+    return math.ceil(n_slices / z_block(spec, z_spacing_mm))
 
 
 __all__ = ["UNKNOWN", "PreparedCohort", "PreparedScan", "align_slice_labels", "load_prepared", "n_prepared_slices",
