@@ -83,6 +83,10 @@ class OptimConfig:
     warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs (before the schedule)
     loss: str = "auto"  # auto (cross_entropy for binary labels, rsna for subtypes) | cross_entropy | rsna | bce
 
+    # scan stage with the encoder training (end-to-end) and slice labels: + this x the encoder's own
+    # slice-head loss on the batch's labelled slices (the head predict's per-slice probabilities come
+    # from); 0 = off, the paper's loss. Frozen encoders and the other stages ignore it.
+    slice_loss_weight: float = 0.0
     def resolved_loss(self, label_mode: str) -> str:
         return ("rsna" if label_mode == "subtypes" else "cross_entropy") if self.loss == "auto" else self.loss
 
@@ -143,6 +147,9 @@ class TrainConfig:
         if not 0 <= self.optim.warmup_epochs <= self.optim.epochs:
             raise InputError(f"config optim.warmup_epochs must be in [0, optim.epochs], got {self.optim.warmup_epochs}")
         if self.optim.select_metric not in SELECT_METRICS:
+        if not self.optim.slice_loss_weight >= 0 or self.optim.slice_loss_weight == float("inf"):
+            raise InputError(f"config optim.slice_loss_weight must be a finite number >= 0, "
+                             f"got {self.optim.slice_loss_weight}")
             raise InputError(f"config optim.select_metric must be one of {', '.join(SELECT_METRICS)}, "
                              f"got {self.optim.select_metric!r}")
         for key in ("batch_size", "epochs"):

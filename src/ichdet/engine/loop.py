@@ -32,12 +32,16 @@ from ichdet.engine.checkpoint import BEST, TrainState, load_checkpoint, restore,
 from ichdet.engine.distributed import barrier, broadcast_object
 from ichdet.engine.precision import resolve_precision
 from ichdet.engine.run import Run
-from ichdet.engine.tasks import loss_and_hits
+from ichdet.engine.tasks import training_loss
 from ichdet.errors import InputError
 from ichdet.fileio import write_text_atomic
 
-METRICS_COLUMNS = ("epoch", "samples", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc",
-                   "val_subtype_auc", "val_n", "lr", "seconds", "data_wait_fraction", "best")
+# train_loss is the loss trained on; with a slice loss (optim.slice_loss_weight w) it is the scan loss
+# + w x train_slice_loss (the slice loss, averaged over the epoch's batches as train_loss is);
+# empty without one. val_slice_auc: the scan stages' slice head on the labelled validation slices.
+METRICS_COLUMNS = ("epoch", "samples", "train_loss", "train_accuracy", "train_slice_loss", "val_loss",
+                   "val_accuracy", "val_auc", "val_subtype_auc", "val_slice_auc", "val_n", "lr", "seconds",
+                   "data_wait_fraction", "best")
 
 
 def make_optimizer(run: Run, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -135,6 +139,7 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
                             collate_fn=task.collate, pin_memory=device.type == "cuda")
         wrapped.train()
         t0, waited, loss_sum, hits, seen = time.perf_counter(), 0.0, 0.0, 0, 0
+        slice_sum: float | None = None  # the slice loss's sum, as loss_sum, when batches bring one
         bar = tqdm(total=len(batches), desc=f"{cfg.experiment or cfg.stage} {epoch}/{cfg.optim.epochs}",
                    unit="step", disable=None if (run.show_progress and info.is_main) else True, leave=False)
         t_wait = time.perf_counter()
@@ -144,8 +149,8 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * factor
             with precision.autocast():
-                logits, y = task.forward(wrapped, to_device(batch, device))
-            loss, h = loss_and_hits(logits, y, task.loss)
+                logits, y, *slices = task.forward(wrapped, to_device(batch, device))
+            loss, h, slice_loss = training_loss(logits, y, task.loss, *slices)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.optim.grad_clip > 0:
@@ -154,6 +159,8 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
             scaler.step(optimizer)
             scaler.update()
             loss_sum += loss.item() * len(y)
+            if slice_loss is not None:
+                slice_sum = (slice_sum or 0.0) + slice_loss.item() * len(y)
             hits, seen = hits + h, seen + len(y)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.3f}")
@@ -171,8 +178,10 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
         else:
             state.bad_epochs += 1
         stopped = bool(cfg.optim.patience and state.bad_epochs >= cfg.optim.patience)
+        slice_part = {} if slice_sum is None else {"train_slice_loss": slice_sum / max(seen, 1)}
         state.history.append({"epoch": epoch, "samples": seen * W, "train_loss": loss_sum / max(seen, 1),
-                              "train_accuracy": hits / max(seen, 1), **val, "lr": optimizer.param_groups[0]["lr"],
+                              "train_accuracy": hits / max(seen, 1), **slice_part, **val,
+                              "lr": optimizer.param_groups[0]["lr"],
                               "seconds": seconds, "data_wait_fraction": waited / max(seconds, 1e-9),
                               "best": int(improved), "stopped": stopped})
         if info.is_main:
@@ -183,9 +192,12 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
                 save_checkpoint(run.out, model, optimizer, state, cfg.to_dict(), scaler)
                 last_saved = time.monotonic()
             write_metrics_csv(run, state)
-        run.log(f"epoch {epoch}/{cfg.optim.epochs}: loss {loss_sum / max(seen, 1):.4f} acc {hits / max(seen, 1):.3f} | "
+        run.log(f"epoch {epoch}/{cfg.optim.epochs}: loss {loss_sum / max(seen, 1):.4f}"
+                + (f" (slice {slice_part['train_slice_loss']:.4f})" if slice_part else "") +
+                f" acc {hits / max(seen, 1):.3f} | "
                 f"val auc {val['val_auc']:.4f} acc {val['val_accuracy']:.3f} loss {val['val_loss']:.4f}"
-                + (f" subtype auc {val['val_subtype_auc']:.4f}" if "val_subtype_auc" in val else "") +
+                + (f" subtype auc {val['val_subtype_auc']:.4f}" if "val_subtype_auc" in val else "")
+                + (f" slice auc {val['val_slice_auc']:.4f}" if "val_slice_auc" in val else "") +
                 f"{' *' if improved else ''} | {seconds:.1f} s, data wait {100 * waited / max(seconds, 1e-9):.0f}%")
         barrier(info)
         if stopped:

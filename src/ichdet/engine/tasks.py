@@ -5,10 +5,16 @@ LSTM and end-to-end stages (sec. 3.3.2-3.3.3).
 With ``model.labels: subtypes`` both train multi-label heads (five subtypes, then "any") on
 targets with -1 for unknown, by the RSNA weighted log loss (``optim.loss: rsna``) or its
 unweighted form (``bce``); sampling stays balanced on "any", and validation adds the loss and
-the mean subtype AUC."""
+the mean subtype AUC.
+
+With ``optim.slice_loss_weight`` w > 0, a training encoder (end-to-end) and slice labels, the scan
+stage adds w x the encoder's own slice-head loss (`SliceTerm`, the slice stage's loss) on the
+batch's real slices with a label, so the head predict's per-slice probabilities come from keeps up
+with the encoder's features; validation reports that head's AUC on the labelled validation slices
+(``val_slice_auc``) in every scan stage."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -17,10 +23,11 @@ import torch.nn.functional as F
 from ichdet.datasets.scans import ScanDataset, balanced_scan_epoch, collate_scans
 from ichdet.datasets.slices import Key, SliceDataset, SliceIndex, epoch_keys, validation_sample
 from ichdet.engine.run import Run
-from ichdet.engine.losses import rsna_weighted_bce
+from ichdet.engine.losses import rsna_weighted_bce, slice_head_loss
 from ichdet.engine.scoring import adapt_input, score_scan, score_slices
 from ichdet.errors import InputError
 from ichdet.metrics import RSNA_WEIGHTS, SUBTYPE_LABELS, roc_auc, rsna_log_loss, subtype_aucs
+from ichdet.models.heads import MULTILABEL, head_of
 
 LOSS_WEIGHTS = {"rsna": RSNA_WEIGHTS, "bce": (1.0,) * len(SUBTYPE_LABELS)}  # multi-label losses
 
@@ -109,6 +116,38 @@ class SliceTask:
         return self._val_samples
 
 
+class SliceTerm(NamedTuple):
+    """A scan batch's auxiliary slice loss: the encoder head's logits (N, K) on the batch's N real
+    slices, their targets (N, 6) (five subtypes, then the slice label; -1 unknown), whether the head
+    is multi-label, its multi-label loss (rsna or bce) and the term's weight."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    multilabel: bool
+    loss: str
+    weight: float
+
+    def value(self) -> torch.Tensor:
+        """The slice loss (unweighted): `slice_head_loss`, as the slice stage trains the head."""
+        return slice_head_loss(self.logits, self.targets, self.multilabel, LOSS_WEIGHTS[self.loss])
+
+
+def slice_loss_weight(run: Run, train_ids: Sequence[str]) -> float:
+    """``optim.slice_loss_weight`` where it applies: 0 unless the encoder trains and a positive
+    training scan has slice labels (slice_labels.csv); says so when it drops a weight it was given."""
+    weight = run.cfg.optim.slice_loss_weight
+    if weight == 0:
+        return 0.0
+    if run.cfg.model.freeze_encoder:
+        run.log(f"optim.slice_loss_weight {weight:g} not used: the encoder is frozen (its slice head does not train)")
+        return 0.0
+    labels = run.cohort.slice_labels
+    if not any(sl.label == 1 for sid in train_ids for sl in labels.get(sid, ())):
+        run.log(f"optim.slice_loss_weight {weight:g} not used: no positive training scan has slice labels")
+        return 0.0
+    return float(weight)
+
+
 class ScanTask:
     """Balanced whole scans, `batch_size` per step (the paper: one), padded to the longest."""
 
@@ -121,8 +160,10 @@ class ScanTask:
                              f"of {len(labels)}", run.cohort.manifest_path)
         self.labels = labels
         self.targets, self.loss = cfg.model.labels, cfg.optim.resolved_loss(cfg.model.labels)
+        self.slice_weight = slice_loss_weight(run, self.train_ids)
+        self.slice_loss = self.loss if self.loss in LOSS_WEIGHTS else "rsna"  # a multi-label slice head's loss
         self.dataset = ScanDataset(run.cohort, self.train_ids, context=run.context, augment=cfg.data.augment,
-                                   seed=cfg.seed, targets=self.targets)
+                                   seed=cfg.seed, targets=self.targets, slice_targets=self.slice_weight > 0)
         self.cohort, self.context = run.cohort, run.context
         self.n_samples = cfg.optim.steps_per_epoch * cfg.optim.batch_size
         self.seed = cfg.seed
@@ -138,17 +179,48 @@ class ScanTask:
         targets = self.cohort.label_targets(self.train_ids)
         return balanced_prevalence(targets[targets[:, -1] == 1])
 
-    def forward(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        x, lengths, y, _ = batch
-        return model(x, lengths), y
+    def forward(self, model: torch.nn.Module, batch: Any) -> tuple:
+        """(scan logits, y), and with a slice loss a third item, the batch's `SliceTerm`: one encoder
+        pass (`ScanLSTM.forward_with_slices`) gives the scan logits and the slice head's logits."""
+        if not self.slice_weight:
+            x, lengths, y, _ = batch
+            return model(x, lengths), y
+        x, lengths, y, _, rows = batch
+        logits, slice_logits = model(x, lengths, with_slices=True)
+        real = torch.arange(rows.shape[1], device=rows.device).unsqueeze(0) < lengths.to(rows.device).unsqueeze(1)
+        multilabel = head_of(getattr(model, "module", model).encoder) is MULTILABEL  # DDP wraps the model
+        return logits, y, SliceTerm(slice_logits, rows[real], multilabel, self.slice_loss, self.slice_weight)
 
     def validate(self, model: torch.nn.Module) -> dict[str, float]:
-        """ROC AUC (and accuracy, loss) over every validation scan."""
+        """ROC AUC (and accuracy, loss) over every validation scan; ``val_slice_auc``: the AUC of
+        the per-slice probabilities (the encoder's slice head) on the validation slices with a label."""
         scores = [score_scan("scan", model, self.cohort[s].image, self.context) for s in self.val_ids]
         if self.targets == "subtypes":
             probs = np.stack([s.label_probs for s in scores])
-            return _multilabel_row(self.cohort.label_targets(self.val_ids).astype(np.float64), probs, self.loss)
-        return _validation_row(self.cohort.labels(self.val_ids), np.array([s.probability for s in scores]))
+            row = _multilabel_row(self.cohort.label_targets(self.val_ids).astype(np.float64), probs, self.loss)
+        else:
+            row = _validation_row(self.cohort.labels(self.val_ids), np.array([s.probability for s in scores]))
+        return {**row, "val_slice_auc": self._slice_auc(scores)}
+
+    def _slice_auc(self, scores: Sequence[Any]) -> float:
+        y = np.concatenate([np.asarray(self.cohort[s].slice_labels) for s in self.val_ids])
+        p = np.concatenate([np.asarray(s.slice_probabilities, dtype=np.float64) for s in scores])
+        known = y >= 0
+        if len(y) != len(p) or len(np.unique(y[known])) < 2:
+            return float("nan")
+        return roc_auc(y[known], p[known])
+
+
+def training_loss(logits: torch.Tensor, y: torch.Tensor, loss: str = "cross_entropy",
+                  slices: SliceTerm | None = None) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    """A training batch's loss: `loss_and_hits`, plus ``slices.weight`` x the slice loss when a
+    `SliceTerm` comes with the batch -> (loss, hits, the unweighted slice loss or None). Without
+    one the loss is exactly `loss_and_hits`'."""
+    value, hits = loss_and_hits(logits, y, loss)
+    if slices is None:
+        return value, hits, None
+    part = slices.value()
+    return value + slices.weight * part, hits, part
 
 
 def loss_and_hits(logits: torch.Tensor, y: torch.Tensor, loss: str = "cross_entropy") -> tuple[torch.Tensor, int]:
@@ -165,4 +237,4 @@ def loss_and_hits(logits: torch.Tensor, y: torch.Tensor, loss: str = "cross_entr
     return value, int(((logits[:, -1] > 0) == (y[:, -1] == 1)).sum())
 
 
-__all__ = ["ScanTask", "SliceTask", "loss_and_hits"]
+__all__ = ["ScanTask", "SliceTask", "SliceTerm", "loss_and_hits", "slice_loss_weight", "training_loss"]
