@@ -327,3 +327,14 @@ def test_slabs_merge_labels_and_cranial_flags_with_the_slices(tmp_path: Path) ->
         np.testing.assert_array_equal(b.cranial, [a.cranial[g].any() for g in groups])
         assert b.slice_labels.max() == 1 and b.z_spacing_mm == 0.625
     assert n_prepared_slices(40, spec) == 20 and n_prepared_slices(40, PrepSpec()) == 40
+
+
+def test_a_2d_image_set_has_no_slice_thickness(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for i in range(2):
+        Image.fromarray(np.full((40, 40), 60 * i, np.uint8)).save(tmp_path / f"img{i}.png")
+    manifest = write_manifest(tmp_path / "manifest.csv", [ManifestRow(f"img{i}", f"p{i}", f"img{i}.png", i) for i in range(2)])
+    cohort = PreparedCohort(manifest, PrepSpec(size=32, z_max_filter=True, slab_mm=5.0))
+    assert [cohort[s].z_spacing_mm for s in cohort.scan_ids()] == [None, None]
+    assert cohort.slice_thickness_mm(cohort.scan_ids()) is None and cohort["img1"].image.shape == (1, 1, 32, 32)

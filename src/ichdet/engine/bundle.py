@@ -3,7 +3,8 @@
 ```
 bundle/
   bundle.json   format, ichdet version, model name + kwargs, kind, preprocessing, context,
-                operating point (chosen on validation data), validation metrics, data hash
+                operating point (chosen on validation data), validation metrics, data hash,
+                slice_thickness_mm (the training scans' median slice spacing; null for 2D images)
   config.yaml   the resolved training config
   weights.pt    the network's state dict (torch.load(weights_only=True) reads it)
   svm.joblib    the SVM head, for kinds "alexnet_svm" and "feature_svm" (a pickle: load bundles
@@ -16,9 +17,13 @@ Kinds: "slice" (a slice classifier; a scan's score is its maximum slice probabil
 "alexnet_svm" (slice features -> SVM), "feature_svm" (padded slice features -> SVM).
 ``labels`` in bundle.json lists what the bundle gives per scan: ["any"] (bleed / no bleed), or the
 five subtypes then "any" for a multi-label model of kind slice, aggregate or scan.
+``slice_thickness_mm``: `predict`, `serve` and `evaluate` merge a thinner series into slabs of this
+thickness before the model (`Bundle.input_prep`); a bundle without it (older ones) sees slices as
+they come.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 from dataclasses import dataclass
@@ -59,7 +64,23 @@ class Bundle:
 
     @property
     def prep(self) -> PrepSpec:
+        """The preparation the model was trained with (the training cache's spec)."""
         return PrepSpec.from_dict(self.meta["prep"])
+
+    @property
+    def slice_thickness_mm(self) -> float | None:
+        """The training scans' slice thickness (median slice spacing, mm); None for a bundle
+        trained on 2D images or written before ichdet recorded it."""
+        value = self.meta.get("slice_thickness_mm")
+        return None if value is None else float(value)
+
+    @property
+    def input_prep(self) -> PrepSpec:
+        """The preparation of new scans (predict, serve, evaluate): `prep`, with a thinner series
+        first merged into slabs of `slice_thickness_mm` (`PrepSpec.slab_mm`); `prep` itself when
+        the bundle has no thickness."""
+        t = self.slice_thickness_mm
+        return self.prep if t is None else dataclasses.replace(self.prep, slab_mm=t)
 
     @property
     def context(self) -> int:
@@ -101,8 +122,10 @@ class Bundle:
 def save_bundle(out: str | Path, *, model: torch.nn.Module, model_name: str, model_kwargs: dict[str, Any],
                 kind: str, prep: PrepSpec, context: int, operating_point: dict[str, Any],
                 metrics: dict[str, Any], config_yaml: str, data_hash: str, aggregate: str = "max",
-                svm: Any = None, extra: dict[str, Any] | None = None, splits: dict[str, str] | None = None) -> Path:
-    """Write a bundle folder atomically (built beside `out`, then renamed over it)."""
+                svm: Any = None, extra: dict[str, Any] | None = None, splits: dict[str, str] | None = None,
+                slice_thickness_mm: float | None = None) -> Path:
+    """Write a bundle folder atomically (built beside `out`, then renamed over it).
+    `slice_thickness_mm`: the training scans' median slice spacing (None: 2D images)."""
     k = get_kind(kind)
     if (k.svm is not None) != (svm is not None):
         raise InputError(f"bundle kind {kind!r} {'needs' if svm is None else 'takes no'} SVM head")
@@ -112,7 +135,8 @@ def save_bundle(out: str | Path, *, model: torch.nn.Module, model_name: str, mod
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "kind": kind, "model": {"name": model_name, "kwargs": model_kwargs}, "aggregate": aggregate,
         "labels": list(k.labels(model)), "prep": prep.to_dict(), "context": int(context), "operating_point": operating_point,
-        "metrics": metrics, "data_hash": data_hash, **(extra or {}),
+        "metrics": metrics, "data_hash": data_hash,
+        "slice_thickness_mm": None if slice_thickness_mm is None else float(slice_thickness_mm), **(extra or {}),
     }
     out = Path(out)
     with atomic_path(out) as tmp:
