@@ -55,6 +55,7 @@ def test_slice_stage_writes_run_folder_and_bundle(tiny, tmp_path):
     op = meta["operating_point"]
     assert op["chosen_on"] == "validation" and op["validation"]["sensitivity"] >= 0.98
     assert meta["slice_operating_point"]["level"] == "slice" and len(meta["data_hash"]) == 64
+    assert meta["slice_thickness_mm"] == 5.0 == b.slice_thickness_mm  # the training scans' slice spacing
     # the bundle holds the best-by-validation weights, and they score scans as the run did
     best = torch.load(out / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(best[k], v) for k, v in b.model.state_dict().items())
@@ -72,6 +73,7 @@ def test_stages_chain_into_baselines_and_lstm(tiny, tmp_path):
         assert b.kind in ("aggregate", "feature_svm")
         assert all(torch.equal(slice_w[k], v) for k, v in b.model.state_dict().items())
     assert load_bundle(runs / "3d_slice_p95" / "bundle").aggregate == "p95"
+    assert load_bundle(runs / "3d_slice_p95" / "bundle").slice_thickness_mm == 5.0
     assert load_bundle(runs / "3d_feature_svm" / "bundle").svm.length_ == 12
 
     lstm = ["model.kwargs={lstm_layers: 1, hidden: 8}", "optim.batch_size=2"]
