@@ -10,8 +10,6 @@ loaded) the model applies the ImageNet mean/std itself.
 """
 from __future__ import annotations
 
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from torch import nn
 from ichdet.errors import InputError
 from ichdet.models.checks import check_feature_batch, check_image_batch
 from ichdet.models.registry import register_model
+from ichdet.models.weights import read_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, of [0, 1] pixel values
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -124,6 +123,10 @@ class AlexNet(nn.Module):
         return {"num_classes": self.num_classes, "in_channels": self.in_channels, "dropout": self.dropout,
                 "normalize": self.normalize, "multilabel": self.multilabel}
 
+    def load_pretrained(self, weights: str | Path = "imagenet") -> "AlexNet":
+        """`load_alexnet_weights(self, weights)`."""
+        return load_alexnet_weights(self, weights)
+
 
 def _fetch(spec: Weights, progress: bool) -> dict[str, torch.Tensor]:
     try:
@@ -134,21 +137,6 @@ def _fetch(spec: Weights, progress: bool) -> dict[str, torch.Tensor]:
             f"could not fetch the ImageNet AlexNet weights from {spec.url} ({e}); without internet, download "
             f"that file elsewhere and pass weights=PATH (or put it in {Path(torch.hub.get_dir()) / 'checkpoints'})"
         ) from e
-
-
-def _read(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise InputError("AlexNet weights file not found; pass weights='imagenet' or an existing .pth file", path)
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        raise InputError(f"not a readable torch state dict ({e})", path) from e
-    for key in ("state_dict", "model"):  # common checkpoint wrappers
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(f"expected a state dict of tensors, got {type(state).__name__}", path)
-    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def load_alexnet_weights(model: AlexNet, weights: str | Path = "imagenet", progress: bool = True,
@@ -165,7 +153,7 @@ def load_alexnet_weights(model: AlexNet, weights: str | Path = "imagenet", progr
     if isinstance(weights, str) and weights.lower() in WEIGHTS:
         state, source = _fetch(WEIGHTS[weights.lower()], progress), WEIGHTS[weights.lower()].url
     else:
-        state, source = _read(Path(weights)), str(weights)
+        state, source = read_state_dict(weights, "AlexNet"), str(weights)
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
     if unexpected:

@@ -5,6 +5,7 @@
     aggregate     slice classifier             max or 95th percentile (`aggregate`) -
     scan          scan_lstm (encoder + LSTMs)  the scan model's P(bleed)            -
     alexnet_svm   slice network, features      max over slices of the SVM's P       SVMHead
+    slice_svm     the same on any slice network (EfficientNet-SVM: frozen ImageNet features)
     feature_svm   slice network, features      SVM on padded slice features         FeatureSVM
 
 Each kind is one object in `KINDS` that answers for itself: which network gives the per-slice
@@ -129,7 +130,7 @@ class _FeatureSVMKind(Kind):
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     _SliceKind("slice"), _ScanKind("scan", sequence=True), _SliceKind("aggregate"),
-    _SliceSVMKind("alexnet_svm", svm=SVMHead), _FeatureSVMKind("feature_svm", svm=FeatureSVM),
+    _SliceSVMKind("alexnet_svm", svm=SVMHead), _SliceSVMKind("slice_svm", svm=SVMHead), _FeatureSVMKind("feature_svm", svm=FeatureSVM),
 )}
 
 

@@ -141,6 +141,20 @@ class SVMHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "pipeline_")
         return self.pipeline_.predict(as_feature_matrix(X, "SVMHead", self.n_features_in_))
 
+    def linear_logit(self) -> tuple[np.ndarray, float]:
+        """A fitted two-class linear SVM as one affine map of the raw features: (w (F,), b) with
+        sigmoid(X @ w + b) == predict_proba(X)[:, 1] (scaling, SVM and Platt fit folded together),
+        so a network's dense layer can carry the SVM (and Grad-CAM can explain it)."""
+        check_is_fitted(self, "pipeline_")
+        if self.kernel != "linear" or len(self.classes_) != 2:
+            raise InputError(f"only a two-class linear SVM is one affine map; this one has kernel {self.kernel!r} "
+                             f"and {len(self.classes_)} classes")
+        scale, svc = self.pipeline_.named_steps["scale"], self.pipeline_.named_steps["svc"]
+        coef = np.asarray(svc.coef_, dtype=np.float64).reshape(-1) / scale.scale_
+        w = self.proba_slope_ * coef
+        b = self.proba_slope_ * (float(svc.intercept_[0]) - float(coef @ scale.mean_)) + self.proba_intercept_
+        return w, float(b)
+
     def predict_proba(self, X) -> np.ndarray:
         """X (N, F) -> (N, K) probabilities, columns in `classes_` order."""
         d = self.decision_function(X)
