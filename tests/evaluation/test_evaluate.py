@@ -352,3 +352,22 @@ def test_cli_evaluate_prints_the_summary(cohort, trained, tmp_path, capsys):
                         f"{m['specificity']:.3f}, accuracy {m['accuracy']:.3f} ({m['n_pos']} positive, "
                         f"{m['n_neg']} negative cases)")
     assert lines[1] == f"wrote {out}/metrics.json, predictions.csv, roc.png, confusion.png"
+
+
+def test_evaluate_reformats_thin_scans_as_predict_does(trained, tmp_path):
+    """The bundle was trained on 5 mm scans; a cohort of 0.625 mm scans is scored in slabs of 8
+    slices, exactly as `predict` scores each scan."""
+    from ichdet.inference import Predictor
+
+    run, _ = trained
+    bundle = load_bundle(run / "bundle")
+    assert bundle.slice_thickness_mm == 5.0
+    thin = make_cohort(tmp_path / "thin", 4, seed=11, size=64, n_slices=40, slice_thickness=0.625, difficulty=0.2)
+    out = tmp_path / "eval"
+    evaluate_bundle(run / "bundle", thin, out, split="all", cache=tmp_path / "cache")
+    rows = {r["scan_id"]: float(r["score"]) for r in _predictions(out / "predictions.csv")}
+    predictor = Predictor(bundle, precision="fp32")
+    for row in read_manifest(thin):
+        r = predictor.predict(row.resolved_path(thin.parent))
+        assert r.slabs["slices_per_slab"] == 8 and r.slabs["n_slabs"] == 5
+        assert rows[row.scan_id] == pytest.approx(r.probability, abs=1e-6)

@@ -3,7 +3,9 @@
 The operating point is the bundle's (chosen on validation data when it was trained) and is
 applied unchanged. Scans the bundle was trained or validated on (its splits.csv) are never
 scored: with ``split="auto"`` they are left out and counted, with ``split="test"`` only the
-bundle's test scans (or the manifest's ``split == test`` rows) are scored.
+bundle's test scans (or the manifest's ``split == test`` rows) are scored. Scans are prepared as
+`predict` prepares them (`Bundle.input_prep`): a series thinner than the training scans is first
+merged into slabs of their slice thickness.
 
 A bundle with subtypes (a multi-label network, ``bundle.has_subtypes``) also gets, from the same
 pass over the scans, each label's probability in predictions.csv (``p_LABEL``, "any" last, next to
@@ -84,12 +86,13 @@ def select_cases(bundle: Bundle, cohort: PreparedCohort, split: str = "auto") ->
 
 def score_bundle(bundle: Bundle, cohort: PreparedCohort, scan_ids: Sequence[str],
                  progress: Progress | None = None) -> Scores:
-    """Score every scan with the bundle (cohort prepared with ``bundle.prep``); a bundle with
-    subtypes also gives each scan's label probabilities (same pass) and the manifest's targets."""
+    """Score every scan with the bundle (cohort prepared with ``bundle.input_prep``, as `predict`
+    does, or with the training preparation ``bundle.prep``); a bundle with subtypes also gives each
+    scan's label probabilities (same pass) and the manifest's targets."""
     from ichdet.engine.scoring import score_scan
 
-    if cohort.spec != bundle.prep:
-        raise InputError(f"cohort prepared as {cohort.spec.key()} but the bundle needs {bundle.prep.key()}")
+    if cohort.spec not in (bundle.input_prep, bundle.prep):
+        raise InputError(f"cohort prepared as {cohort.spec.key()} but the bundle needs {bundle.input_prep.key()}")
     scores, label_probs, seconds = [], [], 0.0
     for i, sid in enumerate(scan_ids):
         t0 = time.perf_counter()  # reading and preparing are timed too: end-to-end seconds per scan
@@ -151,7 +154,7 @@ def evaluate_bundle(model: str | Path, manifest: str | Path, out: str | Path, sp
     from ichdet.report import confusion_figure, reliability_figure, roc_figure
 
     bundle = load_bundle(model)
-    cohort = PreparedCohort(Path(manifest), bundle.prep, cache=PreparedCache(cache) if cache else None,
+    cohort = PreparedCohort(Path(manifest), bundle.input_prep, cache=PreparedCache(cache) if cache else None,
                             slice_labels_path=None)
     ids, how = select_cases(bundle, cohort, split)
     y = cohort.labels(ids)

@@ -1,6 +1,7 @@
 """`Predictor`: a bundle + a runtime -> `ScanPrediction` for a path, a `Volume` or a HU array.
 
-    read (DICOM folder/zip, NIfTI, image) -> prepare_volume(bundle.prep) -> slice sequence
+    read (DICOM folder/zip, NIfTI, image) -> prepare_volume(bundle.input_prep: a series thinner
+    than the training scans first merged into slabs of their thickness) -> slice sequence
     (Z', C', S, S) -> runtime -> the bundle kind's rule (`Kind.score`) -> probability, decision,
     per-slice probabilities (and subtype probabilities, for a bundle with a multi-label head)
     -> optional Grad-CAM heatmaps of the most suspicious slices
@@ -21,7 +22,8 @@ from ichdet.errors import InputError
 from ichdet.inference.result import ScanPrediction
 from ichdet.inference.runtime import SLICE_BATCH, OnnxRuntime, TorchRuntime, weights_digest
 from ichdet.io import Volume, read_dicom_series, read_volume
-from ichdet.preprocess import SliceMap, prepare_volume, slice_map
+from ichdet.preprocess import PrepSpec, SliceMap, prepare_volume, slab_plan, slice_map
+from ichdet.preprocess.slabs import UNKNOWN_GEOMETRY
 
 RUNTIMES = ("auto", "torch", "onnx")
 DEFAULT_RUNTIME = "auto"
@@ -34,7 +36,8 @@ MIN_TISSUE_FRACTION = 0.01  # less tissue than this in the whole input: warn tha
 
 def load_volume(x: Volume | str | Path | list[Path] | np.ndarray, series_uid: str | None = None) -> Volume:
     """What `predict` accepts -> a Volume: a path (anything `read_volume` reads), a list of DICOM
-    files, a Volume, or a bare HU array (Z, H, W) of unknown geometry (1 mm)."""
+    files, a Volume, or a bare HU array (Z, H, W) of unknown geometry (1 mm placeholders, marked
+    ``info[UNKNOWN_GEOMETRY]``: never merged into slabs)."""
     if isinstance(x, Volume):
         return x
     if isinstance(x, (str, Path, list)):
@@ -46,7 +49,7 @@ def load_volume(x: Volume | str | Path | list[Path] | np.ndarray, series_uid: st
             x = x[None]
         if x.ndim != 3 or min(x.shape) == 0:
             raise InputError(f"a HU array for predict must be (Z, H, W) or (H, W), got shape {x.shape}")
-        return Volume(x.astype(np.float32), (1.0, 1.0, 1.0), np.eye(4))
+        return Volume(x.astype(np.float32), (1.0, 1.0, 1.0), np.eye(4), info={UNKNOWN_GEOMETRY: True})
     raise InputError(f"predict takes a path, a Volume or a HU array, got {type(x).__name__}")
 
 
@@ -103,6 +106,7 @@ class Predictor:
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         self.bundle, self.top_k = bundle, top_k
+        self.prep: PrepSpec = bundle.input_prep  # the bundle's preparation, plus slabs of its training thickness
         onnx_path = Path(onnx_path) if onnx_path is not None else bundle.path / ONNX_FILE
         chosen = _own_onnx(bundle, onnx_path, batch) if runtime == "auto" and precision in ("auto", "fp32") else None
         if runtime == "onnx":
@@ -120,9 +124,10 @@ class Predictor:
                                                                          batch=batch)
 
     def prepare(self, x: Volume | str | Path | np.ndarray, series_uid: str | None = None) -> tuple[Volume, np.ndarray]:
-        """Read and prepare: -> (volume, prepared image (C, Z', S, S) float32 in [0, 1])."""
+        """Read and prepare: -> (volume, prepared image (C, Z', S, S) float32 in [0, 1]), a series
+        thinner than the bundle's training scans merged into slabs of their thickness (`self.prep`)."""
         volume = load_volume(x, series_uid)
-        return volume, prepare_volume(volume, self.bundle.prep)
+        return volume, prepare_volume(volume, self.prep)
 
     def sequence(self, image: np.ndarray) -> torch.Tensor:
         """Prepared image (C, Z', S, S) -> what the network reads per slice, (Z', C', S, S)."""
@@ -164,20 +169,21 @@ class Predictor:
                heatmaps: str | Path | None = None) -> ScanPrediction:
         """A prepared scan -> ScanPrediction (`prepare_seconds` counts into its `seconds`)."""
         t0 = time.perf_counter()
-        slices = slice_map(volume, self.bundle.prep)  # prepared slice k covers source slices slices.sources(k)
+        slices = slice_map(volume, self.prep)  # prepared slice k covers source slices slices.sources(k)
         if image.ndim != 4 or image.shape[1] != slices.n_prepared:
             raise ValueError(f"the prepared image of a {volume.shape[0]}-slice volume must be (C, {slices.n_prepared}, "
                              f"S, S) with this bundle's preprocessing, got shape {image.shape}")
         probability, prepared, subtypes = self.score_labels(image)
         seconds = prepare_seconds + time.perf_counter() - t0
         top = _top_prepared(prepared, self.top_k)
+        slabs = slab_plan(volume, self.prep.slab_mm)
         result = ScanPrediction(
             input=name, series_uid=volume.series_uid, probability=float(probability), threshold=self.bundle.threshold,
             decision=bool(probability >= self.bundle.threshold),
             slice_probabilities=[float(v) for v in slices.spread(prepared)],
             top_slices=[_slice_entry(slices, i, float(prepared[k])) for k in top for i in slices.sources(k)],
             subtypes=subtypes, seconds=seconds, shape=volume.shape, runtime=self.runtime.describe(),
-            warnings=self._warnings(volume))
+            warnings=self._warnings(volume), slabs=None if slabs is None else slabs.to_dict())
         if heatmaps is not None:
             result.heatmaps = self.heatmaps(image, prepared, top, Path(heatmaps), slices, result.input)
         return result
@@ -190,6 +196,9 @@ class Predictor:
             notes.append(f"almost nothing but air in the input (tissue in {tissue:.1%} of it): is this a head CT?")
         if self.bundle.kind_spec.sequence and volume.shape[0] == 1:
             notes.append("a scan model given a single image: its probability means little")
+        slabs = slab_plan(volume, self.prep.slab_mm)
+        if slabs is not None and slabs.warning():
+            notes.append(slabs.warning())
         return notes
 
     def heatmaps(self, image: np.ndarray, prepared: np.ndarray, top: list[int], out: Path, slices: SliceMap,

@@ -22,6 +22,10 @@ class ScanPrediction:
     subtypes: {label: probability} for the five subtypes then "any" (equal to `probability`) when
         the bundle has a multi-label (subtype) head, else None (binary bundles, SVM kinds).
     seconds: read + preprocessing + model, end to end (heatmaps not included).
+    slabs: how the series was matched to the bundle's training slice thickness
+        (`ichdet.preprocess.SlabPlan.to_dict`: training_mm, series_mm, slices_per_slab, slab_mm,
+        n_slices, n_slabs, summary; slices_per_slab 1: kept as they are), or None when the bundle
+        records no thickness (older bundles, 2D models) or the input has no slice spacing.
     """
 
     input: str
@@ -37,19 +41,21 @@ class ScanPrediction:
     runtime: str = ""
     warnings: list[str] = field(default_factory=list)
     heatmaps: dict[str, Any] | None = None
+    slabs: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The design's JSON entry (plus shape, runtime, warnings and heatmap paths)."""
+        """The design's JSON entry (plus shape, runtime, warnings, heatmap paths and slabs)."""
         return {"input": self.input, "series_uid": self.series_uid, "probability": self.probability,
                 "threshold": self.threshold, "decision": self.decision,
                 "slice_probabilities": self.slice_probabilities, "top_slices": self.top_slices,
                 "subtypes": self.subtypes, "seconds": self.seconds, "shape": list(self.shape),
-                "runtime": self.runtime, "warnings": self.warnings, "heatmaps": self.heatmaps}
+                "runtime": self.runtime, "warnings": self.warnings, "heatmaps": self.heatmaps, "slabs": self.slabs}
 
 
 def format_table(predictions: Sequence[ScanPrediction], errors: Sequence[dict[str, str]] = ()) -> str:
     """A plain-text table for the terminal, one row per scan (for a subtype bundle followed by an
-    indented line of its subtype probabilities), then one line per warning and per failed input."""
+    indented line of its subtype probabilities), then a note per series merged into slabs of the training
+    thickness, and one line per warning and per failed input."""
     header = ("input", "slices", "P(bleed)", "threshold", "decision", "most suspicious slices", "seconds")
     rows = [header]
     for p in predictions:
@@ -63,6 +69,7 @@ def format_table(predictions: Sequence[ScanPrediction], errors: Sequence[dict[st
     for j, p in reversed(list(enumerate(predictions))):
         if p.subtypes:
             lines.insert(j + 3, "  subtypes: " + "  ".join(f"{k} {v:.3f}" for k, v in p.subtypes.items() if k != "any"))
+    lines += [f"note: {p.input}: {p.slabs['summary']}" for p in predictions if p.slabs and p.slabs["slices_per_slab"] > 1]
     lines += [f"warning: {p.input}: {w}" for p in predictions for w in p.warnings]
     lines += [f"error: {e['input']}: {e['error']}" for e in errors]
     return "\n".join(lines)

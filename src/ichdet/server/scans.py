@@ -2,8 +2,9 @@
 
 `open_scan` (run on the inference worker) reads the scan with the existing readers, predicts it
 with the bundle's `Predictor`, and prepares the display stacks in the model's geometry: the
-bundle's preparation (head crop, maximum filters, resize) with the preset windows in place of the
-bundle's, so display slice k is exactly prepared slice k. One extra channel through a window wide
+predictor's preparation (slabs of the training slice thickness, head crop, maximum filters,
+resize) with the preset windows in place of the bundle's, so display slice k is exactly prepared
+slice k. One extra channel through a window wide
 enough to pass every HU value unclipped gives the HU in that geometry (to 0.01 HU), from which
 custom `C/W` windows are cut per slice on request (windowing is the pipeline's last step).
 
@@ -86,7 +87,7 @@ def open_scan(predictor: Predictor, source: Path | list[Path], name: str, zipped
     if display_units:
         result.warnings.append("a PNG/JPEG holds no Hounsfield units: every window shows the image as stored")
 
-    spec = dataclasses.replace(predictor.bundle.prep, windows=PRESETS + (_HU_WINDOW,))
+    spec = dataclasses.replace(predictor.prep, windows=PRESETS + (_HU_WINDOW,))  # slabs too, as the model saw
     stack = prepare_volume(volume, spec)  # (4, Z', S, S) in [0, 1]
     slices = slice_map(volume, spec)  # display slice k covers source slices slices.sources(k)
     top = list(dict.fromkeys(slices.prepared_of(t["index"]) for t in result.top_slices))
