@@ -21,7 +21,8 @@ What runs, all in this one process with torch (and onnxruntime) on every usable 
    dropout 0.5}, lstm_layers=2, hidden=512)``, written with ``save_bundle`` (kind "scan", brain
    window, 256 px, 2x2 in-plane and 2x2x2 maximum filter, threshold 0.5) into a temp folder and
    read back with ``load_bundle``, so ``predict`` runs through the real bundle path.
-   ``--bundle PATH`` benchmarks a given bundle instead.
+   ``--encoder efficientnet_lite0``: the pretrained-encoder model instead (ImageNet EfficientNet-Lite0
+   + the same LSTMs, three windows). ``--bundle PATH`` benchmarks a given bundle instead.
 3. **Variants**, each a ``Predictor`` whose ``.runtime`` is replaced by the variant's runtime on
    its own fresh copy of the weights: ``eager-fp32`` (TorchRuntime fp32, contiguous NCHW: the
    peer), ``eager-fp32-cl`` (channels_last, in-place ReLU: what ``Predictor`` runs when the bundle
@@ -108,15 +109,34 @@ def _median(xs: list[float]) -> float:
 # ----------------------------------------------------------------------------------------------
 # the bundle and the inputs
 # ----------------------------------------------------------------------------------------------
-def make_bundle(out: Path, quick: bool, seed: int = 0) -> tuple[Path, dict]:
+def make_bundle(out: Path, quick: bool, seed: int = 0, encoder: str = "slice_cnn") -> tuple[Path, dict]:
     """The paper's proposed model (2 BiLSTM layers of 512 on the width-16 slice CNN) with seeded
-    random weights as a real bundle folder; --quick: a tiny one of the same structure."""
+    random weights as a real bundle folder; --quick: a tiny one of the same structure.
+    encoder "efficientnet_lite0": the pretrained-encoder model instead (EfficientNet-Lite0, ImageNet
+    weights where the pretrained extra is installed, three windows, 256 px; --quick: 64 px)."""
     import torch
 
     from ichdet.engine.bundle import save_bundle
-    from ichdet.models import create_model
+    from ichdet.models import create_model, load_efficientnet_weights, pretrained_available
     from ichdet.preprocess.pipeline import PrepSpec
 
+    if encoder == "efficientnet_lite0":
+        torch.manual_seed(seed)
+        net = create_model("efficientnet_lite0", num_classes=2)
+        weights = "imagenet" if pretrained_available() else f"random (torch.manual_seed({seed}))"
+        if pretrained_available():
+            load_efficientnet_weights(net)
+        hidden = 32 if quick else 512
+        model = create_model("scan_lstm", encoder=net, lstm_layers=2, hidden=hidden).eval()
+        kw = {"encoder_name": "efficientnet_lite0", "encoder_kw": net.config(), "lstm_layers": 2, "hidden": hidden}
+        prep = PrepSpec(windows=("brain", "subdural", "bone"), size=64 if quick else 256, max_filter=2,
+                        z_max_filter=True)
+        save_bundle(out, model=model, model_name="scan_lstm", model_kwargs=kw, kind="scan", prep=prep, context=0,
+                    operating_point={"method": "fixed", "threshold": 0.5}, metrics={}, config_yaml="",
+                    data_hash="bench")
+        desc = {"model": "scan_lstm", "model_kwargs": kw, "prep": prep.to_dict(), "kind": "scan", "context": 0,
+                "weights": weights, "n_params": sum(p.numel() for p in model.parameters())}
+        return out, desc
     if quick:
         kw = {"encoder_kw": {"in_channels": 1, "base_width": 4, "feature_dim": 32, "dropout": 0.5},
               "lstm_layers": 2, "hidden": 32}
@@ -269,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
                                                               "cores; 1 with --quick)")
     ap.add_argument("--bundle", type=Path, default=None, help="benchmark this bundle instead of the random "
                                                               "paper-size model")
+    ap.add_argument("--encoder", default="slice_cnn", choices=("slice_cnn", "efficientnet_lite0"),
+                    help="the random bundle's slice encoder: the paper's CNN (default) or the pretrained "
+                         "EfficientNet-Lite0 (three windows; ImageNet weights with the pretrained extra)")
     ap.add_argument("--size", type=int, default=None, help="synthetic slice side (512; 64 with --quick)")
     ap.add_argument("--slices", type=int, default=None, help="synthetic slices (32; 8 with --quick)")
     ap.add_argument("--matmul-sizes", default=None, help="square matmul sizes for the peak (2048,4096; 256,512 quick)")
@@ -354,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as td:
         tmp = Path(td)
         if a.bundle is None:
-            bundle_path, model_desc = make_bundle(tmp / "bundle", q)
+            bundle_path, model_desc = make_bundle(tmp / "bundle", q, encoder=a.encoder)
             model_desc["source"] = "random-weight bundle written by save_bundle into a temp folder"
         else:
             bundle_path = a.bundle

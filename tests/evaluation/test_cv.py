@@ -30,6 +30,7 @@ from ichdet.engine.run import resolve_paths, resolve_steps_per_epoch
 from ichdet.errors import InputError, InputWarning
 from ichdet.evaluation.evaluate import evaluate_images
 from ichdet.metrics import SUBTYPE_LABELS, delong_test, roc_auc, rsna_log_loss
+from ichdet.models.efficientnet import imagenet_weights_path, pretrained_available
 from ichdet.synth import make_cohort
 from ichdet.synth.images import export_image_set
 
@@ -75,9 +76,11 @@ def test_model_order():
     assert _order(["alexnet-svm", "cnn"]) == ["cnn", "alexnet", "alexnet-svm"]
     with pytest.raises(InputError) as e:
         _order(["cnn", "vgg"])
-    assert str(e.value) == ("unknown model(s) ['vgg']; choose from cnn, alexnet, alexnet-svm, cnn-subtypes, "
-                            "alexnet-subtypes or all")
-    assert requested(CVOptions()) == ["cnn", "alexnet", "alexnet-svm"]  # the 2D paper's three by default
+    assert str(e.value) == ("unknown model(s) ['vgg']; choose from cnn, alexnet, alexnet-svm, efficientnet, "
+                            "efficientnet-svm, cnn-subtypes, alexnet-subtypes or all")
+    # by default the 2D paper's three, then the ImageNet EfficientNet-Lite0 fine-tuned and frozen + SVM
+    assert requested(CVOptions()) == ["cnn", "alexnet", "alexnet-svm", "efficientnet", "efficientnet-svm"]
+    assert _order(["efficientnet-svm"]) == ["efficientnet-svm"]  # frozen ImageNet features: no network to train first
     assert requested(CVOptions(models=["cnn"], subtypes=True)) == ["cnn", "cnn-subtypes", "alexnet-subtypes"]
     assert _order(requested(CVOptions(subtypes=True))) == list(MODELS_ALL)
 
@@ -260,13 +263,15 @@ def test_report_and_bundles(cv_run):
             "learning.") in md
     assert ("16 images of 15 patients (7 with haemorrhage), 2 folds stratified by label and grouped by patient "
             "(seed 0).") in md
-    assert ("| model | pooled AUC (95% CI, DeLong) | per-fold AUC (mean ± sd) | accuracy | sensitivity | "
+    assert ("| model | started from | pooled AUC (95% CI, DeLong) | per-fold AUC (mean ± sd) | accuracy | sensitivity | "
             "specificity | DeLong p vs CNN from scratch | DeLong p vs AlexNet-SVM |") in md
+    assert result["cv"]["started_from"] == {"cnn": "random", "alexnet-svm": "trained network"}
     for name, label in (("cnn", "CNN from scratch"), ("alexnet-svm", "AlexNet-SVM")):
         m = result["models"][name]
         lo, hi = m["auc_ci"]
         row = next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
-        assert row.startswith(f"| {label} | {m['auc']:.3f} ({lo:.3f}–{hi:.3f}) |")
+        start = result["cv"]["started_from"][name]
+        assert row.startswith(f"| {label} | {start} | {m['auc']:.3f} ({lo:.3f}–{hi:.3f}) |")
         assert f"| {100 * m['accuracy']:.1f}% | {100 * m['sensitivity']:.1f}% | {100 * m['specificity']:.1f}% |" in row
     assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "index.html").is_file()
     cnn = load_bundle(out / "bundles" / "cnn")
@@ -380,7 +385,7 @@ def test_cli_cv_arch_chooses_architectures_and_model_is_refused(capsys):
     assert build_parser().parse_args(base).arch == "all"
     assert build_parser().parse_args(base + ["--arch", "alexnet-svm"]).arch == "alexnet-svm"
     hint = ("cv takes no --model (a bundle folder in the other commands); choose architectures with --arch (cnn, alexnet, "
-            "alexnet-svm, cnn-subtypes, alexnet-subtypes or all)")
+            "alexnet-svm, efficientnet, efficientnet-svm, cnn-subtypes, alexnet-subtypes or all)")
     for argv in (base + ["--model", "cnn"], ["cv", "--model", "all"], base + ["--model"]):
         assert cli(argv) == 2, argv
         assert capsys.readouterr() == ("", f"ichdet: error: {hint}\n")
@@ -535,3 +540,24 @@ def test_cv_subtype_model_per_label_pooled_and_per_fold(subtype_images, images, 
         cross_validate(images[0], images[1], tmp_path / "none", _opts(models=["cnn"], subtypes=True))
     assert str(e.value) == (f"{images[1]}: the subtype models need subtype columns (epidural, intraparenchymal, "
                             "intraventricular, subarachnoid, subdural) in the labels CSV")
+
+
+@pytest.mark.skipif(not pretrained_available(), reason="the pretrained extra (ichdet[pretrained]) is not installed")
+def test_efficientnet_svm_on_frozen_imagenet_features(images, tmp_path):
+    """`--arch efficientnet-svm`: a linear SVM on the frozen ImageNet EfficientNet-Lite0's features, no
+    CT training; its bundle's network carries the SVM in its last layer, so the network's own P(bleed)
+    is the SVM's probability (and Grad-CAM explains the SVM)."""
+    img, labels = images
+    result = cross_validate(img, labels, tmp_path / "cv", _opts(models=["efficientnet-svm"], folds=2))
+    assert result["cv"]["started_from"] == {"efficientnet-svm": "imagenet"}
+    assert list(result["models"]) == ["efficientnet-svm"] and 0.0 <= result["models"]["efficientnet-svm"]["auc"] <= 1.0
+    assert "| EfficientNet-Lite0-SVM (frozen ImageNet features) | imagenet |" in (tmp_path / "cv" / "report.md").read_text()
+    b = load_bundle(tmp_path / "cv" / "bundles" / "efficientnet-svm")
+    assert (b.kind, b.meta["model"]["name"], b.prep.windows) == ("slice_svm", "efficientnet_lite0", ("brain", "subdural", "bone"))
+    state = torch.load(imagenet_weights_path(), weights_only=True, map_location="cpu")
+    assert torch.equal(b.model._blocks[7]._depthwise_conv.weight, state["_blocks.7._depthwise_conv.weight"])  # frozen
+    x = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features = b.model.eval().forward_features(x)
+        network = b.model.forward_head(features).softmax(1)[:, 1].double().numpy()
+    np.testing.assert_allclose(network, b.svm.predict_proba(features.double().numpy())[:, 1], rtol=0, atol=1e-5)

@@ -57,7 +57,8 @@ class ModelConfig:
     name: str = "slice_cnn"  # a name from ichdet.models.list_models()
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to create_model
     init_from: str = ""  # a run folder or bundle whose weights start this one (relative: to the run's parent)
-    weights: str = ""  # alexnet: "imagenet" or a local file of the official state dict
+    weights: str = ""  # alexnet, efficientnet_lite0: "imagenet" or a local file of the official state dict
+    backbone: str = ""  # svm stage without init_from: this network, frozen (from `weights`, else random), gives the features
     freeze_encoder: bool = False  # scan_lstm: the paper's second stage
     trainable: str = "all"  # "all", "classifier", "last": which layers train (fine-tuning)
     lr_mult: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> learning-rate factor
@@ -82,11 +83,11 @@ class OptimConfig:
     schedule: str = "constant"  # learning rate over the run: constant | cosine (decay to 0 by the last step)
     warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs (before the schedule)
     loss: str = "auto"  # auto (cross_entropy for binary labels, rsna for subtypes) | cross_entropy | rsna | bce
-
     # scan stage with the encoder training (end-to-end) and slice labels: + this x the encoder's own
     # slice-head loss on the batch's labelled slices (the head predict's per-slice probabilities come
     # from); 0 = off, the paper's loss. Frozen encoders and the other stages ignore it.
     slice_loss_weight: float = 0.0
+
     def resolved_loss(self, label_mode: str) -> str:
         return ("rsna" if label_mode == "subtypes" else "cross_entropy") if self.loss == "auto" else self.loss
 
@@ -146,10 +147,10 @@ class TrainConfig:
             raise InputError(f"config optim.schedule must be one of {', '.join(SCHEDULES)}, got {self.optim.schedule!r}")
         if not 0 <= self.optim.warmup_epochs <= self.optim.epochs:
             raise InputError(f"config optim.warmup_epochs must be in [0, optim.epochs], got {self.optim.warmup_epochs}")
-        if self.optim.select_metric not in SELECT_METRICS:
         if not self.optim.slice_loss_weight >= 0 or self.optim.slice_loss_weight == float("inf"):
             raise InputError(f"config optim.slice_loss_weight must be a finite number >= 0, "
                              f"got {self.optim.slice_loss_weight}")
+        if self.optim.select_metric not in SELECT_METRICS:
             raise InputError(f"config optim.select_metric must be one of {', '.join(SELECT_METRICS)}, "
                              f"got {self.optim.select_metric!r}")
         for key in ("batch_size", "epochs"):
@@ -162,8 +163,11 @@ class TrainConfig:
             raise InputError(f"config target_sensitivity must be in (0, 1], got {self.target_sensitivity}")
         if self.data.context < 0:
             raise InputError(f"config data.context must be >= 0, got {self.data.context}")
-        if self.stage in ("svm", "aggregate") and not self.model.init_from:
-            raise InputError(f"config stage {self.stage!r} needs model.init_from (the trained slice model's run)")
+        frozen = self.stage == "svm" and self.model.backbone
+        if self.stage in ("svm", "aggregate") and not self.model.init_from and not frozen:
+            raise InputError(f"config stage {self.stage!r} needs model.init_from (the trained slice model's run)"
+                             + (" or model.backbone (frozen features, pretrained with model.weights)"
+                                if self.stage == "svm" else ""))
         self.data.prep_spec()  # validates windows and sizes
         return self
 

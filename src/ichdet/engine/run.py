@@ -130,7 +130,7 @@ def open_run(cfg: TrainConfig, out: Path, resume: bool, info: DistInfo, show_pro
         write_text_atomic(out / "config.yaml", dump_config(cfg))
     source = resolve_source(cfg.model.init_from, out) if cfg.model.init_from else None
     spec, context = cfg.data.prep_spec(), cfg.data.context
-    if cfg.stage in ("svm", "aggregate"):
+    if cfg.stage in ("svm", "aggregate") and source is not None:
         spec, context = source.prep, source.context  # the heads see exactly what the slice model saw
     elif source is not None:
         src = source.prep

@@ -28,7 +28,7 @@ from ichdet.engine.tasks import ScanTask, SliceTask
 from ichdet.errors import InputError
 from ichdet.metrics import operating_point as choose_operating_point
 from ichdet.metrics import SUBTYPE_LABELS, roc_auc, subtype_aucs
-from ichdet.models import create_model
+from ichdet.models import create_model, list_models, model_class
 from ichdet.models.aggregate import FeatureSVM
 from ichdet.models.finetune import set_trainable
 from ichdet.models.heads import head_of
@@ -66,6 +66,15 @@ def init_prior_bias(model: torch.nn.Module, prevalence: np.ndarray) -> None:
         head.bias.copy_(torch.as_tensor(np.log(p / (1 - p)), dtype=head.bias.dtype))
 
 
+def load_pretrained(model: torch.nn.Module, weights: str) -> None:
+    """Start `model` from pretrained weights ("imagenet" or a file) when its class can load them."""
+    if not hasattr(model, "load_pretrained"):
+        pretrained = sorted(n for n in list_models() if hasattr(model_class(n), "load_pretrained"))
+        raise InputError(f"model.weights (pretrained ImageNet weights) applies to {' and '.join(pretrained)}, "
+                         f"not {model.model_name}")
+    model.load_pretrained(weights)
+
+
 def build_model(run: Run, prevalence: np.ndarray | None = None) -> torch.nn.Module:
     """The network a slice or scan stage trains, initialised as the config says. `prevalence`
     (L,): the labels' frequency in training batches; a multi-label head that starts fresh (not
@@ -92,21 +101,14 @@ def build_model(run: Run, prevalence: np.ndarray | None = None) -> torch.nn.Modu
             model = create_model("scan_lstm", encoder_kw=enc_kw, **kw)
         model.freeze_encoder(cfg.model.freeze_encoder)
     else:
-        if name == "slice_cnn":
-            kw.setdefault("in_channels", in_ch)
-        elif name == "alexnet":
-            kw.setdefault("in_channels", 3)
+        kw.setdefault("in_channels", in_ch if name == "slice_cnn" else 3)
         model = create_model(name, **kw)
         if src is not None:
             if src.meta["model"]["name"] != name:
                 raise InputError(f"model.init_from holds a {src.meta['model']['name']} model, not {name}", src.path)
             model.load_state_dict(src.model.state_dict())
         if cfg.model.weights:
-            if name != "alexnet":
-                raise InputError(f"model.weights (pretrained ImageNet weights) applies to alexnet only, not {name}")
-            from ichdet.models.alexnet import load_alexnet_weights
-
-            load_alexnet_weights(model, cfg.model.weights)
+            load_pretrained(model, cfg.model.weights)
         set_trainable(model, cfg.model.trainable)
     fresh_head = src is None or src.meta["model"]["name"] != name
     if prevalence is not None and cfg.model.labels == "subtypes" and fresh_head:
@@ -180,6 +182,30 @@ def train_scans(run: Run, resume: bool) -> Path:
     return _save(run, model, "scan", op, metrics)
 
 
+def frozen_backbone(run: Run) -> torch.nn.Module:
+    """The svm stage's network when there is no init_from: `model.backbone`, never trained on CT,
+    with its pretrained `model.weights` (ImageNet features), or random weights without them."""
+    m = run.cfg.model
+    model = create_model(m.backbone, **{"in_channels": 3, **m.kwargs})
+    if m.weights:
+        load_pretrained(model, m.weights)
+    return model
+
+
+def carry_svm(model: torch.nn.Module, svm: SVMHead) -> None:
+    """Write a linear SVM into a two-class network's last layer: logits (0, w.f + b), so its softmax
+    P(bleed) is the SVM's probability and Grad-CAM explains the SVM's decision."""
+    w, b = svm.linear_logit()
+    layer = model.get_submodule(model.last_layer)
+    if tuple(layer.weight.shape) != (2, len(w)):
+        raise InputError(f"cannot carry an SVM on {len(w)} features in a layer of shape {tuple(layer.weight.shape)}")
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.zero_()
+        layer.weight[1] = torch.as_tensor(w, dtype=layer.weight.dtype)
+        layer.bias[1] = b
+
+
 def fit_svm(run: Run, resume: bool) -> Path:
     """An SVM head on the init_from slice model's features; C by inner CV on training data only."""
     cfg, s = run.cfg, run.cfg.svm
@@ -187,7 +213,7 @@ def fit_svm(run: Run, resume: bool) -> Path:
     svm_kinds = [k.name for k in KINDS.values() if k.svm is not None]
     if kind not in svm_kinds:
         raise InputError(f"the svm stage makes model.name {' or '.join(svm_kinds)}, got {cfg.model.name!r}")
-    model = run.source.model.eval()
+    model = (run.source.model if run.source is not None else frozen_backbone(run)).eval()
     C = s.C if s.C > 0 else None
     if KINDS[kind].svm is SVMHead:  # slice features -> the SVM's slice probability
         kw = {"cranial_only": cfg.data.cranial_only, "negatives_from_negative_scans": cfg.data.negatives_from_negative_scans}
@@ -198,6 +224,8 @@ def fit_svm(run: Run, resume: bool) -> Path:
         feats, labels = sample_features(model, [ds[i] for i in items])
         svm = SVMHead(kernel=s.kernel, C=C, Cs=tuple(s.Cs), inner_folds=s.inner_folds, random_state=cfg.seed)
         svm.fit(feats, labels)
+        if run.source is None and s.kernel == "linear":  # the frozen backbone's unused head becomes the SVM
+            carry_svm(model, svm)
         val_index = SliceIndex.build(run.cohort, splits=run.splits, split="val", **kw)
         vds = SliceDataset(run.cohort, val_index, context=run.context)
         v = score_slices(model, [vds[i] for i in validation_sample(val_index, cfg.optim.val_samples, cfg.seed)], svm=svm)

