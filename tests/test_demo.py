@@ -84,7 +84,8 @@ def test_report_has_both_tables_figures_and_the_synthetic_warning(demo):
         assert (out / "report" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "report" / "metrics.json").read_text())
     assert saved["models"][PROPOSED]["auc"] == pytest.approx(result["models"][PROPOSED]["auc"])
-    assert set(saved["cv"]["models"]) == {"cnn", "alexnet", "alexnet-svm", "cnn-subtypes"}
+    assert set(saved["cv"]["models"]) == {"cnn", "alexnet", "alexnet-svm", "efficientnet", "efficientnet-svm",
+                                          "cnn-subtypes"}
     cnn_sub = saved["cv"]["models"]["cnn-subtypes"]
     assert set(cnn_sub["subtypes"]) == set(SUBTYPE_LABELS) and "subtypes" not in saved["cv"]["models"]["cnn"]
     assert "2D subtype models, pooled out-of-fold predictions" in md
@@ -164,7 +165,8 @@ def test_subtype_table_matches_sklearn_on_the_saved_predictions(demo):
 
 def test_every_model_is_kept_as_a_loadable_bundle(demo):
     out, result = demo
-    names = set(TRAIN_ORDER) | set(SUBTYPE_ORDER) | {"2d_cnn", "2d_alexnet", "2d_alexnet_svm", "2d_cnn_subtypes"}
+    names = set(TRAIN_ORDER) | set(SUBTYPE_ORDER) | {"2d_cnn", "2d_alexnet", "2d_alexnet_svm", "2d_efficientnet",
+                                                      "2d_efficientnet_svm", "2d_cnn_subtypes"}
     assert set(result["bundles"]) == names
     assert load_bundle(out / "bundles" / PROPOSED).meta["model"]["name"] == "scan_lstm"
     assert load_bundle(out / "bundles" / "2d_alexnet_svm").kind == "alexnet_svm"

@@ -212,7 +212,8 @@ def test_metrics_json_matches_sklearn_and_delong(cv_run):
     assert saved["data"] == {"images": 16, "patients": 15, "positives": 7}
     assert saved["cv"] == {"folds": 2, "seed": 0, "grouped_by": "patient", "stratified": True,
                            "val_fraction_of_training_folds": 0.2, "weights": "random", "quick": True,
-                           "epochs": {"cnn": 1, "alexnet": 1}, "subtypes": False}  # as each network trained
+                           "epochs": {"cnn": 1, "alexnet": 1}, "subtypes": False,  # as each network trained
+                           "started_from": {"cnn": "random", "alexnet-svm": "trained network"}}
     preds = _csv(out / "predictions.csv")
     order = [p["scan_id"] for p in preds if p["model"] == "cnn"]
     cols = {}

@@ -65,10 +65,10 @@ def test_labels_and_graph_outputs_of_each_kind():
     assert get_kind("alexnet_svm").graph_labels(multi) == (False, False)
     assert get_kind("scan").graph_labels(lstm) == (False, True)  # its encoder's head is binary
     assert get_kind("scan").slice_classifier(lstm) is lstm.encoder and get_kind("slice").slice_classifier(multi) is multi
-    assert [k for k, v in KINDS.items() if v.svm is not None] == ["alexnet_svm", "feature_svm"]
+    assert [k for k, v in KINDS.items() if v.svm is not None] == ["alexnet_svm", "slice_svm", "feature_svm"]
     assert get_kind(KINDS["scan"]) is KINDS["scan"]
     with pytest.raises(InputError, match="^bundle kind must be one of slice, scan, aggregate, alexnet_svm, "
-                                         "feature_svm, got 'max'$"):
+                                         "slice_svm, feature_svm, got 'max'$"):
         get_kind("max")
 
 

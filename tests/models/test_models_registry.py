@@ -10,12 +10,13 @@ from ichdet.models import AlexNet, ScanLSTM, SliceCNN, create_model, list_models
 SMALL = {
     "slice_cnn": dict(in_channels=2, base_width=4, n_units=3, feature_dim=16, num_classes=3),
     "alexnet": dict(num_classes=2, normalize=True),
+    "efficientnet_lite0": dict(num_classes=3, dropout=0.1, multilabel=True),
     "scan_lstm": dict(encoder_kw=dict(base_width=4, n_units=2, feature_dim=8), hidden=6, lstm_layers=1),
 }
 
 
 def test_list_models():
-    assert list_models() == ["alexnet", "scan_lstm", "slice_cnn"]
+    assert list_models() == ["alexnet", "efficientnet_lite0", "scan_lstm", "slice_cnn"]
 
 
 def test_model_name_attributes():
@@ -37,7 +38,7 @@ def test_config_round_trip(name):
 
 
 def test_unknown_name_lists_known():
-    with pytest.raises(InputError, match=r"unknown model 'resnet'.*alexnet, scan_lstm, slice_cnn"):
+    with pytest.raises(InputError, match=r"unknown model 'resnet'.*alexnet, efficientnet_lite0, scan_lstm, slice_cnn"):
         create_model("resnet")
 
 
