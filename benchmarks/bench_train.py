@@ -16,7 +16,8 @@ What runs, all in this one process with torch using every core (``torch.get_num_
    only when a bf16 variant runs (capped at n = 512 where bf16 is emulated), best of a few
    repeats, GFLOP/s = 2 n^3 / t. Measured before, between and after the training runs; the peak
    is the highest of the three (the conservative choice for a fraction of peak).
-2. **Training step** of ``create_model("slice_cnn", base_width=W)`` on a batch of 25 one-channel
+2. **Training step** of ``create_model("slice_cnn", base_width=W)`` (``--encoder efficientnet_lite0``:
+   the ImageNet EfficientNet-Lite0 on three-channel slices, no width sweep) on a batch of 25 one-channel
    256 x 256 slices: forward, cross-entropy, backward, Adam step (lr 1e-4, the paper's recipe),
    on pre-batched random tensors. Variants at the default width: ``fp32`` (contiguous NCHW),
    ``fp32-cl`` (channels_last), ``bf16`` (the autocast of ``resolve_precision("bf16")``, fp32
@@ -107,11 +108,23 @@ class _ReferenceSliceCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def make_model(base_width: int) -> tuple[nn.Module, str]:
+ENCODERS = ("slice_cnn", "efficientnet_lite0")
+
+
+def make_model(base_width: int, encoder: str = "slice_cnn") -> tuple[nn.Module, str]:
+    """The network a step trains: the slice CNN of `base_width`, or EfficientNet-Lite0 (three
+    channels, ImageNet weights where the pretrained extra is installed; base_width unused)."""
     try:
         from ichdet.models import create_model
     except ImportError:
         return _ReferenceSliceCNN(base_width=base_width), "benchmark stand-in (ichdet.models not importable)"
+    if encoder == "efficientnet_lite0":
+        from ichdet.models import load_efficientnet_weights, pretrained_available
+
+        model = create_model("efficientnet_lite0", num_classes=2)
+        if pretrained_available():
+            load_efficientnet_weights(model)
+        return model, "ichdet.models.create_model('efficientnet_lite0')" + (" + ImageNet" if pretrained_available() else "")
     return create_model("slice_cnn", in_channels=1, base_width=base_width), "ichdet.models.create_model('slice_cnn')"
 
 
@@ -160,17 +173,21 @@ class Trainer:
     """One model + Adam in one variant; ``step(x, y)`` is the timed training step, run in
     ``precision`` (``precision.autocast()`` around the forward pass; fp32 master weights)."""
 
-    def __init__(self, base_width: int, variant: str, precision: Precision | None = None, seed: int = 0) -> None:
+    def __init__(self, base_width: int, variant: str, precision: Precision | None = None, seed: int = 0,
+                 encoder: str = "slice_cnn") -> None:
         torch.manual_seed(seed)
         self.precision = precision or resolve_precision(VARIANTS[variant][0])
         self.channels_last = VARIANTS[variant][1]
-        self.model, self.model_source = make_model(base_width)
+        self.model, self.model_source = make_model(base_width, encoder)
+        self.in_channels = getattr(self.model, "in_channels", 1)
         self.model.train()
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=LR)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1 and self.in_channels == 3:  # grey slices as three planes (the loader's samples)
+            x = x.expand(-1, 3, -1, -1)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -185,10 +202,10 @@ class Trainer:
 
 
 def time_variant(base_width: int, variant: str, precision: Precision, batch: int, size: int, warmup: int,
-                 steps: int) -> dict:
-    tr = Trainer(base_width, variant, precision)
+                 steps: int, encoder: str = "slice_cnn") -> dict:
+    tr = Trainer(base_width, variant, precision, encoder=encoder)
     g = torch.Generator().manual_seed(1)
-    x = torch.rand(batch, 1, size, size, generator=g)
+    x = torch.rand(batch, tr.in_channels, size, size, generator=g)
     y = torch.randint(0, 2, (batch,), generator=g)
     flops, flop_method, cross = count_train_flops(tr.model, x, y)
     for _ in range(warmup):
@@ -199,7 +216,7 @@ def time_variant(base_width: int, variant: str, precision: Precision, batch: int
         loss = tr.step(x, y)
         times.append(time.perf_counter() - t0)
     t = statistics.median(times)
-    return {"base_width": base_width, "variant": variant, "precision": tr.precision.dtype,
+    return {"base_width": base_width, "encoder": encoder, "variant": variant, "precision": tr.precision.dtype,
             "precision_note": tr.precision.note, "times": times, "step_seconds": t,
             "slices_per_s": batch / t, "flops_per_step": flops, "gflops": flops / t / 1e9,
             "flop_method": flop_method, "count_flops_crosscheck": cross, "model_source": tr.model_source,
@@ -332,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps per variant (2; 1 with --quick)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per variant (5; 1 with --quick)")
     ap.add_argument("--base-width", type=int, default=16, help="base width of the layout/precision variants")
-    ap.add_argument("--widths", default="8,16,32", help="base widths to sweep")
+    ap.add_argument("--widths", default="8,16,32", help="base widths to sweep (slice_cnn only)")
+    ap.add_argument("--encoder", default="slice_cnn", choices=ENCODERS,
+                    help="the network: the paper's slice CNN (default) or EfficientNet-Lite0 (three channels, "
+                         "ImageNet weights with the pretrained extra; no width sweep)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list out of {','.join(VARIANTS)}")
     ap.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     ap.add_argument("--loader-steps", type=int, default=None, help="timed steps per DataLoader setting (8; 1 with --quick)")
@@ -400,10 +420,13 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: dict[tuple[int, str], dict] = {}
 
+    def net(width: int) -> str:  # a row's network
+        return f"slice_cnn w{width}" if a.encoder == "slice_cnn" else a.encoder
+
     def run(width: int, variant: str) -> dict:
         if (width, variant) not in runs:
             log(f"train step: base width {width}, {variant} ({precisions[variant].note}) ...")
-            r = time_variant(width, variant, precisions[variant], batch, size, warmup, steps)
+            r = time_variant(width, variant, precisions[variant], batch, size, warmup, steps, a.encoder)
             log(f"  {r['step_seconds']:.3f} s/step, {r['slices_per_s']:.1f} slices/s, {r['gflops']:.1f} GFLOP/s")
             runs[(width, variant)] = r
         return runs[(width, variant)]
@@ -413,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     best_variant = max(variants, key=lambda v: runs[(a.base_width, v)]["slices_per_s"])
     sweep_variants = [BASELINE] + ([best_variant] if best_variant != BASELINE else [])
     for v in sweep_variants:
-        for w in widths:
+        for w in widths if a.encoder == "slice_cnn" else []:  # EfficientNet-Lite0 has one width
             run(w, v)
 
     log("matmul peak between the training runs and the data pipeline ...")
@@ -429,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             volumes, labels, cohort = build_cohort(Path(td), 8, 512, 24, size, log)
     ds = SliceSamples(volumes, labels, augment)
-    loader_trainer = Trainer(a.base_width, best_variant, precisions[best_variant])
+    loader_trainer = Trainer(a.base_width, best_variant, precisions[best_variant], encoder=a.encoder)
     # the peer: the same step on batches of the same pipeline, drawn and collated beforehand (zero stall)
     pre_loader = torch.utils.data.DataLoader(
         ds, batch_size=batch, drop_last=True, num_workers=0,
@@ -461,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     for (w, v), r in runs.items():
         base = runs.get((w, BASELINE))
         prec, cl = r["precision"], VARIANTS[v][1]
-        case = f"slice_cnn w{w} {v}"
+        case = f"{net(w)} {v}"
         common = {"case": case, "variant": v, "base_width": w, "precision": prec,
                   "precision_note": r["precision_note"], "dtype": "bf16 autocast" if prec == "bf16" else "fp32",
                   "memory_format": "channels_last" if cl else "contiguous", "batch": batch, "size": size,
@@ -469,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                   "warmup": warmup, "flops_per_step": r["flops_per_step"], "n_params": r["n_params"],
                   "model_source": r["model_source"], "loss_finite": r["loss_finite"]}
         rows.append({**common, "metric": "train_slices_per_s", "unit": "slices/s", "ichdet": r["slices_per_s"],
-                     "peer": f"slice_cnn w{w} {BASELINE} (contiguous NCHW)",
+                     "peer": f"{net(w)} {BASELINE} (contiguous NCHW)",
                      "peer_value": base["slices_per_s"] if base else None,
                      "ratio": ratio(r["slices_per_s"], base["slices_per_s"] if base else None),
                      "goal": "higher is faster; ratio = speed-up over fp32 contiguous at the same width",
@@ -487,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                          "goal_met": bool(frac >= PEAK_GOAL) if k == peak_keys[0] and not (k == "bf16" and plan.emulated)
                          else None})
     for r in loader_results:
-        case = f"slice_cnn w{a.base_width} {best_variant} + DataLoader(num_workers={r['workers']})"
+        case = f"{net(a.base_width)} {best_variant} + DataLoader(num_workers={r['workers']})"
         common = {"case": case, "variant": best_variant, "base_width": a.base_width, "loader_workers": r["workers"],
                   "precision": loader_trainer.precision.dtype,
                   "batch": batch, "size": size, "augmentation": aug_name,
