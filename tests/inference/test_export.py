@@ -116,3 +116,31 @@ def test_auto_runtime_takes_the_bundles_own_onnx(bundles, exported, tmp_path):
     assert isinstance(Predictor(b, runtime="torch").runtime, TorchRuntime)
     shutil.copy(exported["slice"], copy / "model.onnx")  # another bundle's export: not used
     assert isinstance(Predictor(b).runtime, TorchRuntime)
+
+
+def test_onnx_of_a_pretrained_encoder_scan_model(tmp_path):
+    """EfficientNet-Lite0 (TF "SAME" padding, ReLU6, depthwise convolutions) + BiLSTM exports to ONNX
+    and onnxruntime gives PyTorch's outputs within 1e-4, at sizes whose padding is uneven."""
+    from ichdet.engine.bundle import save_bundle
+    from ichdet.models import create_model
+    from ichdet.preprocess import PrepSpec
+
+    torch.manual_seed(0)
+    encoder = create_model("efficientnet_lite0", num_classes=2, normalize=True)
+    model = create_model("scan_lstm", encoder=encoder, hidden=8).eval()
+    kw = {"encoder_name": "efficientnet_lite0", "encoder_kw": encoder.config(), "hidden": 8}
+    path = save_bundle(tmp_path / "b", model=model, model_name="scan_lstm", model_kwargs=kw, kind="scan",
+                       prep=PrepSpec(windows=("brain", "subdural", "bone"), size=72), context=0,
+                       operating_point={"method": "fixed", "threshold": 0.5}, metrics={}, config_yaml="",
+                       data_hash="test")
+    b = ichdet.load_bundle(path)
+    onnx_path = export_onnx(b, tmp_path / "effnet.onnx")
+    rt = OnnxRuntime(onnx_path, batch=4)
+    ref = TorchRuntime(b.model, b.kind, precision="fp32", channels_last=False)
+    seq = torch.rand(6, 3, 72, 72, generator=torch.Generator().manual_seed(1))
+    got, want = rt(seq), ref(seq)
+    assert got.features.shape == (6, 1280)
+    np.testing.assert_allclose(got.slice_probability, want.slice_probability, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got.features, want.features, rtol=0, atol=1e-4)
+    assert abs(got.scan_probability - want.scan_probability) < 1e-4
+    assert verify_onnx(b, onnx_path) < 1e-4
