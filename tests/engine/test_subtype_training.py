@@ -24,7 +24,7 @@ from ichdet.models.kinds import get_kind
 from ichdet.engine.tasks import loss_and_hits
 from ichdet.errors import InputError
 from ichdet.metrics import SUBTYPE_LABELS
-from ichdet.models import create_model
+from ichdet.models import create_model, pretrained_available
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -211,3 +211,27 @@ def test_alexnet_trains_a_subtype_head(tiny, tmp_path):
     scores, labels = score_scans(b.kind, b.model, cohort, ids)
     assert labels.shape == (2, 6)
     np.testing.assert_array_equal(labels[:, -1], scores)
+
+
+@pytest.mark.skipif(not pretrained_available(), reason="the pretrained extra (ichdet[pretrained]) is not installed")
+def test_the_pretrained_encoder_chain_trains_subtype_heads(tiny, tmp_path):
+    """3d_slice_effnet_subtypes -> 3d_effnet_lstm2_frozen_subtypes -> 3d_effnet_lstm2_e2e_subtypes: the
+    ImageNet EfficientNet-Lite0 as the encoder of a subtype scan model, through the three stages."""
+    runs = tmp_path / "runs"
+    small = tiny + ["model.kwargs={}", "optim.epochs=1", "optim.steps_per_epoch=2"]
+    enc = load_bundle(train(load_config(CONFIGS / "3d_slice_effnet_subtypes.yaml", small),
+                            runs / "3d_slice_effnet_subtypes", show_progress=False))
+    assert (enc.model.model_name, enc.model.multilabel, enc.model.num_classes) == ("efficientnet_lite0", True, 6)
+    assert enc.prep.windows == ("brain", "subdural", "bone") and enc.model.normalize  # ImageNet's input scaling
+    lstm = small + ["model.kwargs={lstm_layers: 2, hidden: 8}", "optim.batch_size=2"]
+    for name in ("3d_effnet_lstm2_frozen_subtypes", "3d_effnet_lstm2_e2e_subtypes"):
+        scan = load_bundle(train(load_config(CONFIGS / f"{name}.yaml", lstm), runs / name, show_progress=False))
+    assert scan.kind == "scan" and scan.labels == SUBTYPE_LABELS
+    assert scan.model.encoder.model_name == "efficientnet_lite0" and scan.model.encoder.multilabel
+    rows = list(csv.DictReader((runs / "3d_effnet_lstm2_e2e_subtypes" / "metrics.csv").open()))
+    assert all(float(r["train_slice_loss"]) > 0 for r in rows)  # the encoder's subtype head kept training
+    cohort = PreparedCohort(load_config(None, tiny).data.manifest, scan.prep)
+    ids = cohort.scan_ids()[:3]
+    s, lab = score_scans("scan", scan.model, cohort, ids)
+    assert lab.shape == (3, 6) and ((lab > 0) & (lab < 1)).all()
+    np.testing.assert_allclose(lab[:, -1], s, atol=1e-12)

@@ -7,14 +7,14 @@ bundle/
                 slice_thickness_mm (the training scans' median slice spacing; null for 2D images)
   config.yaml   the resolved training config
   weights.pt    the network's state dict (torch.load(weights_only=True) reads it)
-  svm.joblib    the SVM head, for kinds "alexnet_svm" and "feature_svm" (a pickle: load bundles
+  svm.joblib    the SVM head, for kinds "alexnet_svm", "slice_svm" and "feature_svm" (a pickle: load bundles
                 only from sources you trust, as with any pickle)
   splits.csv    scan_id -> train | val | test of the training data (`evaluate` never scores the
                 scans a model was trained or validated on)
 ```
 Kinds: "slice" (a slice classifier; a scan's score is its maximum slice probability),
 "scan" (scan_lstm), "aggregate" (slice classifier + max or 95th percentile over slices),
-"alexnet_svm" (slice features -> SVM), "feature_svm" (padded slice features -> SVM).
+"alexnet_svm" and "slice_svm" (slice features -> SVM), "feature_svm" (padded slice features -> SVM).
 ``labels`` in bundle.json lists what the bundle gives per scan: ["any"] (bleed / no bleed), or the
 five subtypes then "any" for a multi-label model of kind slice, aggregate or scan.
 ``slice_thickness_mm``: `predict`, `serve` and `evaluate` merge a thinner series into slabs of this

@@ -1,8 +1,9 @@
 """The four stages `ichdet train` runs, each ending with a bundle in RUN/bundle:
 
-slice      a slice classifier (slice_cnn, alexnet) on balanced cranial slices
+slice      a slice classifier (slice_cnn, alexnet, efficientnet_lite0) on balanced cranial slices
 scan       scan_lstm on whole scans (frozen encoder = the paper's stage 2, else end-to-end)
-svm        an SVM head on a trained slice model's features: "alexnet_svm" (per slice) or
+svm        an SVM head on slice features: "alexnet_svm" (per slice, on a trained slice model), "slice_svm"
+           (per slice, on a trained model or a frozen pretrained `model.backbone`) or
            "feature_svm" (zero-padded per-slice features of a whole scan, sec. 4.1)
 aggregate  a trained slice model + maximum or 95th percentile of slice probabilities (sec. 4.1)
 

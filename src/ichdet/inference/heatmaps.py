@@ -51,9 +51,11 @@ def slice_classifier(model: nn.Module, kind: str) -> tuple[nn.Module, str]:
     """The module mapping slices (N, C', S, S) -> slice logits (N, K), and its Grad-CAM layer's name
     relative to that module.
 
-    Kind "scan" (ScanLSTM): the encoder (a SliceCNN) with its own slice head. Every other kind: the
-    model itself; for "alexnet_svm" that is the plain AlexNet, whose softmax head stands in for the
-    SVM (not differentiable) that makes the bundle's decisions. A three-channel network is wrapped
+    Kind "scan" (ScanLSTM): the encoder (a SliceCNN or EfficientNet-Lite0) with its own slice head.
+    Every other kind: the model itself; for "alexnet_svm" that is the plain AlexNet, whose softmax
+    head stands in for the SVM (not differentiable) that makes the bundle's decisions; a "slice_svm"
+    on a frozen backbone carries its linear SVM in that head (`ichdet.engine.stages.carry_svm`), so
+    the map explains the SVM itself. A three-channel network is wrapped
     so that one-channel slices are replicated to three (`adapt_input`); its layer name then starts
     with "net.".
     """
