@@ -7,7 +7,7 @@ Layout: `_conv_stem` (3x3, stride 2) + `_bn0` -> 16 MBConv blocks `_blocks.0.._b
 an identity skip where shapes allow) -> `_conv_head` (1x1 to 1280) + `_bn1` -> average pool ->
 dropout -> `_fc`. Convolutions pad as TensorFlow's "SAME" does (the weights were trained in TF):
 output size ceil(input / stride), the odd pixel of padding at the bottom/right. Batch norm uses
-TF's epsilon 1e-3 and momentum 0.01.
+TF's epsilon 1e-3 (and PyTorch's momentum 0.1: see `BN`).
 
 Inputs are windowed CT in [0, 1], three windows as the three channels (brain, subdural, bone, as
 the RSNA 2019 winners fed ImageNet networks); with `normalize=True` (set when ImageNet weights are
@@ -31,7 +31,10 @@ from ichdet.models.weights import read_state_dict
 # (repeats, kernel, stride, expansion, in, out) per stage: efficientnet_lite_builder.py's lite0 block strings
 STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
           (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
-BN = {"eps": 1e-3, "momentum": 0.01}  # TF's batch_norm_epsilon and decay 0.99
+# TF's batch_norm_epsilon; momentum 0.1, not TF's 0.01 (decay 0.99, for ImageNet's long training): fine-tuning
+# on a few hundred CT images runs a few dozen steps, and with 0.01 the running statistics that evaluation
+# uses would stay mostly ImageNet's while training normalises with CT's batch statistics
+BN = {"eps": 1e-3, "momentum": 0.1}
 
 
 @dataclass(frozen=True)
