@@ -37,5 +37,7 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     system, tuned = _run("system"), _run("tune")
     pages = (64 << 20) // 4096
     assert not system["tuned"] and system["faults"] >= 5 * pages * 0.9  # every block mapped and zeroed afresh
-    assert tuned["tuned"] and tuned["faults"] <= pages  # at most the first block is new: the rest reuse it
+    # at most the first block is new, the rest reuse it (+ 256 pages of slack: the interpreter's own
+    # allocations between the two readings; one CI run counted 16385 for 16384)
+    assert tuned["tuned"] and tuned["faults"] <= pages + 256
     assert not _run("tune", ICHDET_SYSTEM_MALLOC="1")["tuned"]  # the opt-out
