@@ -319,7 +319,7 @@ def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts
                 "val_fraction_of_training_folds": opts.val_fraction, "weights": opts.weights or "random",
                 "started_from": started,
                 "quick": opts.quick, "subtypes": bool(opts.subtypes),
-                "epochs": {m: model_config(m, manifest, opts, cache).optim.epochs  # as each network trained
-                           for m in models if m != "alexnet-svm"}}
+                "epochs": {m: cfg.optim.epochs for m in models  # as each network trained (SVMs train none)
+                           if (cfg := model_config(m, manifest, opts, cache)).stage != "svm"}}
     return write_cv_outputs(out, {m: oof[m] for m in wanted}, names, settings, bundles, n_images=len(rows),
                             n_patients=len({r.patient_id for r in rows}), notes=notes)
