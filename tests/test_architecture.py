@@ -13,7 +13,7 @@ SRC = Path(ichdet.__file__).resolve().parent
 LAYERS = {
     "__init__": 0, "errors": 0,  # `ichdet` itself: __version__, and the public API resolved lazily by name
     "fileio": 1, "metrics": 1,
-    "io": 2, "preprocess": 3, "datasets": 4, "synth": 5, "models": 5, "engine": 6, "report": 7, "evaluation": 8,
+    "io": 2, "preprocess": 3, "datasets": 4, "synth": 5, "models": 5, "measure": 5, "engine": 6, "report": 7, "evaluation": 8,
     "inference": 9, "server": 10, "demo": 11, "cli": 12,
 }
 
