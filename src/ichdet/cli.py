@@ -404,7 +404,7 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
                                      "default: random weights (EfficientNet starts from the ImageNet weights of "
                                      "the pretrained extra; --set model.weights=... changes that)")
     p.add_argument("--epochs", type=int, help="passes over the training images (default: the experiment config's)")
-    p.add_argument("--size", type=int, help="image side in pixels (default: 256 CNN, 224 AlexNet)")
+    p.add_argument("--size", type=int, help="image side in pixels (default: the configs', 224 for every model)")
     p.add_argument("--quick", action="store_true", help="the laptop-sized configs (configs/quick)")
     p.add_argument("--no-final", action="store_true", help="skip training on all images (no bundles)")
     p.add_argument("--jobs", type=int, default=0,
