@@ -27,11 +27,14 @@ def test_scan_record_of_two_masks():
     assert r["dice"]["intraparenchymal"] == pytest.approx(2 * 240 / 540)
     assert r["dice"]["subdural"] == 0.0 and r["dice"]["intraventricular"] == 0.0
     assert r["dice"]["epidural"] is None and r["dice"]["subarachnoid"] is None
-    # ABC/2 of the larger true lesion, 5 x 5 mm on 3 slices of 2 mm: A = the diagonal 5√2, B = the width
-    # across it 2·5·5 / (5√2), so A·B = 50 mm² and A·B·C/2 = 50 · 6 / 2 mm³
+    # ABC/2 of the larger true lesion, 10 x 10 px of 0.5 mm on 3 slices of 2 mm. Its outline through the pixels'
+    # edge midpoints (px) is the octagon (0, 0.5), (0, 9.5), (0.5, 10), ... : A = (0, 0.5) to (10, 9.5) = √181 px,
+    # across it the octagon spans 181 / √181 px, so A·B = 181 px² = 45.25 mm² and ABC/2 = 45.25 · 6 / 2 mm³.
     assert r["abc2_truth"]["lesion_voxels"] == 300 and r["abc2_truth"]["c_mm"] == 6.0
-    assert r["abc2_truth_ml"] == pytest.approx(50 * 6 / 2 / 1000)
-    assert r["abc2_pred"]["lesion_voxels"] == 240 and r["abc2_pred_ml"] == pytest.approx(2 * 5 * 4 * 6 / 2 / 1000)
+    assert r["abc2_truth"]["a_mm"] == pytest.approx(0.5 * 181 ** 0.5) and r["abc2_truth"]["slice_index"] == 1
+    assert r["abc2_truth_ml"] == pytest.approx(45.25 * 6 / 2 / 1000)
+    # predicted, 10 x 8 px: A = (0, 0.5) to (10, 7.5) = √149 px, across it 143 / √149 px: A·B = 143 px²
+    assert r["abc2_pred"]["lesion_voxels"] == 240 and r["abc2_pred_ml"] == pytest.approx(143 * 0.25 * 6 / 2 / 1000)
     json.dumps(r, allow_nan=False)
 
 

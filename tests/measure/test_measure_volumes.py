@@ -11,8 +11,8 @@ from ichdet.measure import abc2, diameters_mm, label_volumes_ml, largest_lesion,
 
 # an ellipsoid of semi-axes 20 (z), 25 (y), 15 (x) mm on an anisotropic grid, centred on voxel boundaries
 SEMI = (20.0, 25.0, 15.0)  # mm
-SPACING = (2.0, 0.5, 0.75)  # (dz, dy, dx) mm
-SHAPE = (24, 120, 48)  # 48 x 60 x 36 mm
+SPACING = (2.0, 0.25, 0.3)  # (dz, dy, dx) mm
+SHAPE = (24, 240, 120)  # 48 x 60 x 36 mm
 ELLIPSOID_ML = 4 / 3 * math.pi * SEMI[0] * SEMI[1] * SEMI[2] / 1000
 
 
@@ -31,15 +31,16 @@ def test_ellipsoid_volume_per_label_within_2_percent_of_four_thirds_pi_abc():
 
 
 def test_abc2_over_all_slices_reads_three_over_pi_of_an_ellipsoid():
-    """A·B·C/2 against the ellipsoid's A·B·C·π/6: ABC/2 is 3/π ≈ 0.955 of it (π taken as 3)."""
+    """A·B·C/2 against the ellipsoid's A·B·C·π/6: ABC/2 is 3/π ≈ 0.955 of it (π taken as 3); the pixels'
+    staircase outline adds under 1 %."""
     est = abc2(ellipsoid(), SPACING, c_rule="all_slices")
     assert est.c_mm == 40.0  # 20 slices of 2 mm: the full height 2 × 20 mm
-    assert est.a_mm == pytest.approx(50.0, abs=0.6)  # edge to edge, within a pixel's diagonal
-    assert est.b_mm == pytest.approx(30.0, abs=0.9)
+    assert est.a_mm == pytest.approx(50.0, abs=0.25)  # within a pixel
+    assert est.b_mm == pytest.approx(30.0, abs=0.3)
     assert est.slice_index == 11  # the two central slices tie; the more inferior one
     assert est.lesion_voxels == int(ellipsoid().sum())
-    assert est.volume_ml / ELLIPSOID_ML == pytest.approx(3 / math.pi, rel=0.025)
-    assert est.volume_ml / ELLIPSOID_ML != pytest.approx(1.0, rel=0.04)
+    assert est.volume_ml / ELLIPSOID_ML == pytest.approx(3 / math.pi, rel=0.015)
+    assert est.volume_ml / ELLIPSOID_ML < 0.975  # below the true volume by about 1 - 3/π
 
 
 def test_abc2_kothari_weights_the_ellipsoids_slices_by_area():
@@ -50,29 +51,30 @@ def test_abc2_kothari_weights_the_ellipsoids_slices_by_area():
     assert est.c_mm == 28.0
     assert (est.a_mm, est.b_mm, est.slice_index) == (full.a_mm, full.b_mm, full.slice_index)
     assert est.volume_ml == pytest.approx(full.volume_ml * 0.7, rel=1e-12)
-    assert est.volume_ml / ELLIPSOID_ML == pytest.approx(0.7 * 3 / math.pi, rel=0.025)
+    assert est.volume_ml / ELLIPSOID_ML == pytest.approx(0.7 * 3 / math.pi, rel=0.015)
 
 
 def test_abc2_measures_the_larger_of_two_lesions():
     """Lesion 1: one slice of 30×30 px (900 voxels, the largest single slice); lesion 2: 5 slices of 20×10 px
-    (1000 voxels). ABC/2 takes lesion 2: A = its diagonal √500, B = its width across it 2·20·10/√500, so
-    A·B = 400 mm² and A·B·C/2 = 400 × 5 / 2 mm³ = 1 mL."""
+    (1000 voxels). ABC/2 takes lesion 2. Its outline through the pixels' edge midpoints is the octagon
+    (y, x) = (0, 0.5), (0, 9.5), (0.5, 10), (19.5, 10), (20, 9.5), (20, 0.5), (19.5, 0), (0.5, 0) (+ offset):
+    A = (0, 0.5) to (20, 9.5) = √481; across it, along (-9, 20)/√481, the octagon spans 195.5 - (-175.5)
+    = 371 / √481; so A·B = 371 mm² and A·B·C/2 = 371 × 5 / 2 mm³."""
     mask = np.zeros((8, 64, 64), np.uint8)
     mask[1, 2:32, 2:32] = 2
     mask[3:8, 40:60, 40:50] = 5
     est = abc2(mask, (1.0, 1.0, 1.0))
     assert est.lesion_voxels == 1000 and est.slice_index == 3
-    assert est.a_mm == pytest.approx(math.sqrt(500))
-    assert est.b_mm == pytest.approx(400 / math.sqrt(500))
+    assert est.a_mm == pytest.approx(math.sqrt(481))
+    assert est.b_mm == pytest.approx(371 / math.sqrt(481))
     assert est.c_mm == 5.0
-    assert est.volume_ml == pytest.approx(1.0)
+    assert est.volume_ml == pytest.approx(0.9275)
     assert largest_lesion(mask).sum() == 1000
 
 
-def test_diameters_of_one_pixel_are_its_diagonal_and_the_width_across_it():
-    a, b = diameters_mm(np.ones((1, 1), bool), 0.5, 0.8)
-    assert a == pytest.approx(math.hypot(0.5, 0.8))
-    assert b == pytest.approx(2 * 0.5 * 0.8 / math.hypot(0.5, 0.8))
+def test_diameters_of_one_pixel_are_its_sides():
+    assert diameters_mm(np.ones((1, 1), bool), 0.5, 0.8) == pytest.approx((0.8, 0.5))
+    assert diameters_mm(np.ones((3, 1), bool), 0.5, 0.8) == pytest.approx((1.5, 0.8))
 
 
 def test_kothari_slice_weights():

@@ -121,10 +121,13 @@ def largest_lesion(mask: Any) -> np.ndarray:
 def diameters_mm(region: np.ndarray, dy: float, dx: float) -> tuple[float, float]:
     """(A, B) of a 2D region (H, W) bool with pixel size dy, dx mm: A = the longest distance across it,
     B = its extent perpendicular to A (for a convex region, the longest chord perpendicular to A).
-    Measured on the pixels' outline (their corners), as a reader measures edge to edge."""
+    Measured on the outline through the midpoints of the pixels' edges (where marching squares draws the
+    half-level contour, as skimage's `feret_diameter_max` measures): edge to edge along the image axes,
+    without the pixel corners' overshoot on a diagonal."""
     r, c = np.nonzero(region)
-    corners = np.concatenate([np.stack([(r + i) * dy, (c + j) * dx], axis=1) for i in (0, 1) for j in (0, 1)])
-    hull = corners[ConvexHull(np.unique(corners, axis=0)).vertices]  # (h, 2) mm
+    offsets = ((0.0, 0.5), (1.0, 0.5), (0.5, 0.0), (0.5, 1.0))  # edge midpoints of the pixel [r, r+1] x [c, c+1]
+    points = np.unique(np.concatenate([np.stack([(r + i) * dy, (c + j) * dx], axis=1) for i, j in offsets]), axis=0)
+    hull = points[ConvexHull(points).vertices]  # (h, 2) mm
     d = np.linalg.norm(hull[:, None, :] - hull[None, :, :], axis=-1)
     i, j = np.unravel_index(int(np.argmax(d)), d.shape)
     a = float(d[i, j])
@@ -151,7 +154,7 @@ def abc2(mask: Any, spacing: Any, c_rule: str = "kothari") -> ABC2:
     A and B on the slice where that lesion's area is largest (the most inferior of equal ones), C = the
     sum of the slice weights (`slice_weights`, Kothari's rule by default) times dz. For an ellipsoid,
     A·B·C/2 with C over all slices is 3/π ≈ 0.955 of its volume; Kothari's weights shorten C to about
-    0.68 of the lesion's height, so ABC/2 reads about 0.65 of a regular ellipsoid's volume."""
+    0.68-0.7 of the lesion's height, so ABC/2 reads about 0.65 of a regular ellipsoid's volume."""
     dz, dy, dx = check_spacing(spacing)
     lesion = largest_lesion(mask)
     voxels = int(lesion.sum())
