@@ -2,7 +2,7 @@
 pydicom and highdicom, the source study and SEG referenced, validated with dciodvfy."""
 from __future__ import annotations
 
-from pathlib import Path
+import warnings
 
 import highdicom as hd
 import numpy as np
@@ -190,3 +190,26 @@ def test_seg_of_another_study_is_refused(series, tmp_path):
                        seg_path=seg, **MODEL)
     assert str(e.value) == (f"{seg}: StudyInstanceUID {other_vol.study_uid} differs from the source series' "
                             f"{vol.study_uid}")
+
+
+def test_cq500_seg_and_sr_pass_dciodvfy(cq500_dir, tmp_path):
+    """The real series: de-identified without DeidentificationMethod and without FrameOfReferenceUID."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vol = read_dicom_series(cq500_dir)
+        mask = np.zeros(vol.shape, np.uint8)
+        mask[150, 240:260, 300:330] = 2
+        mask[151, 240:262, 300:332] = 2
+        seg = write_dicom_seg(mask, vol.source, tmp_path / "seg.dcm", algorithm_name="m", algorithm_version="1")
+    out = write_dicom_sr(vol.source, tmp_path / "sr.dcm", volumes_ml={"intraparenchymal": 0.27}, probability=0.99,
+                         threshold=0.5, seg_path=seg, **MODEL)
+    ds = pydicom.dcmread(out)
+    assert ds.StudyInstanceUID == vol.study_uid and ds.PatientID == vol.patient_id != ""
+    assert ds.DeidentificationMethod == "not recorded in the source images"
+    assert len(ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence) == 2  # the CT and the SEG
+    g = _groups(ds)["intraparenchymal haemorrhage"]
+    assert g["num"][VOLUME] == (0.27, ML)
+    assert [int(r.ReferencedSegmentNumber) for r in g["image"] if "ReferencedSegmentNumber" in r] == [2]
+    for f in (seg, out):
+        errors, _ = dciodvfy(f)
+        assert errors == []

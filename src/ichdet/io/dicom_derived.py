@@ -10,8 +10,9 @@ The codes come from the DICOM content mapping resource as pydicom ships it (`pyd
 - SCT 118565006 "Volume" with UCUM "ml"; DCM 122157 "Probability" and DCM 122411 "Threshold
   Value" with UCUM "1" (no units)
 
-DICOM has no standard codes for the epidural and subdural spaces, so the compartment is named by
-the segment label and the tracking identifier (``"<subtype> haemorrhage"``), not by a code.
+The DICOM code dictionary (as pydicom ships it) has no codes for the epidural and subdural spaces,
+so the compartment is named by the segment label and the tracking identifier
+(``"<subtype> haemorrhage"``), not by a code.
 """
 from __future__ import annotations
 

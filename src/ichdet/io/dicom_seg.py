@@ -26,7 +26,7 @@ from ichdet.io.dicom_derived import (CATEGORY, CRANIAL_CAVITY, HEMORRHAGE, MANUF
 
 SEG_SERIES_NUMBER = 901  # a number PACS lists after the CT's own series
 SEG_DESCRIPTION = "ichdet haemorrhage segmentation"
-# display colours (sRGB) per subtype, in SUBTYPE_NAMES order; the viewer uses the same hues
+# recommended display colours (sRGB) per segment, in SUBTYPE_NAMES order (RecommendedDisplayCIELabValue)
 SUBTYPE_RGB = ((255, 64, 64), (255, 160, 0), (64, 160, 255), (80, 220, 80), (200, 80, 255))
 
 
