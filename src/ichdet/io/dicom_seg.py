@@ -114,6 +114,8 @@ def write_dicom_seg(
         raise InputError("segment_labels must name at least one segment")
     headers = read_source_headers(source_files)
     for ds, f in zip(headers, source_files):
+        if not ds.get("Rows") or not ds.get("Columns"):
+            raise InputError("Rows/Columns missing: not an image a segmentation can reference", f)
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise InputError("multi-frame source images are not supported; give the single-frame series", f)
         if (int(ds.Rows), int(ds.Columns)) != (int(headers[0].Rows), int(headers[0].Columns)):
