@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ichdet.errors import InputError
-from ichdet.measure import bland_altman, dice, error_summary, median_ci
+from ichdet.measure import bland_altman, dice, dice_per_label, error_summary, median_ci
 
 
 def test_dice_any_bleed_and_per_label():
@@ -24,6 +24,23 @@ def test_dice_any_bleed_and_per_label():
     assert dice(pred, truth, "subarachnoid") == 0.0                    # truth 2, prediction none
     assert math.isnan(dice(pred, truth, "epidural"))                    # both empty
     assert dice(truth, truth) == 1.0
+
+
+def test_dice_per_label_agrees_with_dice_label_by_label():
+    rng = np.random.default_rng(4)
+    truth = rng.integers(0, 6, (3, 16, 16)).astype(np.uint8)
+    pred = np.where(rng.random(truth.shape) < 0.7, truth, rng.integers(0, 6, truth.shape)).astype(np.uint8)
+    pred[pred == 1] = 0  # no epidural predicted
+    truth[truth == 1] = 0  # nor true: both empty
+    table = dice_per_label(pred, truth)
+    assert list(table) == ["any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural"]
+    assert math.isnan(table["epidural"])
+    for label, value in table.items():
+        if label != "epidural":
+            assert value == pytest.approx(dice(pred, truth, label), abs=1e-15)
+            assert 0.5 < value < 1.0
+    with pytest.raises(InputError, match=r"^true mask: label mask holds value 6 at voxel \(z=0, y=0, x=0\);"):
+        dice_per_label(pred, np.full_like(truth, 6))
 
 
 def test_dice_refuses_mismatched_shapes_and_unknown_labels():

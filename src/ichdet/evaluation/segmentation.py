@@ -26,7 +26,7 @@ import numpy as np
 
 from ichdet.datasets.manifest import SUBTYPES
 from ichdet.errors import InputError
-from ichdet.measure import abc2, check_label_mask, check_spacing, dice, error_summary, label_volumes_ml, median_ci
+from ichdet.measure import abc2, check_label_mask, check_spacing, dice_per_label, error_summary, label_volumes_ml, median_ci
 
 LABELS = ("any", *SUBTYPES)  # "any" = every bleed label together; its volume is the "total"
 LARGE_BLEED_ML = 5.0  # mL: the goal is stated for bleeds at least this large
@@ -47,7 +47,7 @@ def scan_record(scan_id: str, pred_mask: Any, true_mask: Any, spacing: Any) -> d
     if pred.shape != truth.shape:
         raise InputError(f"{where}: predicted mask shape {pred.shape} differs from the true mask's {truth.shape}")
     s = check_spacing(spacing, where)
-    d = {label: dice(pred, truth, label) for label in LABELS}
+    d = dice_per_label(pred, truth)
     a_pred, a_true = abc2(pred, s), abc2(truth, s)
     return {"scan_id": str(scan_id), "spacing": list(s), "pred_ml": label_volumes_ml(pred, s),
             "true_ml": label_volumes_ml(truth, s), "dice": {k: None if math.isnan(v) else v for k, v in d.items()},

@@ -156,13 +156,28 @@ def abc2(mask: Any, spacing: Any, c_rule: str = "kothari") -> ABC2:
     A·B·C/2 with C over all slices is 3/π ≈ 0.955 of its volume; Kothari's weights shorten C to about
     0.68-0.7 of the lesion's height, so ABC/2 reads about 0.65 of a regular ellipsoid's volume."""
     dz, dy, dx = check_spacing(spacing)
-    lesion = largest_lesion(mask)
-    voxels = int(lesion.sum())
-    if voxels == 0:
-        slice_weights(np.zeros(1), c_rule)  # validates the rule
+    slice_weights(np.zeros(1), c_rule)  # validates the rule
+    m = np.asarray(mask)
+    if m.ndim != 3:
+        raise InputError(f"lesion mask must have shape (Z, H, W), got shape {m.shape}")
+    box = bleed_box(m)
+    if box is None:
         return ABC2(0.0, math.nan, math.nan, math.nan, None, 0)
+    lesion = largest_lesion(m[box])  # the bleed's bounding box only: labelling is the costly step
     areas = lesion.sum(axis=(1, 2))
     k = int(np.argmax(areas))
     a, b = diameters_mm(lesion[k], dy, dx)
     c = float(slice_weights(areas, c_rule).sum() * dz)
-    return ABC2(a * b * c / 2 * ML_PER_MM3, a, b, c, k, voxels)
+    return ABC2(a * b * c / 2 * ML_PER_MM3, a, b, c, box[0].start + k, int(areas.sum()))
+
+
+def bleed_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The bounding box (z, y, x slices) of the nonzero voxels of `mask` (Z, H, W), or None if there are none."""
+    nz = mask != 0
+    spans = []
+    for axis in range(3):
+        hit = np.flatnonzero(nz.any(axis=tuple(i for i in range(3) if i != axis)))
+        if hit.size == 0:
+            return None
+        spans.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(spans)  # type: ignore[return-value]
