@@ -119,7 +119,8 @@ def test_bad_masks_and_spacings_are_refused_with_one_line():
         label_volumes_ml(np.full((1, 1, 1), 0.5), (1, 1, 1))
     with pytest.raises(InputError, match=r"^label mask must have shape \(Z, H, W\), got shape \(4, 4\)$"):
         label_volumes_ml(np.zeros((4, 4), np.uint8), (1, 1, 1))
-    with pytest.raises(InputError, match=r"^spacing must be three positive numbers \(dz, dy, dx\) in mm, got \(1, 0, 1\)$"):
+    with pytest.raises(InputError,
+                       match=r"^spacing must be three positive numbers \(dz, dy, dx\) in mm, got \(1, 0, 1\)$"):
         label_volumes_ml(mask * 0, (1, 0, 1))
     with pytest.raises(InputError, match=r"^spacing must be three numbers \(dz, dy, dx\) in mm, got 'abc'$"):
         abc2(mask, "abc")

@@ -26,7 +26,9 @@ import numpy as np
 
 from ichdet.datasets.manifest import SUBTYPES
 from ichdet.errors import InputError
-from ichdet.measure import abc2, check_label_mask, check_spacing, dice_per_label, error_summary, label_volumes_ml, median_ci
+from ichdet.measure import (
+    abc2, check_label_mask, check_spacing, dice_per_label, error_summary, label_volumes_ml, median_ci,
+)
 
 LABELS = ("any", *SUBTYPES)  # "any" = every bleed label together; its volume is the "total"
 LARGE_BLEED_ML = 5.0  # mL: the issue's goal is stated for bleeds at least this large
@@ -43,7 +45,8 @@ def scan_record(scan_id: str, pred_mask: Any, true_mask: Any, spacing: Any) -> d
     `ABC2.as_dict()` of the predicted / true mask, "abc2_pred_ml" / "abc2_truth_ml": their volumes}.
     Masks: label masks (Z, H, W) of the same shape, spacing (dz, dy, dx) mm."""
     where = f"scan {scan_id}"
-    pred, truth = check_label_mask(pred_mask, f"{where} predicted mask"), check_label_mask(true_mask, f"{where} true mask")
+    pred = check_label_mask(pred_mask, f"{where} predicted mask")
+    truth = check_label_mask(true_mask, f"{where} true mask")
     if pred.shape != truth.shape:
         raise InputError(f"{where}: predicted mask shape {pred.shape} differs from the true mask's {truth.shape}")
     s = check_spacing(spacing, where)
@@ -113,7 +116,8 @@ def segmentation_metrics(records: Iterable[Mapping[str, Any]], level: float = 0.
      scan; for the Bland-Altman plot)}."""
     rows = _check_records(records)
     present = [s for s in SUBTYPES if any(_num(r["true_ml"][s]) > 0 for r in rows)]
-    labels = {label: label_summary(rows, label, level, n_boot, seed) for label in ("any", *present)}
+    labels = {label: label_summary(rows, label, level, n_boot, seed) for label in LABELS
+              if label == "any" or label in present}
     true = np.array([_num(r["true_ml"]["total"]) for r in rows])
     model = np.array([_num(r["pred_ml"]["total"]) for r in rows])
     reader = np.array([_num(r["abc2_truth_ml"]) for r in rows])
