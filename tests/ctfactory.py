@@ -38,7 +38,9 @@ def write_series(folder: Path, volume: Volume | None = None, **kw) -> list[Path]
 
 
 JPEG_LS_FILE = "MR_small_jpeg_ls_lossless.dcm"  # pydicom's test file: 64 x 64, 16-bit, JPEG-LS lossless
-JPEG_LS_REASON = "pylibjpeg: A misplaced marker segment was found - found a double frame header"  # what the bytes below give
+# what the bytes below give: every installed JPEG-LS decoder's reason (pyjpegls comes with highdicom)
+JPEG_LS_REASON = ("pylibjpeg: A misplaced marker segment was found - found a double frame header; pyjpegls: Decoding "
+                  "error: Invalid JPEG-LS stream, the encoded bit stream contains a general structural problem")
 
 
 def write_corrupt_jpeg_ls(path: Path) -> Path:
