@@ -49,10 +49,11 @@ def test_ctich_manifest_and_slice_order(ctich: Path, tmp_path: Path, caplog: pyt
     rows = {r.scan_id: r for r in read_manifest(out)}
     assert set(rows) == {"049", "050"}
     a, b = rows["049"], rows["050"]
-    assert (a.path, a.extra["mask"], a.label, a.patient_id) == ("ct_scans/049.nii", "masks/049.nii", 1, "049")
+    assert (a.path, a.extra["mask_path"], a.label, a.patient_id) == ("ct_scans/049.nii", "masks/049.nii", 1, "049")
     assert a.subtypes["intraparenchymal"] == 1 and a.subtypes["subdural"] == 0
     assert (b.label, b.subtypes["subdural"], b.extra["fracture"], b.extra["n_slices"]) == (1, 1, "1", "4")
-    assert "mask" not in b.extra or b.extra["mask"] == ""
+    assert a.extra["mask_labels"] == "any"
+    assert "mask_path" not in b.extra or b.extra["mask_path"] == ""
     slices = read_slice_labels(ctich / "manifest_slices.csv")
     assert [s.label for s in slices["049"]] == [0, 1, 0, 0, 0]  # k up: SliceNumber 2 -> index 1
     assert [s.label for s in slices["050"]] == [0, 0, 0, 1]     # k down: SliceNumber 1 -> index 3

@@ -24,7 +24,7 @@ RUN_CHANGES = {
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_shipped_config_loads(path):
     cfg = load_config(path, ["data.manifest=m.csv"])
-    assert cfg.experiment and cfg.stage in ("slice", "scan", "svm", "aggregate")
+    assert cfg.experiment and cfg.stage in ("slice", "scan", "svm", "aggregate", "seg")
 
 
 def test_paper_recipes_are_the_defaults():
@@ -62,7 +62,7 @@ def test_base_chain_and_loop(tmp_path):
     ("optim.lrr=1", "unknown config key(s) optim.lrr; expected some of"),
     ("optim.epochs=many", "config optim.epochs must be a int, got 'many'"),
     ("data.augment=3", "config data.augment must be true or false, got 3"),
-    ("stage=fly", "config stage must be one of slice, scan, svm, aggregate, got 'fly'"),
+    ("stage=fly", "config stage must be one of slice, scan, svm, aggregate, seg, got 'fly'"),
     ("optim.batch_size=0", "config optim.batch_size must be >= 1, got 0"),
     ("data.windows=[nope]", "nope"),
     ("nonsense", "--set expects key=value"),

@@ -68,7 +68,7 @@ def test_labels_and_graph_outputs_of_each_kind():
     assert [k for k, v in KINDS.items() if v.svm is not None] == ["alexnet_svm", "slice_svm", "feature_svm"]
     assert get_kind(KINDS["scan"]) is KINDS["scan"]
     with pytest.raises(InputError, match="^bundle kind must be one of slice, scan, aggregate, alexnet_svm, "
-                                         "slice_svm, feature_svm, got 'max'$"):
+                                         "slice_svm, feature_svm, segmentation, got 'max'$"):
         get_kind("max")
 
 

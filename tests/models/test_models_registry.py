@@ -16,7 +16,7 @@ SMALL = {
 
 
 def test_list_models():
-    assert list_models() == ["alexnet", "efficientnet_lite0", "scan_lstm", "slice_cnn"]
+    assert list_models() == ["alexnet", "efficientnet_lite0", "scan_lstm", "seg_unet", "slice_cnn"]
 
 
 def test_model_name_attributes():
@@ -38,7 +38,7 @@ def test_config_round_trip(name):
 
 
 def test_unknown_name_lists_known():
-    with pytest.raises(InputError, match=r"unknown model 'resnet'.*alexnet, efficientnet_lite0, scan_lstm, slice_cnn"):
+    with pytest.raises(InputError, match=r"unknown model 'resnet'.*alexnet, efficientnet_lite0, scan_lstm, seg_unet, slice_cnn"):
         create_model("resnet")
 
 

@@ -19,11 +19,11 @@ from ichdet.engine.precision import PRECISIONS
 from ichdet.errors import InputError
 from ichdet.preprocess.pipeline import PrepSpec
 
-STAGES = ("slice", "scan", "svm", "aggregate")
+STAGES = ("slice", "scan", "svm", "aggregate", "seg")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
-SELECT_METRICS = ("accuracy", "auc", "loss")
+SELECT_METRICS = ("accuracy", "auc", "loss", "dice")  # dice: the seg stage's val_dice
 SCHEDULES = ("constant", "cosine")
-LOSSES = ("auto", "cross_entropy", "rsna", "bce")
+LOSSES = ("auto", "cross_entropy", "rsna", "bce", "dice_ce")  # dice_ce: the seg stage's
 
 
 @dataclass
@@ -108,7 +108,7 @@ class SVMConfig:
 class TrainConfig:
     experiment: str = ""
     description: str = ""
-    stage: str = "slice"  # slice | scan | svm | aggregate
+    stage: str = "slice"  # slice | scan | svm | aggregate | seg (segmentation from label masks)
     aggregate: str = "max"  # aggregate stage: max | p95
     seed: int = 0
     target_sensitivity: float = 0.98  # operating point: highest threshold reaching it on validation
@@ -137,8 +137,10 @@ class TrainConfig:
             raise InputError(f"config model.labels must be one of {', '.join(LABEL_MODES)}, got {self.model.labels!r}")
         if self.optim.loss not in LOSSES:
             raise InputError(f"config optim.loss must be one of {', '.join(LOSSES)}, got {self.optim.loss!r}")
+        if self.stage == "seg":
+            self._validate_seg()
         loss = self.optim.resolved_loss(self.model.labels)
-        if (loss == "cross_entropy") != (self.model.labels == "binary"):
+        if self.stage != "seg" and (loss == "cross_entropy") != (self.model.labels == "binary"):
             raise InputError(f"config optim.loss {loss} does not fit model.labels {self.model.labels} "
                              "(binary labels train with cross_entropy; subtypes with rsna or bce)")
         if self.stage == "svm" and self.model.labels != "binary":
@@ -170,6 +172,18 @@ class TrainConfig:
                                 if self.stage == "svm" else ""))
         self.data.prep_spec()  # validates windows and sizes
         return self
+
+    def _validate_seg(self) -> None:
+        """The seg stage: six classes from masks (loss dice_ce), every slice as it is, no context."""
+        if self.optim.loss not in ("auto", "dice_ce") or self.model.labels != "binary":
+            raise InputError(f"config stage seg trains six classes with optim.loss dice_ce (or auto) and the default "
+                             f"model.labels binary, got optim.loss {self.optim.loss}, model.labels {self.model.labels}")
+        if self.data.z_max_filter or self.data.context:
+            raise InputError(f"config stage seg keeps every slice: data.z_max_filter must be false and data.context 0, "
+                             f"got {self.data.z_max_filter} and {self.data.context}")
+        if self.optim.select_metric not in ("dice", "loss"):
+            raise InputError(f"config stage seg chooses its best epoch by dice or loss, got optim.select_metric "
+                             f"{self.optim.select_metric!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -40,7 +40,8 @@ from ichdet.fileio import write_text_atomic
 # + w x train_slice_loss (the slice loss, averaged over the epoch's batches as train_loss is);
 # empty without one. val_slice_auc: the scan stages' slice head on the labelled validation slices.
 METRICS_COLUMNS = ("epoch", "samples", "train_loss", "train_accuracy", "train_slice_loss", "val_loss",
-                   "val_accuracy", "val_auc", "val_subtype_auc", "val_slice_auc", "val_n", "lr", "seconds",
+                   "val_accuracy", "val_auc", "val_subtype_auc", "val_slice_auc", "val_dice", "val_class_dice", "val_n",
+                   "lr", "seconds",
                    "data_wait_fraction", "best")
 
 
@@ -197,7 +198,8 @@ def fit(run: Run, model: torch.nn.Module, task: Any, resume: bool) -> TrainState
                 f" acc {hits / max(seen, 1):.3f} | "
                 f"val auc {val['val_auc']:.4f} acc {val['val_accuracy']:.3f} loss {val['val_loss']:.4f}"
                 + (f" subtype auc {val['val_subtype_auc']:.4f}" if "val_subtype_auc" in val else "")
-                + (f" slice auc {val['val_slice_auc']:.4f}" if "val_slice_auc" in val else "") +
+                + (f" slice auc {val['val_slice_auc']:.4f}" if "val_slice_auc" in val else "")
+                + (f" dice {val['val_dice']:.4f}" if "val_dice" in val else "") +
                 f"{' *' if improved else ''} | {seconds:.1f} s, data wait {100 * waited / max(seconds, 1e-9):.0f}%")
         barrier(info)
         if stopped:

@@ -24,6 +24,7 @@ from ichdet.datasets.scans import ScanDataset, balanced_scan_epoch, collate_scan
 from ichdet.datasets.slices import Key, SliceDataset, SliceIndex, epoch_keys, validation_sample
 from ichdet.engine.run import Run
 from ichdet.engine.losses import rsna_weighted_bce, slice_head_loss
+from ichdet.engine.seg_loss import seg_hits, seg_loss
 from ichdet.engine.scoring import adapt_input, score_scan, score_slices
 from ichdet.errors import InputError
 from ichdet.metrics import RSNA_WEIGHTS, SUBTYPE_LABELS, roc_auc, rsna_log_loss, subtype_aucs
@@ -228,11 +229,15 @@ def loss_and_hits(logits: torch.Tensor, y: torch.Tensor, loss: str = "cross_entr
 
     "cross_entropy": logits (B, K) of a softmax head, y int64 (B,); hits = correct argmax.
     "rsna" / "bce": logits and y (B, L) of a multi-label head, -1 unknown (`rsna_weighted_bce`,
-    "any" weighted 2 or all equal); hits = correct "any" decisions at 0.5."""
+    "any" weighted 2 or all equal); hits = correct "any" decisions at 0.5.
+    "dice_ce": logits (B, 6, H, W) of seg_unet, y (B, H, W) labels (`seg_loss`); hits = slices
+    whose bleed decision is right (`seg_hits`)."""
     if loss == "cross_entropy":
         return F.cross_entropy(logits.float(), y), int((logits.argmax(1) == y).sum())
+    if loss == "dice_ce":
+        return seg_loss(logits, y), seg_hits(logits, y)
     if loss not in LOSS_WEIGHTS:
-        raise InputError(f"loss must be cross_entropy, rsna or bce, got {loss!r}")
+        raise InputError(f"loss must be cross_entropy, rsna, bce or dice_ce, got {loss!r}")
     value = rsna_weighted_bce(logits, y, LOSS_WEIGHTS[loss])
     return value, int(((logits[:, -1] > 0) == (y[:, -1] == 1)).sum())
 

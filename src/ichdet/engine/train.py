@@ -10,6 +10,7 @@ from ichdet.engine.config import TrainConfig
 from ichdet.engine.distributed import setup_distributed, teardown_distributed
 from ichdet.engine.memory import keep_freed_memory
 from ichdet.engine.run import open_run
+from ichdet.engine.seg_stage import train_segmentation
 from ichdet.engine.stages import STAGE_FUNCTIONS
 
 
@@ -25,7 +26,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, show_progress
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         run = open_run(cfg.validate(), Path(out), resume, info, show_progress)
-        return STAGE_FUNCTIONS[cfg.stage](run, resume)
+        return {**STAGE_FUNCTIONS, "seg": train_segmentation}[cfg.stage](run, resume)
     finally:
         teardown_distributed(info)
 

@@ -10,13 +10,14 @@ from ichdet.models.alexnet import IMAGENET1K_V1, WEIGHTS, AlexNet, Weights, load
 from ichdet.models.efficientnet import EfficientNetLite0, load_efficientnet_weights, pretrained_available
 from ichdet.models.svm_head import SVMHead
 from ichdet.models.scan_lstm import ScanLSTM
+from ichdet.models.seg_unet import SegUNet, bleed_slice_scores, segment_slices
 from ichdet.models.aggregate import BASELINES, FeatureSVM, pad_features, slice_max, slice_p95, slice_percentile
 from ichdet.models.finetune import param_groups, set_trainable
 from ichdet.models.flops import count_flops
 
 __all__ = [
     "create_model", "list_models", "model_class", "register_model",
-    "SliceCNN", "AlexNet", "EfficientNetLite0", "ScanLSTM", "SVMHead", "FeatureSVM",
+    "SliceCNN", "AlexNet", "EfficientNetLite0", "ScanLSTM", "SegUNet", "bleed_slice_scores", "segment_slices", "SVMHead", "FeatureSVM",
     "Weights", "IMAGENET1K_V1", "WEIGHTS", "load_alexnet_weights", "to_three_channels",
     "load_efficientnet_weights", "pretrained_available",
     "BASELINES", "pad_features", "slice_max", "slice_p95", "slice_percentile",

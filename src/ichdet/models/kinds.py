@@ -7,6 +7,12 @@
     alexnet_svm   slice network, features      max over slices of the SVM's P       SVMHead
     slice_svm     the same on any slice network (EfficientNet-SVM: frozen ImageNet features)
     feature_svm   slice network, features      SVM on padded slice features         FeatureSVM
+    segmentation  seg_unet (6-class masks)     max of slice bleed scores            -
+
+A segmentation bundle's `ModelOutputs.slice_probability` holds each slice's bleed score: the
+largest P(any bleed) = 1 - P(background) that holds over a 3 x 3 patch of prepared pixels
+(`ichdet.models.seg_unet.bleed_slice_scores`: a minimum filter, so isolated specks do not count);
+its `features` are empty (Z, 0). The scan score is their maximum.
 
 Each kind is one object in `KINDS` that answers for itself: which network gives the per-slice
 outputs (`slice_classifier`), which labels a bundle of it reports (`labels`: a multi-label network
@@ -128,9 +134,16 @@ class _FeatureSVMKind(Kind):
         return ScanScore(float(svm.predict_proba([out.features])[0, 1]), out.slice_probability)
 
 
+class _SegKind(Kind):
+    def score(self, out: ModelOutputs, aggregate: str = "max", svm: Any = None) -> ScanScore:
+        p = np.asarray(out.slice_probability, dtype=np.float64)
+        return ScanScore(float(p.max()) if p.size else 0.0, p)
+
+
 KINDS: dict[str, Kind] = {k.name: k for k in (
     _SliceKind("slice"), _ScanKind("scan", sequence=True), _SliceKind("aggregate"),
     _SliceSVMKind("alexnet_svm", svm=SVMHead), _SliceSVMKind("slice_svm", svm=SVMHead), _FeatureSVMKind("feature_svm", svm=FeatureSVM),
+    _SegKind("segmentation"),
 )}
 
 

@@ -3,7 +3,9 @@
 One scan per patient. `SliceNumber` (1-based, in the NIfTI's k order) becomes slice_index counted
 from the most inferior slice, from the header affine alone (no voxel data is loaded): when the k
 axis points inferior (RAS affine[2, 2] < 0) the order is reversed. Slice label = 1 - No_Hemorrhage;
-scan label = any slice positive; subtypes OR over slices.
+scan label = any slice positive; subtypes OR over slices. A scan's mask (`masks/<NNN>.nii`) goes in
+the `mask_path` column with `mask_labels` "any": CT-ICH masks mark bleed (0/1 or 0/255) but not its
+subtype (segmentation trains them as bleed vs background, `ichdet.io.masks`).
 """
 from __future__ import annotations
 
@@ -134,7 +136,8 @@ def prepare_ctich(src: str | Path, out: str | Path, *, labels: str | Path | None
         if any(r.fracture is not None for r in records.values()):
             extra["fracture"] = str(max(r.fracture or 0 for r in records.values()))
         if stem in mask_files:
-            extra["mask"] = manifest_path(mask_files[stem], out)
+            extra["mask_path"] = manifest_path(mask_files[stem], out)
+            extra["mask_labels"] = "any"
         rows.append(ManifestRow(scan_id=stem, patient_id=stem, path=manifest_path(vol, out),
                                 label=max(r.label for r in records.values()),
                                 subtypes=or_subtypes([r.subtypes for r in records.values()]), extra=extra))
@@ -153,4 +156,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-slice CSV (default: SRC/hemorrhage_diagnosis_raw_ct.csv)")
     parser.add_argument("--scans", type=Path, default=None, help="NIfTI folder (default: SRC/ct_scans)")
     parser.add_argument("--masks", type=Path, default=None,
-                        help="mask folder, recorded in a 'mask' column (default: SRC/masks if present)")
+                        help="mask folder, recorded in the 'mask_path' column (default: SRC/masks if present)")

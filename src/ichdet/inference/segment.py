@@ -1,0 +1,109 @@
+"""Segmenting one volume with a `seg_unet` model or a bundle of kind "segmentation".
+
+    Volume (Z, H, W) HU -> prepare_volume (the bundle's prep: windows, head crop, resize; never
+    slabs) -> (3, Z, s, s) -> seg_unet, `batch` slices at a time (inference mode, channels-last)
+    -> class probabilities (6, Z, s, s) -> restore_mask (resample to the original pixels, argmax)
+    -> label mask uint8 (Z, H, W) in the volume's own geometry (0 none, i + 1 = SUBTYPES[i])
+
+The scan's bleed probability is the kind's rule (`ichdet.models.kinds`, "segmentation"): the
+maximum over slices of the largest P(any bleed) = 1 - P(background) that holds over a 3 x 3 patch
+of prepared pixels (`bleed_slice_scores`), so a bundle's operating point applies to it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ichdet.engine.bundle import Bundle
+from ichdet.errors import InputError
+from ichdet.io.volume import Volume
+from ichdet.models.kinds import KINDS, ModelOutputs
+from ichdet.models.seg_unet import SEG_BATCH, SEG_CLASSES, SegUNet, bleed_slice_scores, segment_slices
+from ichdet.preprocess.masks import check_seg_spec, crop_box, restore_mask
+from ichdet.preprocess.pipeline import PrepSpec, prepare_volume
+
+KIND = "segmentation"
+
+
+@dataclass
+class SegmentationResult:
+    """One volume segmented.
+
+    mask: uint8 (Z, H, W) labels in the volume's geometry (0 none, i + 1 = SUBTYPES[i]).
+    probabilities: float32 (6, Z, s, s) class probabilities on the prepared grid (`SEG_CLASSES`
+        order: background first).
+    scan_probability: the scan's bleed score (see the module docstring).
+    slice_probabilities: float64 (Z,) each slice's bleed score.
+    threshold: the bundle's operating point, None for a bare model.
+    seconds: wall time of the whole call.
+    """
+
+    mask: np.ndarray
+    probabilities: np.ndarray
+    scan_probability: float
+    slice_probabilities: np.ndarray
+    threshold: float | None
+    seconds: float
+
+    @property
+    def decision(self) -> bool | None:
+        """scan_probability >= threshold; None without a threshold."""
+        return None if self.threshold is None else bool(self.scan_probability >= self.threshold)
+
+
+def _model_and_spec(model_or_bundle: Bundle | torch.nn.Module, spec: PrepSpec | None
+                    ) -> tuple[torch.nn.Module, PrepSpec, float | None]:
+    if isinstance(model_or_bundle, Bundle):
+        if model_or_bundle.kind != KIND:
+            raise InputError(f"segment_volume needs a bundle of kind {KIND}, got kind {model_or_bundle.kind}",
+                             model_or_bundle.path)
+        return model_or_bundle.model, spec or model_or_bundle.prep, model_or_bundle.threshold
+    if not isinstance(model_or_bundle, SegUNet):
+        raise InputError(f"segment_volume needs a seg_unet model or a segmentation bundle, got "
+                         f"{type(model_or_bundle).__name__}")
+    if spec is None:
+        raise InputError("segment_volume with a bare model needs its PrepSpec (spec=...)")
+    return model_or_bundle, spec, None
+
+
+def segment_volume(model_or_bundle: Bundle | torch.nn.Module, volume: Volume, batch: int = SEG_BATCH,
+                   spec: PrepSpec | None = None, channels_last: bool = True) -> SegmentationResult:
+    """Segment `volume` (see the module docstring). `spec`: the preparation (a bundle's `prep` by
+    default; required for a bare model)."""
+    t0 = time.perf_counter()
+    model, spec, threshold = _model_and_spec(model_or_bundle, spec)
+    check_seg_spec(spec)
+    if not isinstance(volume, Volume):
+        raise InputError(f"segment_volume needs a Volume, got {type(volume).__name__}")
+    if volume.info.get("units") == "display":
+        raise InputError("segment_volume needs a CT volume in HU, not a display image (PNG/JPEG)")
+    if int(batch) < 1:
+        raise InputError(f"batch must be >= 1 slice, got {batch}")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    image = prepare_volume(volume, spec)  # (3, Z, s, s)
+    result = segment_prepared(lambda im: segment_slices(model, im, int(batch), channels_last), volume, image, spec,
+                              threshold)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def segment_prepared(run: Callable[[np.ndarray], torch.Tensor], volume: Volume, image: np.ndarray, spec: PrepSpec,
+                     threshold: float | None) -> SegmentationResult:
+    """A volume already prepared with `spec` (`image` (3, Z, s, s)) -> SegmentationResult; `run` maps
+    the image to class probabilities (6, Z, s, s) (`segment_slices` on a model, or `predict`'s
+    runtime). `seconds` covers this call."""
+    t0 = time.perf_counter()
+    probs = torch.as_tensor(run(image))
+    slices = bleed_slice_scores(probs)
+    score = KINDS[KIND].score(ModelOutputs(slices, np.zeros((len(slices), 0), np.float32), None))
+    mask = restore_mask(probs, volume.shape, spec, crop_box(volume.hu, volume.spacing, spec))
+    return SegmentationResult(mask, probs.numpy(), score.probability, score.slice_probabilities, threshold,
+                              time.perf_counter() - t0)
+
+
+__all__ = ["KIND", "SEG_CLASSES", "SegmentationResult", "segment_prepared", "segment_volume"]

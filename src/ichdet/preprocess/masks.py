@@ -1,0 +1,135 @@
+"""Label masks through the spatial steps of `prepare_volume`, and class probabilities back.
+
+`prepare_mask` takes a label mask (Z, H, W) in a volume's geometry to the prepared grid
+(Z, size, size) with the image's spatial steps (head crop with the same box -> k x k blocks ->
+pad to square -> resize), label by label: each label's area fraction goes through the steps
+(block mean instead of the image's block maximum, area/bilinear resizing as `resize_slices`), and
+a prepared pixel takes the label of the largest fraction, background included. The HU maximum
+filter is never applied to labels: it would grow every bleed by up to a block.
+
+`restore_mask` is the inverse for a network's output: per-class probabilities (K, Z, size, size)
+are resampled bilinearly at the centre of every original pixel inside the crop box (one affine
+map per axis, the exact inverse of the steps above), then the argmax is taken, so volumes are
+measured on the original voxels. Pixels outside the box are background.
+
+Segmentation keeps slices as they are: specs with `z_max_filter` or `slab_mm` are refused
+(`check_seg_spec`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ichdet.errors import InputError
+from ichdet.preprocess.anatomy import HEAD_THRESHOLD_HU, head_box, head_mask
+from ichdet.preprocess.downsample import resize_slices
+from ichdet.preprocess.pipeline import PrepSpec
+
+Box = tuple[int, int, int, int]  # (row0, row1, col0, col1), half-open, in the original slice
+RESTORE_CHUNK = 8  # slices resampled at a time by `restore_mask` (memory: chunk x K x H x W x 4 bytes)
+
+
+def check_seg_spec(spec: PrepSpec) -> PrepSpec:
+    """`spec` if it keeps one prepared slice per source slice (no z max filter, no slabs)."""
+    if spec.z_max_filter or spec.slab_mm is not None:
+        raise InputError(f"segmentation keeps every slice: data.z_max_filter must be false and slab_mm unset, "
+                         f"got z_max_filter={spec.z_max_filter}, slab_mm={spec.slab_mm}")
+    return spec
+
+
+def crop_box(hu: np.ndarray, spacing: Sequence[float] | None, spec: PrepSpec) -> Box:
+    """The in-plane box `prepare_volume` keeps of a HU volume (Z, H, W): the head's box with
+    `spec.crop_head` (as `crop_to_head` finds it), else (and when no head is found) the whole slice."""
+    h, w = hu.shape[-2:]
+    if spec.crop_head:
+        box = head_box(head_mask(np.asarray(hu).reshape(-1, h, w), spacing, HEAD_THRESHOLD_HU), 4)
+        if box is not None:
+            return tuple(int(v) for v in box)  # type: ignore[return-value]
+    return 0, int(h), 0, int(w)
+
+
+def _block_factor(h: int, w: int, spec: PrepSpec) -> int:
+    return spec.max_filter if max(h, w) > spec.size else 1  # as prepare_volume chooses it
+
+
+def _block_mean(x: np.ndarray, k: int) -> np.ndarray:
+    """(Z, h, w) -> (Z, ceil(h/k), ceil(w/k)): mean of each k x k block, ragged edges padded with 0."""
+    if k == 1:
+        return x
+    z, h, w = x.shape
+    x = np.pad(x, [(0, 0), (0, (-h) % k), (0, (-w) % k)])
+    return x.reshape(z, x.shape[1] // k, k, x.shape[2] // k, k).mean(axis=(2, 4), dtype=np.float32)
+
+
+def prepare_mask(mask: np.ndarray, spec: PrepSpec, box: Box | None = None) -> np.ndarray:
+    """Label mask uint8 (Z, H, W) -> uint8 (Z, size, size) on the prepared grid of a volume of that
+    shape whose crop box is `box` (`crop_box`; None = the whole slice). Labels keep their values."""
+    m = np.asarray(mask)
+    if m.ndim != 3 or min(m.shape) == 0:
+        raise InputError(f"prepare_mask expects a (Z, H, W) label mask, got shape {m.shape}")
+    check_seg_spec(spec)
+    r0, r1, c0, c1 = box if box is not None else (0, m.shape[1], 0, m.shape[2])
+    m = m[:, r0:r1, c0:c1]
+    k = _block_factor(m.shape[1], m.shape[2], spec)
+    labels = [int(v) for v in np.unique(m) if v != 0]
+    if not labels:
+        return np.zeros((m.shape[0], spec.size, spec.size), dtype=np.uint8)
+    fractions = np.stack([resize_slices(_block_mean((m == v).astype(np.float32), k), spec.size, fill=0.0)
+                          for v in labels])  # (L, Z, size, size)
+    background = 1.0 - fractions.sum(axis=0, keepdims=True)
+    win = np.concatenate([background, fractions]).argmax(axis=0)  # ties go to the lower index
+    return np.asarray([0, *labels], dtype=np.uint8)[win]
+
+
+def _axis_grid(n: int, k: int, square: int, offset: int) -> torch.Tensor:
+    """grid_sample coordinates (align_corners=False) of the n original pixels of one axis of the
+    crop box on the prepared grid: pixel y sits at (y + 0.5) / k + offset on the padded square of side
+    `square`, whatever the final size."""
+    y = torch.arange(n, dtype=torch.float64)
+    return (((y + 0.5) / k + offset) * 2.0 / square - 1.0).float()
+
+
+def restore_probabilities(probabilities: np.ndarray | torch.Tensor, shape: Sequence[int], spec: PrepSpec,
+                          box: Box | None = None, z: slice = slice(None)) -> torch.Tensor:
+    """Per-class probabilities (K, Z, size, size) -> float32 (K, Z_z, h, w) at the original pixels
+    of the crop box (h = row1 - row0, w = col1 - col0) of a volume of `shape` (Z, H, W), for the
+    slices `z` (all by default)."""
+    p = torch.as_tensor(probabilities, dtype=torch.float32)
+    if p.ndim != 4 or p.shape[-2:] != (spec.size, spec.size) or p.shape[1] != shape[0]:
+        raise InputError(f"restore_probabilities expects (K, {shape[0]}, {spec.size}, {spec.size}) probabilities "
+                         f"for a volume of shape {tuple(shape)}, got {tuple(p.shape)}")
+    r0, r1, c0, c1 = box if box is not None else (0, int(shape[1]), 0, int(shape[2]))
+    h, w = r1 - r0, c1 - c0
+    k = _block_factor(h, w, spec)
+    hk, wk = math.ceil(h / k), math.ceil(w / k)
+    side = max(hk, wk)
+    gy = _axis_grid(h, k, side, (side - hk) // 2)
+    gx = _axis_grid(w, k, side, (side - wk) // 2)
+    part = p[:, z].permute(1, 0, 2, 3)  # (Zc, K, s, s)
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)  # (h, w, 2): (x, y)
+    grid = grid.unsqueeze(0).expand(part.shape[0], h, w, 2)
+    out = F.grid_sample(part, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.permute(1, 0, 2, 3)
+
+
+def restore_mask(probabilities: np.ndarray | torch.Tensor, shape: Sequence[int], spec: PrepSpec,
+                 box: Box | None = None, chunk: int = RESTORE_CHUNK) -> np.ndarray:
+    """Per-class probabilities (K, Z, size, size) (class 0 background, class i = label i) ->
+    uint8 label mask (Z, H, W) in the original geometry: `restore_probabilities`, then the argmax,
+    `chunk` slices at a time; outside the crop box 0."""
+    check_seg_spec(spec)
+    shape = tuple(int(s) for s in shape)
+    r0, r1, c0, c1 = box if box is not None else (0, shape[1], 0, shape[2])
+    out = np.zeros(shape, dtype=np.uint8)
+    for start in range(0, shape[0], chunk):
+        z = slice(start, min(start + chunk, shape[0]))
+        out[z, r0:r1, c0:c1] = restore_probabilities(probabilities, shape, spec, box, z).argmax(0).numpy()
+    return out
+
+
+__all__ = ["Box", "RESTORE_CHUNK", "check_seg_spec", "crop_box", "prepare_mask", "restore_mask",
+           "restore_probabilities"]
