@@ -187,7 +187,7 @@ def segment_slices(model: nn.Module, image: np.ndarray | torch.Tensor, batch: in
     """A prepared scan (C, Z, S, S) -> float32 class probabilities (6, Z, S, S) on the CPU, `batch`
     slices per pass (the model's device, eval mode, fp32)."""
     model.eval()
-    x = torch.as_tensor(np.asarray(image, dtype=np.float32)).permute(1, 0, 2, 3)  # (Z, C, S, S)
+    x = torch.as_tensor(np.array(image, dtype=np.float32)).permute(1, 0, 2, 3)  # (Z, C, S, S), a writable copy
     device = next(model.parameters()).device
     out = []
     for i in range(0, x.shape[0], batch):
