@@ -3,7 +3,12 @@
 Slices whose mask gives subtypes (labels 0..5) train on `DiceCELoss` over the softmax of the six
 logits: cross-entropy over all pixels plus the soft Dice of the five bleed classes, computed over
 the whole batch (``batch=True``: a class absent from one slice does not make that slice's Dice
-undefined). Slices of masks that give only "bleed" (label `UNKNOWN_SUBTYPE`, e.g. CT-ICH) cannot
+undefined), plus the soft Dice of "any bleed" (P(any) = 1 - P(background) against mask > 0): a
+class absent from the batch scores a Dice loss of about 1 with almost no gradient, which dilutes
+the present classes' Dice fivefold; the any-bleed term keeps the bleed-vs-background signal at
+full strength. A slice with no bleed counts as known background whatever its mask's kind.
+
+Slices of masks that give only "bleed" (label `UNKNOWN_SUBTYPE`, e.g. CT-ICH) cannot
 say which subtype channel is right: they train on bleed vs background alone, the same Dice + CE
 on P(any) = 1 - P(background) (log P(any) = logsumexp of the five bleed log-probabilities), so
 the subtype channels share the bleed as they like. A batch mixing both is the slice-weighted mean.
@@ -45,8 +50,8 @@ def bleed_only_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def seg_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """logits (B, 6, H, W), labels int64 (B, H, W) in 0..5 or `UNKNOWN_SUBTYPE` -> scalar: `DiceCELoss`
-    on the slices with subtype labels, `bleed_only_loss` on those with unknown subtypes, weighted
-    by their slice counts."""
+    + `any_dice_loss` on the slices without unknown-subtype pixels, `bleed_only_loss` on those with
+    them, weighted by their slice counts."""
     _check(logits, y)
     unknown = (y == UNKNOWN_SUBTYPE).flatten(1).any(dim=1)
     n = int(unknown.sum())
