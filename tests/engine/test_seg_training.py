@@ -126,3 +126,27 @@ def test_training_learns(seg_run, seg_cohort):
     # measured (threads=1, fp32, 75 steps of 8 slices): trained 0.41 (median 0.52), untrained 0.000
     assert np.mean(untrained) < 0.05
     assert np.mean(trained) > 0.25
+
+
+def test_bleed_only_masks_train(seg_cohort, tmp_path):
+    """CT-ICH's case: masks that give bleed but no subtype (`mask_labels: any`) train (on bleed vs
+    background) beside masks with subtypes, and validation counts their Dice."""
+    from ichdet.datasets.manifest import write_manifest
+    from ichdet.engine.seg_task import SegTask
+    from ichdet.engine.run import open_run
+    from ichdet.engine.distributed import DistInfo
+
+    rows = read_manifest(seg_cohort)
+    for r in rows[::2]:
+        r.extra["mask_labels"] = "any"
+    manifest = write_manifest(seg_cohort.parent / "manifest_any.csv", rows)
+    out = tmp_path / "run"
+    code = cli(["train", "quick/seg_unet", "--out", str(out), "--quiet",
+                *_overrides(manifest, tmp_path / "cache", epochs=1, steps=3)])
+    assert code == 0 and load_bundle(out / "bundle").kind == "segmentation"
+    cfg = load_config(out / "config.yaml")
+    task = SegTask(open_run(cfg, tmp_path / "again", False, DistInfo(), show_progress=False))
+    any_ids = {r.scan_id for r in rows[::2]}
+    labels = {sid: set(np.unique(m).tolist()) for sid, m in task.masks.items()}
+    assert any(labels[s] == {0, 6} for s in labels if s in any_ids)  # bleed of unknown subtype
+    assert all(labels[s] <= {0, 1, 2, 3, 4, 5} for s in labels if s not in any_ids)
