@@ -17,7 +17,7 @@ from ichdet.datasets.splits import read_splits
 from ichdet.engine import load_config
 from ichdet.engine.bundle import load_bundle
 from ichdet.errors import InputError
-from ichdet.inference.segment import segment_volume
+from ichdet.engine.segment import segment_volume
 from ichdet.io import read_volume
 from ichdet.io.masks import read_mask
 from ichdet.models import create_model

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ichdet.errors import InputError
-from ichdet.inference.segment import segment_volume
+from ichdet.engine.segment import segment_volume
 from ichdet.io.volume import Volume
 from ichdet.models.seg_unet import SegUNet
 from ichdet.preprocess import PrepSpec
