@@ -140,6 +140,11 @@ def _subtype_lines(m: dict) -> list[str]:
     return lines + [f"  RSNA weighted log loss: {m['rsna_log_loss']:.4f}"]
 
 
+def _fmt(x: float | None) -> str:
+    """A metric to 3 decimals; "-" for an undefined one (None in metrics.json)."""
+    return "-" if x is None or x != x else f"{x:.3f}"
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -163,7 +168,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               + f" ({m['n_pos']} positive, {m['n_neg']} negative cases)")
         for line in _subtype_lines(m):
             print(line)
-    print(f"wrote {args.out}/metrics.json, predictions.csv, roc.png, confusion.png")
+    if "segmentation" in result:
+        from ichdet.report.segmentation import verdict
+
+        seg = result["segmentation"]
+        d, large = seg["labels"]["any"]["dice"], seg["labels"]["any"]["dice_large"]
+        print(f"segmentation: median Dice {_fmt(d.get('median'))} (95% CI {_fmt(d['median_ci'][0])}-{_fmt(d['median_ci'][1])}, "
+              f"{d.get('n', 0)} scans); bleeds of {large['min_true_ml']:g} mL or more {_fmt(large['median'])} "
+              f"({large['n']} scans)")
+        print(verdict(seg))
+    print(f"wrote {args.out}/metrics.json, predictions.csv, roc.png, confusion.png"
+          + (", segmentation.md, bland_altman.png" if "segmentation" in result else ""))
     return EXIT_OK
 
 
@@ -205,6 +220,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from ichdet.engine.bundle import load_bundle
     from ichdet.inference import Predictor, format_table, predict_inputs
+    from ichdet.inference.predictor import SEGMENTATION
     from ichdet.inference.result import results_document, write_results
 
     if args.heatmaps and not args.out:
@@ -216,9 +232,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
+        segmenting = bundle.kind == SEGMENTATION and args.out
         results, errors = predict_inputs(predictor, args.inputs, series_uid=args.series,
                                          heatmaps=Path(args.out) / "heatmaps" if args.heatmaps else None,
-                                         progress=progress)
+                                         progress=progress,
+                                         outputs=Path(args.out) / "segmentation" if segmenting else None)
     model = {"bundle": str(bundle.path), "name": bundle.name, "kind": bundle.kind, "threshold": bundle.threshold,
              "runtime": predictor.runtime.describe()}
     document = results_document(results, errors, model)
@@ -234,7 +252,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"ichdet: error: {e['input']}: {e['error']}", file=sys.stderr)
     if args.out:
         print(f"wrote {Path(args.out) / 'predictions.json'} and predictions.csv"
-              + (f"; heatmaps in {Path(args.out) / 'heatmaps'}" if args.heatmaps else ""), file=sys.stderr)
+              + (f"; heatmaps in {Path(args.out) / 'heatmaps'}" if args.heatmaps else "")
+              + (f"; masks (NIfTI; DICOM SEG and SR for DICOM input) in {Path(args.out) / 'segmentation'}"
+                 if segmenting else ""), file=sys.stderr)
     return EXIT_INPUT if errors else EXIT_OK
 
 
@@ -301,11 +321,15 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                        description="INPUT: a DICOM series folder or zip, a NIfTI file, a PNG/JPEG or single DICOM image, "
                                    "or a folder of many studies (one result per study; a bad study is reported and "
                                    "skipped). Prints a table (or JSON with --json); a subtype bundle adds each scan's probabilities of the "
-                                   "five subtypes (a line under its row, \"subtypes\" in the JSON, one CSV column each). Exit 0 when every input gave a "
+                                   "five subtypes (a line under its row, \"subtypes\" in the JSON, one CSV column each); a segmentation bundle "
+                                   "adds the bleed volume in mL per subtype and in total, measured on the scan's own voxels, with the "
+                                   "largest lesion's ABC/2 (\"volumes\" in the JSON). Exit 0 when every input gave a "
                                    "result, 2 when any was bad input (the others still get results).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="scan(s) or folder(s) of studies")
     p.add_argument("--model", required=True, help="bundle folder")
-    p.add_argument("--out", help="write predictions.json and predictions.csv here (and heatmaps/)")
+    p.add_argument("--out", help="write predictions.json and predictions.csv here (and heatmaps/; with a segmentation "
+                                 "bundle segmentation/STUDY/ with mask.nii.gz in the scan's geometry and, for DICOM "
+                                 "input, seg.dcm (DICOM SEG) and sr.dcm (DICOM SR, TID 1500))")
     p.add_argument("--heatmaps", action="store_true",
                    help="Grad-CAM overlays of the most suspicious slices and a contact sheet per scan (needs --out)")
     p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")

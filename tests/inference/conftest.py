@@ -1,6 +1,6 @@
 """Fixtures for inference tests: a small synthetic cohort written as real DICOM and NIfTI, and
 bundles of every kind built from small random-weight models (no training), binary and multi-label
-(subtype) ones."""
+(subtype) ones, and segmentation bundles."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -85,3 +85,23 @@ def ml_bundles(tmp_path_factory) -> dict[str, Path]:
     lstm2 = create_model("scan_lstm", encoder_kw=ENCODER, hidden=8, **ML_HEAD)
     out["scan_binary_encoder"] = _save(root, "scan_binary_encoder", lstm2, "scan_lstm", "scan", prep)
     return out
+
+
+@pytest.fixture(scope="session")
+def seg_bundles(tmp_path_factory) -> dict[str, Path]:
+    """Segmentation bundles of a small seg_unet (64 px, three windows) whose last layer gives
+    intraparenchymal (label 2) the largest logit everywhere: "iph" (every voxel of the scan) and
+    "iph_crop" (with the head crop: every voxel of the head's box, background outside it)."""
+    from ichdet.models.seg_unet import SegUNet
+
+    root = tmp_path_factory.mktemp("seg_bundles")
+    torch.manual_seed(0)
+    iph = SegUNet(decoder_channels=[16, 16, 8, 8, 8])
+    conv = [m for m in iph.segmentation_head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.copy_(torch.tensor([0.0, 0.0, 10.0, 0.0, 0.0, 0.0]))
+    prep = PrepSpec(windows=("brain", "subdural", "bone"), size=SIZE, max_filter=1)
+    return {"iph": _save(root, "iph", iph, "seg_unet", "segmentation", prep),
+            "iph_crop": _save(root, "iph_crop", iph, "seg_unet", "segmentation",
+                              PrepSpec(windows=prep.windows, size=SIZE, max_filter=1, crop_head=True))}

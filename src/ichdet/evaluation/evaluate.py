@@ -12,6 +12,11 @@ pass over the scans, each label's probability in predictions.csv (``p_LABEL``, "
 the manifest's targets ``y_SUBTYPE``, -1 unknown) and in metrics.json per model ``subtypes``
 ({label: AUC with its 95% DeLong CI, n_pos, n_neg}; unknown targets left out) and
 ``rsna_log_loss`` (the RSNA 2019 weighted log loss, "any" weighted twice).
+
+A segmentation bundle scores each scan as `predict` does, on the scan's own voxels, and compares
+its mask with the manifest's (`mask_path`): metrics.json gains "segmentation" (Dice per label,
+volume errors in mL against the truth and against ABC/2; `ichdet.evaluation.segmentation`), and
+the folder segmentation.md with bland_altman.png.
 """
 from __future__ import annotations
 
@@ -149,7 +154,8 @@ def write_predictions(path: Path, s: Scores, cohort: PreparedCohort | None = Non
 def evaluate_bundle(model: str | Path, manifest: str | Path, out: str | Path, split: str = "auto",
                     cache: str | Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Score a bundle on a manifest's held-out scans and write the evaluation folder:
-    metrics.json, predictions.csv, roc.png (with its 95% bootstrap band), confusion.png."""
+    metrics.json, predictions.csv, roc.png (with its 95% bootstrap band), confusion.png (and for a
+    segmentation bundle segmentation.md and bland_altman.png)."""
     from ichdet.evaluation.comparison import roc_curves
     from ichdet.report import confusion_figure, reliability_figure, roc_figure
 
@@ -161,7 +167,15 @@ def evaluate_bundle(model: str | Path, manifest: str | Path, out: str | Path, sp
     if y.min() == y.max():
         raise InputError(f"the {len(ids)} case(s) to evaluate are all {'positive' if y[0] else 'negative'}; "
                          "AUC needs both classes", cohort.manifest_path)
-    s = score_bundle(bundle, cohort, ids, progress)
+    seg = None
+    if bundle.kind == "segmentation":
+        from ichdet.evaluation.seg_scores import score_segmentation, segmentation_summary
+
+        scores, seconds, records, subtyped = score_segmentation(bundle, cohort, ids, progress)
+        s = Scores(bundle.name, list(ids), y, scores, bundle.threshold, seconds)
+        seg = segmentation_summary(records, subtyped)
+    else:
+        s = score_bundle(bundle, cohort, ids, progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     m = model_metrics(s)
@@ -177,6 +191,11 @@ def evaluate_bundle(model: str | Path, manifest: str | Path, out: str | Path, sp
               "bundle": str(bundle.path.resolve()), "bundle_kind": bundle.kind,
               "data": {"manifest": str(Path(manifest).resolve()), **how},
               "models": {s.name: m}}
+    if seg is not None:
+        from ichdet.report.segmentation import segmentation_section
+
+        result["segmentation"] = seg
+        write_text_atomic(out / "segmentation.md", segmentation_section(seg, out / "bland_altman.png"))
     write_json(out / "metrics.json", result)
     return result
 

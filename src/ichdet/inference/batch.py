@@ -24,7 +24,7 @@ UNREADABLE = (InputError, OSError, MemoryError)  # raised while reading a study:
 
 
 def study_slug(label: str, taken: set[str]) -> str:
-    """A file-name-safe, unique folder name for a study's heatmaps."""
+    """A file-name-safe, unique folder name for a study's heatmaps and segmentation files."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", label.strip("/\\")).strip("._")[-120:] or "study"
     slug, k = base, 2
     while slug in taken:
@@ -46,10 +46,11 @@ def _error(label: str, e: BaseException) -> dict[str, str]:
 
 
 def predict_inputs(predictor: Predictor, inputs: Sequence[str | Path], series_uid: str | None = None,
-                   heatmaps: str | Path | None = None, progress: Progress | None = None
-                   ) -> tuple[list[ScanPrediction], list[dict[str, str]]]:
+                   heatmaps: str | Path | None = None, progress: Progress | None = None,
+                   outputs: str | Path | None = None) -> tuple[list[ScanPrediction], list[dict[str, str]]]:
     """Every study under `inputs` -> (results in study order, errors [{"input", "error"}] of the
-    inputs that cannot be read); any other exception propagates."""
+    inputs that cannot be read); any other exception propagates. Each study's heatmaps go to
+    `heatmaps`/SLUG and a segmentation bundle's mask files to `outputs`/SLUG (`study_slug`)."""
     studies: list[FoundStudy] = []
     errors: list[dict[str, str]] = []
     for inp in inputs:
@@ -67,9 +68,11 @@ def predict_inputs(predictor: Predictor, inputs: Sequence[str | Path], series_ui
                 raise outcome
             else:
                 volume, image, seconds = outcome
-                where = None if heatmaps is None else Path(heatmaps) / study_slug(study.label, taken)
+                slug = study_slug(study.label, taken)
                 try:
-                    results.append(predictor.finish(volume, image, seconds, study.label, where))
+                    results.append(predictor.finish(volume, image, seconds, study.label,
+                                                    None if heatmaps is None else Path(heatmaps) / slug,
+                                                    None if outputs is None else Path(outputs) / slug))
                 except InputError as e:
                     errors.append(_error(study.label, e))
             if progress is not None:

@@ -5,6 +5,12 @@
     (Z', C', S, S) -> runtime -> the bundle kind's rule (`Kind.score`) -> probability, decision,
     per-slice probabilities (and subtype probabilities, for a bundle with a multi-label head)
     -> optional Grad-CAM heatmaps of the most suspicious slices
+
+A segmentation bundle (kind "segmentation") runs `SegmentationRuntime` instead: class
+probabilities per prepared pixel -> the label mask on the input's own voxels
+(`ichdet.engine.segment`) -> volumes in mL and ABC/2 (`ScanPrediction.volumes`), its maps of
+P(bleed) as the heatmaps, and with `outputs` the mask as NIfTI and, for DICOM input, a DICOM SEG
+and SR (`ichdet.inference.seg_outputs`).
 """
 from __future__ import annotations
 
@@ -20,12 +26,13 @@ from ichdet.engine.bundle import Bundle
 from ichdet.datasets.scans import volume_to_sequence
 from ichdet.errors import InputError
 from ichdet.inference.result import ScanPrediction
-from ichdet.inference.runtime import SLICE_BATCH, OnnxRuntime, TorchRuntime, weights_digest
+from ichdet.inference.runtime import SLICE_BATCH, OnnxRuntime, SegmentationRuntime, TorchRuntime, weights_digest
 from ichdet.io import Volume, read_dicom_series, read_volume
 from ichdet.preprocess import PrepSpec, SlabPlan, SliceMap, prepare_volume, slab_plan, slice_map
 from ichdet.preprocess.slabs import UNKNOWN_GEOMETRY
 
 RUNTIMES = ("auto", "torch", "onnx")
+SEGMENTATION = "segmentation"  # the bundle kind that segments (`SegmentationRuntime`, `ScanPrediction.volumes`)
 DEFAULT_RUNTIME = "auto"
 ONNX_FILE = "model.onnx"  # where `auto` looks for the bundle's ONNX export
 DEFAULT_PRECISION = "auto"  # bf16 where the device does it natively, else fp32 (ichdet.engine.precision)
@@ -107,6 +114,12 @@ class Predictor:
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         self.bundle, self.top_k = bundle, top_k
         self.prep: PrepSpec = bundle.input_prep  # the bundle's preparation, plus slabs of its training thickness
+        if bundle.kind == SEGMENTATION:
+            if runtime == "onnx":
+                raise InputError(f"bundle {bundle.path} segments: it runs in PyTorch (--runtime auto or torch), not onnx")
+            self.runtime: TorchRuntime | OnnxRuntime | SegmentationRuntime = SegmentationRuntime(
+                bundle.model, precision=precision, batch=batch)
+            return
         onnx_path = Path(onnx_path) if onnx_path is not None else bundle.path / ONNX_FILE
         chosen = _own_onnx(bundle, onnx_path, batch) if runtime == "auto" and precision in ("auto", "fp32") else None
         if runtime == "onnx":
@@ -120,7 +133,7 @@ class Predictor:
             if not _gives_labels(bundle, chosen):
                 raise InputError(f"this ONNX file lacks the subtype outputs of bundle {bundle.path} (exported by an "
                                  "older ichdet); export it again", onnx_path)
-        self.runtime: TorchRuntime | OnnxRuntime = chosen or TorchRuntime(bundle.model, bundle.kind, precision=precision,
+        self.runtime = chosen or TorchRuntime(bundle.model, bundle.kind, precision=precision,
                                                                          batch=batch)
 
     def prepare(self, x: Volume | str | Path | np.ndarray, series_uid: str | None = None) -> tuple[Volume, np.ndarray]:
@@ -157,22 +170,26 @@ class Predictor:
         return probability, per_slice, subtypes
 
     def predict(self, x: Volume | str | Path | np.ndarray, series_uid: str | None = None, name: str | None = None,
-                heatmaps: str | Path | None = None) -> ScanPrediction:
+                heatmaps: str | Path | None = None, outputs: str | Path | None = None) -> ScanPrediction:
         """One scan -> ScanPrediction; with `heatmaps` (a folder), Grad-CAM overlays of the most
-        suspicious slices and a contact sheet are written there."""
+        suspicious slices and a contact sheet are written there; with `outputs` (a folder), a
+        segmentation bundle's mask (NIfTI; DICOM SEG and SR for DICOM input)."""
         t0 = time.perf_counter()
         volume, image = self.prepare(x, series_uid)
         label = name if name is not None else (str(x) if isinstance(x, (str, Path)) else "<array>")
-        return self.finish(volume, image, time.perf_counter() - t0, label, heatmaps)
+        return self.finish(volume, image, time.perf_counter() - t0, label, heatmaps, outputs)
 
     def finish(self, volume: Volume, image: np.ndarray, prepare_seconds: float, name: str,
-               heatmaps: str | Path | None = None) -> ScanPrediction:
+               heatmaps: str | Path | None = None, outputs: str | Path | None = None) -> ScanPrediction:
         """A prepared scan -> ScanPrediction (`prepare_seconds` counts into its `seconds`)."""
         t0 = time.perf_counter()
         slices = slice_map(volume, self.prep)  # prepared slice k covers source slices slices.sources(k)
         if image.ndim != 4 or image.shape[1] != slices.n_prepared:
             raise ValueError(f"the prepared image of a {volume.shape[0]}-slice volume must be (C, {slices.n_prepared}, "
                              f"S, S) with this bundle's preprocessing, got shape {image.shape}")
+        if isinstance(self.runtime, SegmentationRuntime):
+            return self._finish_segmentation(volume, image, prepare_seconds + time.perf_counter() - t0, name, slices,
+                                             heatmaps, outputs)
         probability, prepared, subtypes = self.score_labels(image)
         seconds = prepare_seconds + time.perf_counter() - t0
         top = _top_prepared(prepared, self.top_k)
@@ -186,6 +203,40 @@ class Predictor:
             warnings=self._warnings(volume, slabs), slabs=None if slabs is None else slabs.to_dict())
         if heatmaps is not None:
             result.heatmaps = self.heatmaps(image, prepared, top, Path(heatmaps), slices, result.input)
+        return result
+
+    def _finish_segmentation(self, volume: Volume, image: np.ndarray, seconds: float, name: str, slices: SliceMap,
+                             heatmaps: str | Path | None, outputs: str | Path | None) -> ScanPrediction:
+        """A segmentation bundle's ScanPrediction: probability, slices and `volumes` from the mask on
+        the input's own voxels; heatmaps are the maps of P(bleed); `outputs` gets the mask files."""
+        from ichdet.engine.segment import segment_prepared
+        from ichdet.inference.seg_outputs import volumes_entry, write_segmentation_outputs
+
+        t0 = time.perf_counter()
+        seg = segment_prepared(self.runtime, volume, image, self.prep, self.bundle.threshold)
+        volumes = volumes_entry(seg.mask, volume.spacing)
+        prepared = seg.slice_probabilities
+        top = _top_prepared(prepared, self.top_k)
+        result = ScanPrediction(
+            input=name, series_uid=volume.series_uid, probability=float(seg.scan_probability),
+            threshold=self.bundle.threshold, decision=bool(seg.scan_probability >= self.bundle.threshold),
+            slice_probabilities=[float(v) for v in slices.spread(prepared)],
+            top_slices=[_slice_entry(slices, i, float(prepared[k])) for k in top for i in slices.sources(k)],
+            seconds=seconds + time.perf_counter() - t0, shape=volume.shape, runtime=self.runtime.describe(),
+            warnings=self._warnings(volume, None), volumes=volumes,
+            prepared_labels=seg.probabilities.argmax(0).astype(np.uint8),
+            prepared_bleed=np.clip(1.0 - seg.probabilities[0], 0.0, 1.0))  # (Z, S, S) P(any bleed) per prepared pixel
+        if heatmaps is not None:
+            from ichdet.inference.heatmaps import write_heatmaps
+
+            p_bleed = result.prepared_bleed
+            result.heatmaps = write_heatmaps(Path(heatmaps), image, {k: p_bleed[k] for k in top}, prepared,
+                                             title=name, z_labels=slices.labels())
+        if outputs is not None:
+            from ichdet import __version__
+
+            result.outputs = write_segmentation_outputs(Path(outputs), volume, seg.mask, volumes, result.probability,
+                                                        self.bundle.threshold, self.bundle.name, __version__)
         return result
 
     def _warnings(self, volume: Volume, slabs: SlabPlan | None) -> list[str]:

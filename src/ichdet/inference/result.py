@@ -42,14 +42,19 @@ class ScanPrediction:
     warnings: list[str] = field(default_factory=list)
     heatmaps: dict[str, Any] | None = None
     slabs: dict[str, Any] | None = None
+    volumes: dict[str, Any] | None = None
+    outputs: dict[str, str] | None = None
+    prepared_labels: Any = field(default=None, repr=False, compare=False)
+    prepared_bleed: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """The design's JSON entry (plus shape, runtime, warnings, heatmap paths and slabs)."""
+        """The design's JSON entry (plus shape, runtime, warnings, heatmap paths, slabs, volumes and output files)."""
         return {"input": self.input, "series_uid": self.series_uid, "probability": self.probability,
                 "threshold": self.threshold, "decision": self.decision,
                 "slice_probabilities": self.slice_probabilities, "top_slices": self.top_slices,
                 "subtypes": self.subtypes, "seconds": self.seconds, "shape": list(self.shape),
-                "runtime": self.runtime, "warnings": self.warnings, "heatmaps": self.heatmaps, "slabs": self.slabs}
+                "runtime": self.runtime, "warnings": self.warnings, "heatmaps": self.heatmaps, "slabs": self.slabs,
+                "volumes": self.volumes, "outputs": self.outputs}
 
 
 def format_table(predictions: Sequence[ScanPrediction], errors: Sequence[dict[str, str]] = ()) -> str:
@@ -69,10 +74,19 @@ def format_table(predictions: Sequence[ScanPrediction], errors: Sequence[dict[st
     for j, p in reversed(list(enumerate(predictions))):
         if p.subtypes:
             lines.insert(j + 3, "  subtypes: " + "  ".join(f"{k} {v:.3f}" for k, v in p.subtypes.items() if k != "any"))
+        if p.volumes:
+            lines.insert(j + 3, "  " + volume_line(p.volumes))
     lines += [f"note: {p.input}: {p.slabs['summary']}" for p in predictions if p.slabs and p.slabs["slices_per_slab"] > 1]
     lines += [f"warning: {p.input}: {w}" for p in predictions for w in p.warnings]
     lines += [f"error: {e['input']}: {e['error']}" for e in errors]
     return "\n".join(lines)
+
+
+def volume_line(volumes: dict[str, Any]) -> str:
+    """One line of a scan's bleed volumes: total, each subtype present, and the largest lesion's ABC/2."""
+    parts = [f"{k} {v:.1f}" for k, v in volumes["subtypes"].items() if v > 0]
+    return (f"volume: {volumes['total']:.1f} mL" + (f" ({', '.join(parts)})" if parts else "")
+            + f"; ABC/2 of the largest lesion {volumes['abc2']['volume_ml']:.1f} mL")
 
 
 def _slice_runs(top: Sequence[dict[str, Any]]) -> list[tuple[int, int, float]]:
@@ -106,13 +120,14 @@ def write_results(out: Path, document: dict[str, Any]) -> list[Path]:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["input", "series_uid", "probability", "threshold", "decision", "top_slices", "n_slices", "seconds",
-                *SUBTYPE_COLUMNS, "error"])
+                "volume_ml", "abc2_ml", *SUBTYPE_COLUMNS, "error"])
     for s in document["scans"]:
-        subtypes = s.get("subtypes") or {}
+        subtypes, volumes = s.get("subtypes") or {}, s.get("volumes")
         w.writerow([s["input"], s["series_uid"], repr(s["probability"]), repr(s["threshold"]), int(s["decision"]),
                     " ".join(str(t["index"]) for t in s["top_slices"]), s["shape"][0], f"{s['seconds']:.3f}",
+                    *((repr(volumes["total"]), repr(volumes["abc2"]["volume_ml"])) if volumes else ("", "")),
                     *(repr(subtypes[k]) if k in subtypes else "" for k in SUBTYPE_COLUMNS), ""])
     for e in document["errors"]:
-        w.writerow([e["input"], *[""] * (7 + len(SUBTYPE_COLUMNS)), e["error"]])
+        w.writerow([e["input"], *[""] * (9 + len(SUBTYPE_COLUMNS)), e["error"]])
     return [write_text_atomic(out / "predictions.json", json.dumps(document, indent=2) + "\n"),
             write_text_atomic(out / "predictions.csv", buf.getvalue())]

@@ -96,6 +96,37 @@ def _inference_copy(model: torch.nn.Module, channels_last: bool) -> torch.nn.Mod
     return m.to(memory_format=torch.channels_last) if channels_last else m
 
 
+class SegmentationRuntime:
+    """A segmentation bundle's network (seg_unet) in PyTorch on the CPU: a prepared scan (C, Z, S, S)
+    in [0, 1] -> float32 class probabilities (6, Z, S, S), `batch` slices per pass (default
+    `SEG_BATCH`), channels-last, `precision` as for TorchRuntime (bf16 autocast only where the CPU
+    has bf16 units)."""
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, precision: str = "auto", batch: int | None = None,
+                 channels_last: bool = True):
+        from ichdet.engine.precision import resolve_precision
+        from ichdet.models.seg_unet import SEG_BATCH
+
+        self.mode = resolve_precision(precision, "cpu")  # InputError for an unknown precision
+        if batch is not None and (not isinstance(batch, int) or batch < 1):
+            raise InputError(f"slice batch must be a positive integer, got {batch!r}")
+        self.precision, self.batch, self.channels_last = self.mode.dtype, batch or SEG_BATCH, bool(channels_last)
+        self.model = _inference_copy(model, self.channels_last)
+
+    def describe(self) -> str:
+        return f"torch ({', '.join([self.precision] + (['channels-last'] if self.channels_last else []))})"
+
+    @torch.inference_mode()
+    def __call__(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """image (C, Z, S, S) -> class probabilities (6, Z, S, S) float32."""
+        from ichdet.models.seg_unet import segment_slices
+
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return segment_slices(self.model, image, self.batch, self.channels_last)
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 of a model's state dict values in order (ties an ONNX file to the bundle's weights)."""
     import hashlib
