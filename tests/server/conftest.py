@@ -5,6 +5,8 @@ small synthetic cohort and the upload files made from it, a `--studies` folder, 
                   filter (8 slices -> 4 display slices)
     subtype_bundle  the same with multi-label heads (five subtypes then "any") on the encoder and
                   the scan model: a subtype bundle
+    seg_bundle    a segmentation bundle (seg_unet, 64 px, three windows) whose last layer says
+                  "intraparenchymal" everywhere (a known mask: every voxel)
     cohort        manifest of 2 synthetic scans (DICOM + NIfTI), 8 slices of 64 x 64
     dicom_dir     the first scan's DICOM series folder (8 files)
     dicom_zip     that series as a zip (entries "series/IM00001.dcm", ...)
@@ -59,6 +61,23 @@ def subtype_bundle(tmp_path_factory) -> Path:
     return save_bundle(tmp_path_factory.mktemp("serve_subtype_bundle") / "bundle", model=model,
                        model_name="scan_lstm", model_kwargs=model.config(), kind="scan", prep=prep, context=0,
                        operating_point={"method": "fixed", "threshold": 0.4}, metrics={}, config_yaml="",
+                       data_hash="test")
+
+
+@pytest.fixture(scope="session")
+def seg_bundle(tmp_path_factory) -> Path:
+    from ichdet.models.seg_unet import SegUNet
+
+    torch.manual_seed(3)
+    model = SegUNet(decoder_channels=[16, 16, 8, 8, 8]).eval()
+    conv = [m for m in model.segmentation_head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():  # a constant logit map: intraparenchymal (label 2) everywhere
+        conv.weight.zero_()
+        conv.bias.copy_(torch.tensor([0.0, 0.0, 8.0, 0.0, 0.0, 0.0]))
+    prep = PrepSpec(windows=("brain", "subdural", "bone"), size=SIZE, max_filter=1)
+    return save_bundle(tmp_path_factory.mktemp("serve_seg_bundle") / "bundle", model=model, model_name="seg_unet",
+                       model_kwargs=model.config(), kind="segmentation", prep=prep, context=0,
+                       operating_point={"method": "fixed", "threshold": 0.5}, metrics={}, config_yaml="",
                        data_hash="test")
 
 

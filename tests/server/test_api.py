@@ -27,7 +27,8 @@ from ichdet.server.queue import QueueFull  # noqa: E402
 from ichdet.server.uploads import NOT_A_SCAN, display_name, sniff  # noqa: E402
 
 STUDY_KEYS = {"id", "name", "shape", "n_slices", "size", "slice_labels", "slice_probabilities", "probability",
-              "threshold", "decision", "top_slices", "subtypes", "windows", "warnings", "seconds", "expires_in_s"}
+              "threshold", "decision", "top_slices", "subtypes", "volumes", "segments", "windows", "warnings", "seconds",
+              "expires_in_s"}
 WINDOWS = ("brain", "subdural", "bone", "40/80", "50/150")
 
 
@@ -457,7 +458,7 @@ def test_openapi(client):
         assert any(par["name"].lower() == "x-filename" for par in paths[p]["post"]["parameters"])
     assert "201" in paths["/api/studies"]["post"]["responses"] and "413" in paths["/api/studies"]["post"]["responses"]
     params = {p["name"] for p in paths["/api/studies/{study_id}/slices/{k}"]["get"]["parameters"]}
-    assert params == {"study_id", "k", "window", "overlay"}
+    assert params == {"study_id", "k", "window", "overlay", "mask"}
     assert "image/png" in paths["/api/studies/{study_id}/slices/{k}"]["get"]["responses"]["200"]["content"]
     assert "StudyOut" in spec["components"]["schemas"]
 

@@ -133,6 +133,13 @@ def subtype_server(subtype_bundle, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
+def seg_server(seg_bundle, tmp_path_factory) -> str:
+    """`ichdet serve` of the segmentation bundle (intraparenchymal everywhere)."""
+    with _serve(seg_bundle, tmp_path_factory.mktemp("browser_seg_server")) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
 def browser():
     try:
         from playwright.sync_api import sync_playwright
@@ -415,6 +422,66 @@ def test_viewer_shows_subtypes(browser, subtype_server, browser_data):
         bars = [float(w.rstrip("%")) for w in widths]
         assert bars == pytest.approx([100 * p for p in subtypes.values()], abs=1e-3)  # CSS keeps ~4 decimals
         assert len(set(subtypes.values())) == 6  # six distinct values, so the rows cannot be mixed up
+        page.locator("#close-study").click()
+        expect(page.locator("#viewer")).to_be_hidden()
+    finally:
+        context.close()
+    assert errors == []
+
+
+def test_viewer_shows_the_mask_and_volumes(browser, seg_server, browser_data):
+    """A segmentation bundle: the mask card lists each subtype's volume and the total from the Study
+    JSON; the mask toggle (checkbox and key m) and the per-subtype checkboxes set the slice image's
+    `mask` query, and the image shows the subtype's colour only while it is on."""
+    from playwright.sync_api import expect
+
+    from ichdet.server.overlays import SUBTYPE_COLOURS
+
+    expect.set_options(timeout=WAIT_MS)
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    try:
+        page.goto(seg_server + "/")
+        expect(page.locator("#mask-card")).to_be_hidden()
+        page.set_input_files("#file-input", str(browser_data["upload"]))
+        expect(page.locator("#viewer")).to_be_visible()
+        study = _study(seg_server, _study_id(page))
+        _check_study_panel(page, expect, study)
+        expect(page.locator("#mask-card")).to_be_visible()
+        vols = study["volumes"]
+        names = [g["name"] for g in study["segments"]]
+        expect(page.locator("#volumes th")).to_have_text([*names, "total"])
+        expect(page.locator("#volumes td.num")).to_have_text([f"{vols['subtypes'][n]:.1f} mL" for n in names]
+                                                            + [f"{vols['total']:.1f} mL"])
+        assert vols["subtypes"]["intraparenchymal"] == vols["total"] > 0
+        expect(page.locator("#abc2")).to_contain_text("ABC/2 of the largest lesion: ")
+        img = page.locator("#slice-image")
+        k = int(img.get_attribute("data-slice"))
+        _wait_loaded(page, f"/slices/{k}?window=brain&overlay=false")
+        assert "mask=" not in img.get_attribute("src")
+        plain = _pixels(page)
+        red = SUBTYPE_COLOURS["intraparenchymal"]
+
+        def reddish(px: list[int]) -> int:  # pixels redder than grey by the mask's tint
+            return sum(1 for i in range(0, len(px), 4) if px[i] - px[i + 1] > 40)
+
+        assert reddish(plain) == 0
+        page.locator("#mask-toggle").check()
+        _wait_loaded(page, "mask=1%2C2%2C3%2C4%2C5")
+        expect(img).to_have_attribute("data-mask", "1,2,3,4,5")
+        on = _pixels(page)
+        assert reddish(on) > 0.9 * (len(on) // 4) and tuple(on[:3]) == red  # every pixel tinted, the edge outlined
+        page.locator("#mask-label-2").uncheck()  # intraparenchymal off: the other four shown, none present
+        _wait_loaded(page, "mask=1%2C3%2C4%2C5")
+        assert reddish(_pixels(page)) == 0
+        page.locator("#mask-label-2").check()
+        _wait_loaded(page, "mask=1%2C2%2C3%2C4%2C5")
+        page.keyboard.press("m")  # the key turns the mask off
+        expect(page.locator("#mask-toggle")).not_to_be_checked()
+        _wait_loaded(page, f"/slices/{k}?window=brain&overlay=false")
+        assert "mask=" not in img.get_attribute("src") and _pixels(page) == plain
         page.locator("#close-study").click()
         expect(page.locator("#viewer")).to_be_hidden()
     finally:

@@ -29,6 +29,7 @@ from ichdet.errors import InputError
 from ichdet.inference.predictor import Predictor
 from ichdet.inference.result import ScanPrediction
 from ichdet.server.catalog import StudyCatalog, study_type
+from ichdet.server.overlays import mask_overlay, parse_labels
 from ichdet.server.queue import InferenceQueue, QueueFull, QueueStopped
 from ichdet.server.scans import PRESETS, open_scan, parse_display_window, png_bytes, predict_scan, slice_cams, slice_gray
 from ichdet.server.store import OpenStudy, StudyStore, remove_dir
@@ -97,6 +98,8 @@ class StudyOut(BaseModel):
     decision: bool
     top_slices: list[int]
     subtypes: dict[str, float] | None
+    volumes: dict[str, Any] | None = None
+    segments: list[dict[str, Any]] | None = None
     windows: list[str]
     warnings: list[str]
     seconds: float
@@ -326,13 +329,18 @@ def _add_routes(app: FastAPI, server: Server) -> None:  # noqa: C901 - one short
 
     @app.get("/api/studies/{study_id}/slices/{k}", response_class=Response, responses={
         200: {"content": {"image/png": {}}, "description": "display slice k as PNG"}, **_errors(400, 404, 503)},
-        summary="one display slice, windowed, optionally with its Grad-CAM overlay")
-    async def slice_image(study_id: str, k: int, window: str = "brain", overlay: bool = False) -> Response:
+        summary="one display slice, windowed, optionally with its Grad-CAM overlay (a segmentation model: its "
+                "P(bleed) map) or its bleed mask (`mask`: all, or subtype labels 1..5 such as 2,5)")
+    async def slice_image(study_id: str, k: int, window: str = "brain", overlay: bool = False,
+                          mask: str = "") -> Response:
         study = server.study(study_id)
         try:
             win = parse_display_window(window)
+            show = parse_labels(mask)
         except ValueError as e:
             raise HTTPException(400, str(e)) from None
+        if show and study.labels is None:
+            raise HTTPException(400, "this model does not segment: there is no bleed mask to show")
         if not 0 <= k < study.n_slices:
             raise HTTPException(404, f"slice {k} is outside 0..{study.n_slices - 1}")
         gray = slice_gray(study, win, k)
@@ -342,6 +350,8 @@ def _add_routes(app: FastAPI, server: Server) -> None:  # noqa: C901 - one short
             pixels = body_overlay(gray / 255.0, await server.cam(study, k))
         else:
             pixels = gray
+        if show:
+            pixels = mask_overlay(pixels, study.labels[k], show)
         return Response(png_bytes(pixels), media_type="image/png",
                         headers={"Cache-Control": f"private, max-age={SLICE_MAX_AGE_S}"})
 

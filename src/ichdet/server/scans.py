@@ -1,7 +1,8 @@
 """A scan -> an `OpenStudy`, and a study's slices -> PNG.
 
 `open_scan` (run on the inference worker) reads the scan with the existing readers, predicts it
-with the bundle's `Predictor`, and prepares the display stacks in the model's geometry: the
+with the bundle's `Predictor` (a segmentation bundle also gives the label mask and P(bleed) maps on
+the prepared grid: the mask overlay and the heatmaps), and prepares the display stacks in the model's geometry: the
 predictor's preparation (slabs of the training slice thickness, head crop, maximum filters,
 resize) with the preset windows in place of the bundle's, so display slice k is exactly prepared
 slice k. One extra channel through a window wide
@@ -91,11 +92,13 @@ def open_scan(predictor: Predictor, source: Path | list[Path], name: str, zipped
     stack = prepare_volume(volume, spec)  # (4, Z', S, S) in [0, 1]
     slices = slice_map(volume, spec)  # display slice k covers source slices slices.sources(k)
     top = list(dict.fromkeys(slices.prepared_of(t["index"]) for t in result.top_slices))
+    segmenting = result.prepared_labels is not None  # the mask and P(bleed) maps are on the prepared grid = display
     return OpenStudy(id=uuid.uuid4().hex, name=name, prediction=result, image=image,
                  displays={w: to_uint8(stack[i]) for i, w in enumerate(PRESETS)},
                  hu=None if display_units else stack[len(PRESETS)] * np.float32(HU_SPAN) + np.float32(HU_LOW),
                  slice_probabilities=slices.collect(result.slice_probabilities), slice_labels=slices.labels(),
-                 top_slices=top, tmp_dir=tmp_dir)
+                 top_slices=top, tmp_dir=tmp_dir, labels=result.prepared_labels if segmenting else None,
+                 cams=dict(enumerate(result.prepared_bleed)) if segmenting else {})
 
 
 def parse_display_window(text: str) -> str | Window:

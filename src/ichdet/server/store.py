@@ -39,7 +39,8 @@ class OpenStudy:
     slice_labels: list[str]
     top_slices: list[int]  # display slices, most suspicious first
     tmp_dir: Path | None = None
-    cams: dict[int, np.ndarray] = field(default_factory=dict)  # display slice -> Grad-CAM (S, S)
+    labels: np.ndarray | None = None  # a segmentation bundle's label mask uint8 (Z', S, S) in display geometry
+    cams: dict[int, np.ndarray] = field(default_factory=dict)  # display slice -> Grad-CAM (S, S) (P(bleed) when segmenting)
     cam_jobs: dict[int, Any] = field(default_factory=dict)  # block of slices -> its Grad-CAM job (app.py)
     last_access: float = 0.0
 
@@ -57,8 +58,17 @@ class OpenStudy:
                 "size": self.size, "slice_labels": self.slice_labels,
                 "slice_probabilities": self.slice_probabilities, "probability": p.probability,
                 "threshold": p.threshold, "decision": p.decision, "top_slices": self.top_slices,
-                "subtypes": p.subtypes, "windows": windows, "warnings": p.warnings, "seconds": p.seconds,
+                "subtypes": p.subtypes, "volumes": p.volumes, "segments": segment_legend() if self.labels is not None else None,
+                "windows": windows, "warnings": p.warnings, "seconds": p.seconds,
                 "expires_in_s": max(0, round(expires_in_s))}
+
+
+def segment_legend() -> list[dict[str, Any]]:
+    """The mask overlay's legend: [{"label": 1..5, "name": subtype, "colour": "#rrggbb"}]."""
+    from ichdet.server.overlays import SUBTYPE_COLOURS
+
+    return [{"label": i + 1, "name": name, "colour": "#%02x%02x%02x" % rgb}
+            for i, (name, rgb) in enumerate(SUBTYPE_COLOURS.items())]
 
 
 def remove_dir(path: Path | None) -> None:

@@ -19,6 +19,8 @@
     k: 0, // current display slice (0 = most inferior)
     window: "brain",
     overlay: false,
+    mask: false, // a segmentation model's bleed mask drawn over the slice
+    hidden: new Set(), // subtype labels (1..5) switched off in the mask overlay
     src: "", // src currently set on #slice-image
     busy: false,
   };
@@ -243,6 +245,7 @@
     buildStrip(study);
     buildTopSlices(study);
     buildSubtypes(study.subtypes);
+    buildMask(study);
     buildWarnings(study.warnings || []);
 
     el.slider.min = "0";
@@ -329,6 +332,74 @@
     el.subtypes.appendChild(table);
   }
 
+  function buildMask(study) {
+    el.volumes.textContent = "";
+    el.abc2.textContent = "";
+    const segments = Array.isArray(study.segments) ? study.segments : null;
+    el.maskCard.hidden = !segments;
+    state.hidden = new Set();
+    if (!segments) {
+      state.mask = false;
+      return;
+    }
+    const vols = study.volumes || { subtypes: {}, total: 0 };
+    for (const seg of segments) {
+      const tr = document.createElement("tr");
+      const th = document.createElement("th");
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.checked = true;
+      box.dataset.label = String(seg.label);
+      box.id = "mask-label-" + seg.label;
+      box.title = "Show " + seg.name + " in the mask overlay";
+      box.addEventListener("change", () => {
+        if (box.checked) state.hidden.delete(seg.label);
+        else state.hidden.add(seg.label);
+        render();
+      });
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = seg.colour;
+      const name = document.createElement("label");
+      name.htmlFor = box.id;
+      name.textContent = seg.name;
+      th.append(box, swatch, name);
+      const td = document.createElement("td");
+      td.className = "num";
+      const ml = (vols.subtypes || {})[seg.name];
+      td.textContent = typeof ml === "number" ? ml.toFixed(1) + " mL" : "\u2013";
+      tr.append(th, td);
+      el.volumes.appendChild(tr);
+    }
+    const total = document.createElement("tr");
+    total.className = "total";
+    const th = document.createElement("th");
+    th.textContent = "total";
+    const td = document.createElement("td");
+    td.className = "num";
+    td.id = "volume-total";
+    td.textContent = typeof vols.total === "number" ? vols.total.toFixed(1) + " mL" : "\u2013";
+    total.append(th, td);
+    el.volumes.appendChild(total);
+    const abc = vols.abc2;
+    if (abc && typeof abc.volume_ml === "number") {
+      el.abc2.textContent = "ABC/2 of the largest lesion: " + abc.volume_ml.toFixed(1) + " mL" +
+        (abc.a_mm ? " (A " + abc.a_mm.toFixed(0) + ", B " + abc.b_mm.toFixed(0) + ", C " + abc.c_mm.toFixed(0) + " mm)" : "");
+    }
+  }
+
+  function maskParam() {
+    if (!state.mask || !state.study || !Array.isArray(state.study.segments)) return "";
+    const shown = state.study.segments.map((s) => s.label).filter((l) => !state.hidden.has(l));
+    return shown.length ? shown.join(",") : "";
+  }
+
+  function setMask(on) {
+    if (!state.study || !Array.isArray(state.study.segments)) return;
+    state.mask = !!on;
+    render();
+  }
+
   function buildWarnings(warnings) {
     el.warnings.textContent = "";
     for (const w of warnings) {
@@ -347,8 +418,10 @@
   }
 
   function sliceUrl(k, win, overlay) {
+    const mask = maskParam();
     return "/api/studies/" + encodeURIComponent(state.study.id) + "/slices/" + k +
-      "?window=" + encodeURIComponent(win) + "&overlay=" + (overlay ? "true" : "false");
+      "?window=" + encodeURIComponent(win) + "&overlay=" + (overlay ? "true" : "false") +
+      (mask ? "&mask=" + encodeURIComponent(mask) : "");
   }
 
   function setSlice(k) {
@@ -404,6 +477,7 @@
     const img = el.image;
     img.dataset.window = state.window;
     img.dataset.overlay = state.overlay ? "true" : "false";
+    img.dataset.mask = maskParam();
     img.dataset.slice = String(k);
     if (src !== state.src) {
       state.src = src;
@@ -414,7 +488,8 @@
         if (img.dataset.loaded === "false") el.hudLoading.hidden = false;
       }, 200);
     }
-    img.alt = "CT image " + (k + 1) + " of " + n + ", " + state.window + " window" + (state.overlay ? ", heatmap overlay" : "");
+    img.alt = "CT image " + (k + 1) + " of " + n + ", " + state.window + " window" + (state.overlay ? ", heatmap overlay" : "") +
+      (maskParam() ? ", bleed mask" : "");
 
     el.sliceIndex.textContent = k + 1 + " / " + n;
     el.sliceLabel.textContent = (study.slice_labels || [])[k] || "";
@@ -422,12 +497,13 @@
     el.sliceProb.textContent = fmtP(p);
     el.sliceProb.classList.toggle("hot", p >= study.threshold);
     el.hudWindow.textContent = WINDOWS[state.window].label + " " + WINDOWS[state.window].cw;
-    el.hudOverlay.textContent = state.overlay ? "heatmap on" : "";
+    el.hudOverlay.textContent = [state.overlay ? "heatmap on" : "", maskParam() ? "mask on" : ""].filter(Boolean).join(" \u00b7 ");
 
     el.slider.value = String(k);
     for (const btn of el.windowButtons) btn.classList.toggle("active", btn.dataset.window === state.window);
     for (const btn of el.windowButtons) btn.setAttribute("aria-pressed", btn.dataset.window === state.window ? "true" : "false");
     el.overlayToggle.checked = state.overlay;
+    el.maskToggle.checked = state.mask;
 
     const prev = el.strip.querySelector(".bar.current");
     if (prev) prev.classList.remove("current");
@@ -521,6 +597,11 @@
       case "o":
       case "O":
         setOverlay(!state.overlay);
+        break;
+      case "m":
+      case "M":
+        if (Array.isArray(state.study.segments)) setMask(!state.mask);
+        else handled = false;
         break;
       default:
         if (WINDOW_KEYS[e.key]) setWindow(WINDOW_KEYS[e.key]);
@@ -643,6 +724,10 @@
       topSlices: $("top-slices"),
       subtypes: $("subtypes"),
       subtypesCard: $("subtypes-card"),
+      maskCard: $("mask-card"),
+      maskToggle: $("mask-toggle"),
+      volumes: $("volumes"),
+      abc2: $("abc2"),
       warnings: $("warnings"),
       warningsCard: $("warnings-card"),
       closeStudy: $("close-study"),
@@ -654,6 +739,7 @@
     el.slider.addEventListener("input", () => setSlice(Number(el.slider.value)));
     for (const btn of el.windowButtons) btn.addEventListener("click", () => setWindow(btn.dataset.window));
     el.overlayToggle.addEventListener("change", () => setOverlay(el.overlayToggle.checked));
+    el.maskToggle.addEventListener("change", () => setMask(el.maskToggle.checked));
     el.image.addEventListener("load", onImageLoad);
     el.image.addEventListener("error", onImageError);
     el.imageBox.addEventListener("wheel", onWheel, { passive: false });
