@@ -4,6 +4,11 @@
     python benchmarks/bench_infer.py --out benchmarks/results/bench_infer.json [--quick]
                                      [--cases synthetic,cq500] [--variants ...] [--repeats 5]
                                      [--threads N] [--bundle PATH] [--precision auto|fp32|bf16]
+    python benchmarks/bench_infer.py --task segmentation --out benchmarks/results/bench_segment.json [--quick]
+
+``--task segmentation`` times the haemorrhage segmentation instead (``bench_segment.py``, whose
+options it takes: the seg_unet bundle end to end on the same inputs, goal under 1 s per 32-slice scan).
+What follows is the detection task (the default).
 
 What runs, all in this one process with torch (and onnxruntime) on every usable core:
 
@@ -272,8 +277,20 @@ def peak_rss_mb() -> float:
 
 
 # ----------------------------------------------------------------------------------------------
+TASKS = ("detection", "segmentation")
+
+
 def main(argv: list[str] | None = None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task", choices=TASKS, default="detection")
+    task, rest = pre.parse_known_args(argv)
+    if task.task == "segmentation":
+        import bench_segment
+
+        return bench_segment.main(rest)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", choices=TASKS, default="detection",
+                    help="detection (default: the proposed 3D model) or segmentation (bench_segment.py's options)")
     ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 8-slice 64 x 64 synthetic scan, tiny model, 1 repeat, small matmuls, 1 torch "

@@ -148,3 +148,32 @@ def test_bench_infer_rejects_unknown_variant(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown variant" in lines[0] and "fp64" in lines[0], proc.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_bench_infer_segmentation_quick(tmp_path):
+    """--task segmentation: the seg_unet bundle end to end, channels-last against contiguous, same masks."""
+    out = tmp_path / "bench_segment.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--task", "segmentation", "--out", str(out), "--quick"],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "seconds_per_32_slices" in proc.stdout
+    d = json.loads(out.read_text())
+    assert d["benchmark"] == "bench_segment" and d["settings"]["model"]["model"] == "seg_unet"
+    rows = {(r["variant"], r["metric"]): r for r in d["results"]}
+    for key in ("read_seconds", "prepare_seconds", "restore_seconds"):
+        assert rows[(None, key)]["ichdet"] >= 0
+    for v in ("seg-cl", "seg-contiguous"):
+        e2e = rows[(v, "end_to_end_seconds")]
+        assert e2e["ichdet"] > 0 and e2e["peer"].startswith("seg-contiguous")
+        assert rows[(v, "seconds_per_32_slices")]["ichdet"] == pytest.approx(e2e["ichdet"] * 32 / 8)
+        assert rows[(v, "mask_agreement")]["goal_met"] is True
+    assert rows[("seg-contiguous", "end_to_end_seconds")]["ratio"] == 1.0
+    assert rows[("seg-cl", "seconds_per_32_slices")]["goal_met"] is None  # 64 x 64: not the goal's scan
+    assert d["skipped"] == [{"case": "cq500", "reason": "--quick runs the synthetic case only; name cq500 in --cases"}]
+
+
+def test_bench_segment_rejects_unknown_case(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--task", "segmentation", "--out", str(tmp_path / "x.json"),
+                           "--quick", "--cases", "mri"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "bench_segment.py: error: unknown case(s) mri; choose from synthetic, cq500"
