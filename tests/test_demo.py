@@ -10,7 +10,8 @@ from sklearn.metrics import roc_auc_score
 
 from ichdet.engine.bundle import load_bundle
 from ichdet.engine.config import EXPERIMENTS, load_config
-from ichdet.demo import FULL, PROPOSED, QUICK, ROWS_3D, ROWS_SUBTYPES, SUBTYPE_ORDER, TRAIN_ORDER, Profile, run_demo
+from ichdet.demo import (FULL, PROPOSED, QUICK, ROWS_3D, ROWS_SUBTYPES, SEGMENTATION, SUBTYPE_ORDER, TRAIN_ORDER,
+                         Profile, run_demo)
 from ichdet.evaluation.cv import MODELS
 from ichdet.metrics import SUBTYPE_LABELS, rsna_log_loss
 
@@ -26,6 +27,7 @@ TINY = {  # experiment name prefix -> what shrinks it, over its configs/demo/qui
     "3d_effnet": {**SMALL_3D, "model": {"kwargs": {"hidden": 8}}},
     "3d_": {},
     "2d_alexnet_svm": FAST,
+    SEGMENTATION: {"data": {"size": 64}, "optim": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 4}, **FAST},
     "2d_": {"data": {"size": 64}, "optim": {"epochs": 1}, **FAST},
 }
 
@@ -34,7 +36,7 @@ TINY = {  # experiment name prefix -> what shrinks it, over its configs/demo/qui
 def tiny(tmp_path_factory) -> Profile:
     """A tiny profile whose configs (a folder of NAME.yaml) shrink the quick demo's."""
     folder = tmp_path_factory.mktemp("tiny_configs")
-    for name in TRAIN_ORDER + SUBTYPE_ORDER + CV_2D:
+    for name in TRAIN_ORDER + SUBTYPE_ORDER + CV_2D + (SEGMENTATION,):
         shrink = next(v for prefix, v in TINY.items() if name.startswith(prefix))
         base = EXPERIMENTS / "demo" / "quick" / f"{name}.yaml"
         (folder / f"{name}.yaml").write_text(yaml.safe_dump({"base": str(base), **shrink}))
@@ -50,7 +52,7 @@ def demo(tmp_path_factory, tiny):
 def test_every_profile_names_a_config_for_every_model():
     """The demo's recipes are configs (configs/demo/, configs/demo/quick/), one per experiment."""
     for profile in (QUICK, FULL):
-        for name in TRAIN_ORDER + SUBTYPE_ORDER + CV_2D:
+        for name in TRAIN_ORDER + SUBTYPE_ORDER + CV_2D + (SEGMENTATION,):
             assert load_config(f"{profile.configs}/{name}", ["data.manifest=m.csv"]).experiment == name
     assert (load_config("demo/quick/3d_lstm2_e2e").optim.epochs, load_config("demo/3d_lstm2_e2e").optim.epochs) == (4, 16)
     assert (load_config("demo/quick/2d_cnn").optim.epochs, load_config("demo/2d_cnn").optim.epochs) == (30, 40)
@@ -165,7 +167,7 @@ def test_subtype_table_matches_sklearn_on_the_saved_predictions(demo):
 
 def test_every_model_is_kept_as_a_loadable_bundle(demo):
     out, result = demo
-    names = set(TRAIN_ORDER) | set(SUBTYPE_ORDER) | {"2d_cnn", "2d_alexnet", "2d_alexnet_svm", "2d_efficientnet",
+    names = set(TRAIN_ORDER) | set(SUBTYPE_ORDER) | {SEGMENTATION, "2d_cnn", "2d_alexnet", "2d_alexnet_svm", "2d_efficientnet",
                                                       "2d_efficientnet_svm", "2d_cnn_subtypes"}
     assert set(result["bundles"]) == names
     assert load_bundle(out / "bundles" / PROPOSED).meta["model"]["name"] == "scan_lstm"
@@ -174,6 +176,7 @@ def test_every_model_is_kept_as_a_loadable_bundle(demo):
         b = load_bundle(out / "bundles" / name)
         assert b.has_subtypes and b.labels == SUBTYPE_LABELS, name
     assert not load_bundle(out / "bundles" / "2d_cnn").has_subtypes
+    assert load_bundle(out / "bundles" / SEGMENTATION).kind == "segmentation"
 
 
 def test_a_second_run_reuses_every_trained_model(demo, tiny):
@@ -193,3 +196,19 @@ def test_demo_on_a_given_manifest_skips_the_synthetic_cohort(demo, tiny):
     md = (out / "report" / "report.md").read_text()
     assert "SYNTHETIC" not in md and f"Data: {manifest.resolve()}" in md
     assert again["models"][PROPOSED]["auc"] == pytest.approx(first["models"][PROPOSED]["auc"])
+
+
+def test_segmentation_is_scored_on_the_same_test_scans(demo):
+    """The synthetic cohort has masks, so the demo trains seg_unet and reports Dice and volumes on the 3D test split."""
+    out, result = demo
+    seg = result["segmentation"]
+    assert seg["model"] == SEGMENTATION and seg["test_scans"] == result["data"]["test_scans"]
+    splits = load_bundle(out / "runs" / SEGMENTATION / "bundle").training_splits()
+    assert sorted(s["scan_id"] for s in seg["scans"]) == sorted(s for s, v in splits.items() if v == "test")
+    assert seg["n_scans"] == seg["test_scans"] and seg["seconds_per_scan"] > 0
+    assert seg["labels"]["any"]["scans_with_bleed"] >= 1 and seg["total"]["n"] == sum(s["true_ml"] > 0 for s in seg["scans"])
+    saved = json.loads((out / "report" / "metrics.json").read_text())["segmentation"]
+    assert saved["total"]["median_abs_error_ml"] == pytest.approx(seg["total"]["median_abs_error_ml"])
+    md = (out / "report" / "report.md").read_text()
+    assert "## Segmentation: Dice and bleed volume" in md and "bland_altman.png" in md
+    assert (out / "report" / "bland_altman.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

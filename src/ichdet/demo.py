@@ -8,6 +8,8 @@ OUT/runs/NAME/       one training run per 3D experiment (configs/demo/quick/NAME
                      manifest has subtype columns
 OUT/images2d/        one PNG per scan + labels.csv: the 2D paper's setting
 OUT/cv/              `ichdet cv` on those images (CNN vs AlexNet vs AlexNet-SVM vs EfficientNet; the same config folder)
+OUT/runs/seg_unet/   the haemorrhage segmentation (when the manifest has masks: mask_path), scored on the test
+                     scans for Dice and volume against the truth and against ABC/2
 OUT/bundles/NAME/    every trained model, ready for `ichdet predict` / `serve` / `evaluate`
 OUT/report/          index.html, report.md, metrics.json, ROC figures
 ```
@@ -50,6 +52,7 @@ ROWS_SUBTYPES = {  # subtype experiment -> row label of the subtype table
     "3d_lstm2_frozen_subtypes": "CNN + 2 BiLSTM (subtype head), after LSTM training (stage 2)",
     "3d_lstm2_e2e_subtypes": "CNN + 2 BiLSTM (subtype head), end-to-end (stage 3)",
 }
+SEGMENTATION = "seg_unet"  # the segmentation experiment (configs/demo[/quick]/seg_unet.yaml), when there are masks
 FIGURE3 = ("3d_slice_max", "3d_slice_p95", "3d_feature_svm")
 FIGURE4 = ("3d_lstm1_frozen", "3d_lstm2_frozen", "3d_lstm1_e2e", "3d_lstm2_e2e", "3d_e2e_nostage", "3d_effnet_lstm2_e2e")
 
@@ -185,6 +188,34 @@ def report_3d(report: Path, ids: list[str], y: np.ndarray, scores: dict[str, Any
     return metrics
 
 
+def has_masks(manifest: Path) -> bool:
+    """Whether any scan of the manifest has a segmentation mask (`mask_path`)."""
+    from ichdet.datasets.manifest import read_manifest
+    from ichdet.datasets.masks import MASK_COLUMN
+
+    return any((r.extra.get(MASK_COLUMN) or "").strip() for r in read_manifest(manifest))
+
+
+def score_segmentation_3d(out: Path, manifest: Path, test_ids: list[str]) -> dict[str, Any]:
+    """The segmentation bundle on the test scans of the 3D experiments: metrics.json's "segmentation"
+    (Dice, volume errors against the truth and ABC/2), with its scan-level AUC and seconds per scan."""
+    from ichdet.datasets.prepared import PreparedCohort
+    from ichdet.engine.bundle import load_bundle
+    from ichdet.evaluation.seg_scores import score_segmentation, segmentation_summary
+    from ichdet.metrics import roc_auc
+
+    bundle = load_bundle(out / "runs" / SEGMENTATION / "bundle")
+    splits = bundle.training_splits()
+    test = [s for s in test_ids if splits.get(s) == "test"]
+    if test != test_ids:
+        raise InputError(f"{SEGMENTATION} was trained on another split than the 3D experiments", bundle.path)
+    cohort = PreparedCohort(manifest, bundle.prep, cache=None, slice_labels_path=None)
+    scores, seconds, records, subtyped = score_segmentation(bundle, cohort, test)
+    y = cohort.labels(test)
+    return {"model": SEGMENTATION, "test_scans": len(test), "scan_auc": roc_auc(y, scores) if 0 < y.sum() < len(y) else None,
+            "seconds_per_scan": seconds, **segmentation_summary(records, subtyped)}
+
+
 def run_2d(out: Path, manifest: Path, profile: Profile, seed: int, show_progress: bool,
            overrides: Sequence[str] = ()) -> dict[str, Any] | None:
     """`ichdet cv` on one PNG per scan (needs the cohort's slice labels to pick bleed slices)."""
@@ -208,7 +239,7 @@ def keep_bundles(out: Path, cv_result: dict[str, Any] | None) -> dict[str, str]:
     from ichdet.engine.bundle import copy_bundle
     from ichdet.evaluation.cv import MODELS
 
-    sources = {name: out / "runs" / name / "bundle" for name in TRAIN_ORDER + SUBTYPE_ORDER}
+    sources = {name: out / "runs" / name / "bundle" for name in TRAIN_ORDER + SUBTYPE_ORDER + (SEGMENTATION,)}
     if cv_result is not None:
         sources.update({f"2d_{n.replace('-', '_')}": out / "cv" / "bundles" / n for n in MODELS})
     kept = {}
@@ -254,6 +285,15 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, seed: int = 0, d
         subtypes = report_subtypes(report, ids, sub_scores)
     else:
         _log("subtypes: skipped (the manifest has no subtype columns)")
+    segmentation = None
+    if has_masks(manifest):
+        train_s.update(train_3d(out, manifest, profile, show_progress, (SEGMENTATION,), overrides))
+        segmentation = score_segmentation_3d(out, manifest, ids)
+        from ichdet.report.segmentation import bland_altman_figure
+
+        bland_altman_figure(segmentation, report / "bland_altman.png")
+    else:
+        _log("segmentation: skipped (the manifest has no masks: mask_path)")
     t0 = time.perf_counter()
     cv_result = run_2d(out, manifest, profile, seed, show_progress, overrides)
     cv_s = time.perf_counter() - t0
@@ -266,7 +306,7 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, seed: int = 0, d
               "data": {"manifest": str(manifest), "test_scans": len(ids), "test_positive": int(y.sum()),
                        **({"scans": profile.scans, "size": profile.size, "slices": profile.slices,
                            "difficulty": profile.difficulty, "seed": seed} if data is None else {})},
-              "models": metrics_3d, "subtypes": subtypes, "cv": cv_result, "bundles": bundles,
+              "models": metrics_3d, "subtypes": subtypes, "segmentation": segmentation, "cv": cv_result, "bundles": bundles,
               "seconds": {"synth": synth_s, "train_3d": train_s, "cv_2d": cv_s,
                           "total": time.perf_counter() - started}}
     write_json(report / "metrics.json", result)

@@ -84,6 +84,18 @@ def write_demo_report(report: Path, result: Mapping[str, Any]) -> tuple[Path, Pa
     sections = [section_3d(result)]
     if result.get("subtypes"):
         sections.append(section_subtypes(result))
+    if result.get("segmentation"):
+        from ichdet.report.segmentation import segmentation_report_section
+
+        seg = result["segmentation"]
+        section = segmentation_report_section(seg, "bland_altman.png")
+        section.paragraphs.insert(0, f"`{seg['model']}` (U-Net on the ImageNet EfficientNet-Lite0 encoder, trained on "
+                                  "the cohort's masks) on the same held-out test scans as the 3D models, each scan "
+                                  "segmented on its own voxels as `ichdet predict` does"
+                                  + (f"; its scan score (largest P(bleed)) has AUC {seg['scan_auc']:.3f}"
+                                     if seg.get("scan_auc") is not None else "")
+                                  + f"; {seg['seconds_per_scan']:.2f} s per scan.")
+        sections.append(section)
     if result.get("cv"):
         labels = {n: m.get("label", n) for n, m in result["cv"]["models"].items()}
         sections.append(cv_section(result["cv"], labels, "roc_2d.png"))
