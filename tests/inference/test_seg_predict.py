@@ -124,13 +124,17 @@ def test_evaluate_scores_the_masks(cohort, seg_bundles, tmp_path):
     result = evaluate_bundle(seg_bundles["iph"], cohort, tmp_path / "ev", split="all")
     seg = result["segmentation"]
     assert (tmp_path / "ev" / "segmentation.md").is_file() and (tmp_path / "ev" / "bland_altman.png").is_file()
-    # the model marks every voxel: Dice of "any" = 2|T| / (|T| + |scan|) on every scan (0 without a bleed)
-    expected, bleeds = [], 0
+    # the model marks every voxel: Dice of "any" = 2|T| / (|T| + |scan|) on every scan with a bleed; the
+    # others are scored by their false-positive volume (the whole scan)
+    expected, bleeds, negatives = [], 0, 0
     for row in _rows(cohort):
         truth = np.asarray(nib.load(cohort.parent / row.extra["mask_path"]).dataobj) > 0
-        expected.append(2 * truth.sum() / (truth.sum() + truth.size))
+        if truth.any():
+            expected.append(2 * truth.sum() / (truth.sum() + truth.size))
         bleeds += bool(truth.any())
-    assert seg["labels"]["any"]["dice"]["n"] == len(expected) and 0 < bleeds < len(expected)
+        negatives += not truth.any()
+    assert seg["labels"]["any"]["dice"]["n"] == len(expected) == bleeds and 0 < bleeds < len(_rows(cohort))
+    assert seg["labels"]["any"]["false_positive_ml"]["scans_with_volume"] == negatives
     assert seg["labels"]["any"]["dice"]["median"] == pytest.approx(float(np.median(expected)))
     assert seg["n_scans"] == len(_rows(cohort)) and result["bundle_kind"] == "segmentation"
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())

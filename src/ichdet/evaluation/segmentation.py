@@ -6,9 +6,10 @@ Scans stream: `scan_record` reduces one scan's predicted and true label masks to
 the records, so no more than one scan's masks are held at a time.
 
 What is summarised, per label ("any" and each subtype present in some scan's truth):
-- Dice over the scans where the truth or the prediction holds that label (both empty: no Dice);
-  median, IQR and a bootstrap 95 % CI of the median; the median again over the scans whose true
-  volume of that label is at least `LARGE_BLEED_ML`.
+- Dice over the scans whose truth holds that label (as segmentation studies report it: a scan
+  without the label has no overlap to score; what the model finds there is the false-positive
+  volume below); median, IQR and a bootstrap 95 % CI of the median; the median again over the
+  scans whose true volume of that label is at least `LARGE_BLEED_ML`.
 - Volume error (model - truth, mL) over the scans whose truth holds that label: mean (the bias),
   mean and median absolute, Bland-Altman limits; and the volume the model finds on scans whose
   truth has none of that label (false-positive volume).
@@ -91,11 +92,12 @@ def label_summary(rows: list[Mapping[str, Any]], label: str, level: float = 0.95
     true_ml = np.array([_num(r["true_ml"][key]) for r in rows])
     pred_ml = np.array([_num(r["pred_ml"][key]) for r in rows])
     dices = np.array([_num(r["dice"].get(label)) for r in rows])
-    has_dice, bleed = ~np.isnan(dices), true_ml > 0
-    large = has_dice & (true_ml >= LARGE_BLEED_ML)
+    bleed = true_ml > 0
+    scored = bleed & ~np.isnan(dices)
+    large = scored & (true_ml >= LARGE_BLEED_ML)
     fp = pred_ml[~bleed]
     return {"scans_with_bleed": int(bleed.sum()),
-            "dice": median_ci(dices[has_dice], level, n_boot, seed),
+            "dice": median_ci(dices[scored], level, n_boot, seed),
             "dice_large": {"min_true_ml": LARGE_BLEED_ML, "n": int(large.sum()),
                            "median": float(np.median(dices[large])) if large.any() else math.nan},
             "volume_error_ml": error_summary(pred_ml[bleed], true_ml[bleed], level),

@@ -147,8 +147,8 @@ def bland_altman_figure(seg: Mapping[str, Any], path: str | Path, title: str | N
 def segmentation_report_section(seg: Mapping[str, Any], figure: str | Path | None = None) -> Section:
     """The section for `write_report`; `figure` is the Bland-Altman PNG's path relative to the report folder
     (drawn beforehand by `bland_altman_figure`), or None to leave it out."""
-    text = [f"{seg['n_scans']} held-out scans. Dice per scan over the scans where the truth or the model "
-            "holds the label (a scan where both are empty has no Dice): median, interquartile range and a "
+    text = [f"{seg['n_scans']} held-out scans. Dice per scan over the scans whose truth holds the label (what the model "
+            "finds on the others is its false-positive volume, in the second table): median, interquartile range and a "
             "bootstrap 95% CI of the median. Volume errors are model − truth in mL over the scans whose truth "
             "holds the label; the limits of agreement are bias ± 1.96 SD (Bland & Altman). ABC/2 is the "
             "bedside estimate of the largest lesion (Kothari's slice weights), from the true outline as a "
