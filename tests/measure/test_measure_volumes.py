@@ -125,3 +125,29 @@ def test_bad_masks_and_spacings_are_refused_with_one_line():
     with pytest.raises(InputError, match=r"^spacing must be three numbers \(dz, dy, dx\) in mm, got 'abc'$"):
         abc2(mask, "abc")
     assert label_volumes_ml(np.ones((1, 2, 2), np.float32) * 2, (1, 1, 1))["intraparenchymal"] == 0.004
+
+
+def _diameters_all_points(region, dy, dx):
+    """A and B from the hull of every pixel's four edge midpoints (no pruning): the reference."""
+    from scipy.spatial import ConvexHull
+
+    r, c = np.nonzero(region)
+    pts = np.unique(np.concatenate([np.stack([(r + i) * dy, (c + j) * dx], 1)
+                                    for i, j in ((0, .5), (1, .5), (.5, 0), (.5, 1))]), axis=0)
+    hull = pts[ConvexHull(pts).vertices]
+    d = np.linalg.norm(hull[:, None] - hull[None], axis=-1)
+    i, j = np.unravel_index(int(np.argmax(d)), d.shape)
+    normal = np.array([-(hull[j, 1] - hull[i, 1]), hull[j, 0] - hull[i, 0]]) / d[i, j]
+    proj = hull @ normal
+    return float(d[i, j]), float(proj.max() - proj.min())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_diameters_use_only_each_rows_outermost_pixels(seed):
+    """Pruning to each row's first and last pixel keeps the hull: A and B equal the all-points reference,
+    on ragged regions whose rows have gaps."""
+    rng = np.random.default_rng(seed)
+    region = rng.random((30, 40)) < 0.15
+    region[rng.integers(0, 30), :] = False                     # an empty row inside the region
+    dy, dx = (0.45, 0.45) if seed % 2 else (0.5, 0.8)
+    assert diameters_mm(region, dy, dx) == pytest.approx(_diameters_all_points(region, dy, dx), rel=1e-12)

@@ -16,7 +16,7 @@ from ichdet.io import write_nifti
 from ichdet.io.masks import UNKNOWN_SUBTYPE, mask_targets, read_mask
 from ichdet.io.volume import Volume
 from ichdet.preprocess import PrepSpec, prepare_volume
-from ichdet.preprocess.masks import check_seg_spec, crop_box, prepare_mask, restore_mask
+from ichdet.preprocess.masks import check_seg_spec, crop_box, prepare_mask, restore_mask, restore_probabilities
 
 SPACING = (5.0, 0.5, 0.5)  # mm
 
@@ -57,6 +57,43 @@ def test_round_trip_keeps_labels_and_volumes(spec):
     for label in (2, 5):
         assert _dice(back == label, mask == label) > 0.95
         assert abs((back == label).sum() / (mask == label).sum() - 1) < 0.05  # the volume in mL within 5%
+
+
+def _grid_sample_reference(p, shape, spec, box):
+    """The resampling restore_probabilities does, written as one torch grid_sample (bilinear,
+    align_corners False, border padding) at the centre of every original pixel of the box."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    r0, r1, c0, c1 = box
+    h, w = r1 - r0, c1 - c0
+    k = spec.max_filter if max(h, w) > spec.size else 1
+    hk, wk = math.ceil(h / k), math.ceil(w / k)
+    side = max(hk, wk)
+    gy = (((torch.arange(h, dtype=torch.float64) + 0.5) / k + (side - hk) // 2) * 2 / side - 1).float()
+    gx = (((torch.arange(w, dtype=torch.float64) + 0.5) / k + (side - wk) // 2) * 2 / side - 1).float()
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), -1)[None].expand(shape[0], h, w, 2)
+    out = F.grid_sample(torch.as_tensor(p).permute(1, 0, 2, 3), grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return out.permute(1, 0, 2, 3).numpy()
+
+
+@pytest.mark.parametrize("spec,shape,box", [
+    (PrepSpec(windows=("brain",), size=128, max_filter=2), (3, 200, 240), (0, 200, 0, 240)),  # k 2, pad rows
+    (PrepSpec(windows=("brain",), size=64, max_filter=1), (2, 200, 240), (0, 200, 0, 240)),  # shrink
+    (PrepSpec(windows=("brain",), size=48, max_filter=2), (2, 100, 90), (7, 93, 11, 80)),  # a crop box
+    (PrepSpec(windows=("brain",), size=96, max_filter=2), (2, 60, 70), (0, 60, 0, 70)),  # k 1: enlarged
+])
+def test_restore_probabilities_is_grid_samples_bilinear_resampling(spec, shape, box):
+    """The separable matrix form samples where grid_sample would (to float32 rounding of its coordinates)."""
+    p = np.random.default_rng(0).random((6, shape[0], spec.size, spec.size), dtype=np.float32)
+    got = restore_probabilities(p, shape, spec, box).numpy()
+    want = _grid_sample_reference(p, shape, spec, box)
+    assert got.shape == want.shape == (6, shape[0], box[1] - box[0], box[3] - box[2])
+    np.testing.assert_allclose(got, want, atol=1e-5)  # grid_sample maps float32 coordinates; ours are float64
+    assert restore_probabilities(p, shape, spec, box, slice(1, 2)).numpy() == pytest.approx(got[:, 1:2], abs=1e-6)
 
 
 def test_prepared_mask_lies_where_the_image_shows_it():
@@ -160,3 +197,19 @@ def test_bleed_only_masks_become_unknown_subtype(tmp_path):
     negative = ManifestRow("s2", "p2", "scans/s1.nii.gz", 0)
     assert prepared_mask(negative, tmp_path, spec, cache, n_slices=32).shape == (32, 32, 32)
     assert prepared_mask(ManifestRow("s3", "p3", "scans/s1.nii.gz", 1), tmp_path, spec, cache, 32) is None
+
+
+def test_restore_mask_takes_the_first_largest_class():
+    """The label is the argmax over classes, ties to the lower class (background before any bleed)."""
+    spec = PrepSpec(windows=("brain",), size=8, max_filter=1)
+    p = np.zeros((6, 1, 8, 8), np.float32)
+    p[0] = 0.5
+    p[3, 0, 0:2, :] = 0.5                         # a tie with background: background
+    p[3, 0, 2:4, :] = 0.6                         # intraventricular wins
+    p[2, 0, 4:6, :], p[5, 0, 4:6, :] = 0.7, 0.7   # a tie between two subtypes: the first, 2
+    got = restore_mask(p, (1, 8, 8), spec)
+    assert got.dtype == np.uint8
+    assert got[0, :, 0].tolist() == [0, 0, 3, 3, 2, 2, 0, 0] and (got[0] == got[0, :, :1]).all()
+    q = np.random.default_rng(1).random((6, 2, 16, 16), dtype=np.float32)
+    spec16 = PrepSpec(windows=("brain",), size=16, max_filter=1)
+    assert np.array_equal(restore_mask(q, (2, 16, 16), spec16), q.argmax(0).astype(np.uint8))

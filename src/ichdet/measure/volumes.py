@@ -124,9 +124,18 @@ def diameters_mm(region: np.ndarray, dy: float, dx: float) -> tuple[float, float
     Measured on the outline through the midpoints of the pixels' edges (where marching squares draws the
     half-level contour, as skimage's `feret_diameter_max` measures): edge to edge along the image axes,
     without the pixel corners' overshoot on a diagonal."""
-    r, c = np.nonzero(region)
-    offsets = ((0.0, 0.5), (1.0, 0.5), (0.5, 0.0), (0.5, 1.0))  # edge midpoints of the pixel [r, r+1] x [c, c+1]
-    points = np.unique(np.concatenate([np.stack([(r + i) * dy, (c + j) * dx], axis=1) for i, j in offsets]), axis=0)
+    # Edge midpoints of the pixel [r, r+1] x [c, c+1]: (r, c+.5), (r+1, c+.5), (r+.5, c), (r+.5, c+1). Of the
+    # points on one horizontal line only the two outermost can be hull vertices, so each row contributes
+    # those of its first and last pixel (a row's pixels need not be contiguous: the rest lie between).
+    region = np.asarray(region, bool)
+    rows = np.flatnonzero(region.any(axis=1)).astype(np.float64)
+    inside = region[rows.astype(np.intp)]
+    first = inside.argmax(axis=1).astype(np.float64)
+    last = (inside.shape[1] - 1 - inside[:, ::-1].argmax(axis=1)).astype(np.float64)
+    points = np.concatenate([np.stack([rows + i, col + j], axis=1)
+                             for i in (0.0, 1.0) for col, j in ((first, 0.5), (last, 0.5))]
+                            + [np.stack([rows + 0.5, first], axis=1), np.stack([rows + 0.5, last + 1.0], axis=1)])
+    points = np.unique(points * np.array([dy, dx]), axis=0)
     hull = points[ConvexHull(points).vertices]  # (h, 2) mm
     d = np.linalg.norm(hull[:, None, :] - hull[None, :, :], axis=-1)
     i, j = np.unravel_index(int(np.argmax(d)), d.shape)

@@ -9,7 +9,7 @@ filter is never applied to labels: it would grow every bleed by up to a block.
 
 `restore_mask` is the inverse for a network's output: per-class probabilities (K, Z, size, size)
 are resampled bilinearly at the centre of every original pixel inside the crop box (one affine
-map per axis, the exact inverse of the steps above), then the argmax is taken, so volumes are
+map per axis, the exact inverse of the steps above, applied as two matrix products), then the argmax is taken, so volumes are
 measured on the original voxels. Pixels outside the box are background.
 
 Segmentation keeps slices as they are: specs with `z_max_filter` or `slab_mm` are refused
@@ -22,7 +22,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ichdet.errors import InputError
 from ichdet.preprocess.anatomy import HEAD_THRESHOLD_HU, head_box, head_mask
@@ -85,19 +84,29 @@ def prepare_mask(mask: np.ndarray, spec: PrepSpec, box: Box | None = None) -> np
     return np.asarray([0, *labels], dtype=np.uint8)[win]
 
 
-def _axis_grid(n: int, k: int, square: int, offset: int) -> torch.Tensor:
-    """grid_sample coordinates (align_corners=False) of the n original pixels of one axis of the
-    crop box on the prepared grid: pixel y sits at (y + 0.5) / k + offset on the padded square of side
-    `square`, whatever the final size."""
+def _axis_weights(n: int, k: int, square: int, offset: int, size: int) -> torch.Tensor:
+    """float32 (n, size): the bilinear weights that sample one axis of the prepared grid (side `size`)
+    at the n original pixels of that axis of the crop box. Pixel y sits at (y + 0.5) / k + offset on
+    the padded square of side `square`, i.e. at ((y + 0.5) / k + offset) * size / square - 0.5 in
+    prepared pixels (grid_sample's align_corners=False convention), clamped to the grid's border."""
     y = torch.arange(n, dtype=torch.float64)
-    return (((y + 0.5) / k + offset) * 2.0 / square - 1.0).float()
+    x = (((y + 0.5) / k + offset) * size / square - 0.5).clamp(0, size - 1)
+    i0 = x.floor().long()
+    frac = (x - i0).float()
+    i1 = (i0 + 1).clamp(max=size - 1)
+    w = torch.zeros(n, size, dtype=torch.float32)
+    rows = torch.arange(n)
+    w.index_put_((rows, i0), 1.0 - frac, accumulate=True)
+    w.index_put_((rows, i1), frac, accumulate=True)
+    return w
 
 
 def restore_probabilities(probabilities: np.ndarray | torch.Tensor, shape: Sequence[int], spec: PrepSpec,
                           box: Box | None = None, z: slice = slice(None)) -> torch.Tensor:
     """Per-class probabilities (K, Z, size, size) -> float32 (K, Z_z, h, w) at the original pixels
     of the crop box (h = row1 - row0, w = col1 - col0) of a volume of `shape` (Z, H, W), for the
-    slices `z` (all by default)."""
+    slices `z` (all by default). Bilinear and separable: rows (h, size) @ slice @ columns (size, w)
+    (two matrix products instead of grid_sample's per-pixel gather: about 20x faster on a CPU)."""
     p = torch.as_tensor(probabilities, dtype=torch.float32)
     if p.ndim != 4 or p.shape[-2:] != (spec.size, spec.size) or p.shape[1] != shape[0]:
         raise InputError(f"restore_probabilities expects (K, {shape[0]}, {spec.size}, {spec.size}) probabilities "
@@ -107,13 +116,21 @@ def restore_probabilities(probabilities: np.ndarray | torch.Tensor, shape: Seque
     k = _block_factor(h, w, spec)
     hk, wk = math.ceil(h / k), math.ceil(w / k)
     side = max(hk, wk)
-    gy = _axis_grid(h, k, side, (side - hk) // 2)
-    gx = _axis_grid(w, k, side, (side - wk) // 2)
-    part = p[:, z].permute(1, 0, 2, 3)  # (Zc, K, s, s)
-    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)  # (h, w, 2): (x, y)
-    grid = grid.unsqueeze(0).expand(part.shape[0], h, w, 2)
-    out = F.grid_sample(part, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.permute(1, 0, 2, 3)
+    rows = _axis_weights(h, k, side, (side - hk) // 2, spec.size)  # (h, s)
+    cols = _axis_weights(w, k, side, (side - wk) // 2, spec.size)  # (w, s)
+    return torch.matmul(torch.matmul(rows, p[:, z]), cols.T)  # (K, Zc, h, w)
+
+
+def _first_argmax(p: torch.Tensor) -> torch.Tensor:
+    """uint8 (...): index of the largest of p (K, ...) along its first axis, the first on ties (as
+    `argmax`), by K - 1 elementwise passes: torch's argmax over a leading axis strides across memory
+    and took 0.55 s per 8 slices of 6 x 512 x 512."""
+    best, idx = p[0].clone(), torch.zeros(p.shape[1:], dtype=torch.uint8)
+    for k in range(1, p.shape[0]):
+        more = p[k] > best
+        best = torch.where(more, p[k], best)
+        idx.masked_fill_(more, k)
+    return idx
 
 
 def restore_mask(probabilities: np.ndarray | torch.Tensor, shape: Sequence[int], spec: PrepSpec,
@@ -127,7 +144,7 @@ def restore_mask(probabilities: np.ndarray | torch.Tensor, shape: Sequence[int],
     out = np.zeros(shape, dtype=np.uint8)
     for start in range(0, shape[0], chunk):
         z = slice(start, min(start + chunk, shape[0]))
-        out[z, r0:r1, c0:c1] = restore_probabilities(probabilities, shape, spec, box, z).argmax(0).numpy()
+        out[z, r0:r1, c0:c1] = _first_argmax(restore_probabilities(probabilities, shape, spec, box, z)).numpy()
     return out
 
 
