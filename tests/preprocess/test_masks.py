@@ -213,3 +213,31 @@ def test_restore_mask_takes_the_first_largest_class():
     q = np.random.default_rng(1).random((6, 2, 16, 16), dtype=np.float32)
     spec16 = PrepSpec(windows=("brain",), size=16, max_filter=1)
     assert np.array_equal(restore_mask(q, (2, 16, 16), spec16), q.argmax(0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("spec,shape,box,smooth", [
+    (PrepSpec(windows=("brain",), size=32, max_filter=2), (3, 100, 120), None, True),   # k 2, pad rows
+    (PrepSpec(windows=("brain",), size=48, max_filter=1), (2, 90, 70), (5, 85, 3, 66), True),  # crop box
+    (PrepSpec(windows=("brain",), size=16, max_filter=2), (2, 40, 40), None, False),  # noise: mostly mixed
+])
+def test_restore_mask_is_the_argmax_of_the_interpolated_probabilities(spec, shape, box, smooth):
+    """Interpolating only where the four prepared neighbours disagree gives the labels of the dense
+    interpolation: exactly, up to float rounding where its two best classes are within 1e-5."""
+    import torch
+
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(6, shape[0], spec.size, spec.size)).astype(np.float32) * 3
+    if smooth:  # blobs: large uniform regions with boundaries between them
+        logits = np.repeat(np.repeat(logits[:, :, ::8, ::8], 8, axis=2), 8, axis=3)
+    p = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
+    got = restore_mask(p, shape, spec, box)
+    dense = restore_probabilities(p, shape, spec, box).numpy()
+    r0, r1, c0, c1 = box or (0, shape[1], 0, shape[2])
+    want = dense.argmax(0).astype(np.uint8)
+    top2 = np.sort(dense, axis=0)[-2:]
+    differ = got[:, r0:r1, c0:c1] != want
+    assert not (differ & (top2[1] - top2[0] > 1e-5)).any()
+    assert differ.mean() < 1e-3
+    outside = np.ones(shape, bool)
+    outside[:, r0:r1, c0:c1] = False
+    assert not got[outside].any()
