@@ -47,3 +47,40 @@ def test_bad_input():
         segment_volume(torch.nn.Linear(2, 2), _volume(), spec=SPEC)
     with pytest.raises(InputError, match="segmentation keeps every slice"):
         segment_volume(model, _volume(), spec=PrepSpec(windows=("brain", "subdural", "bone"), z_max_filter=True))
+
+
+def _head_with_neck() -> Volume:
+    """8 slices of 96 x 96 at 0.9 mm: a skull ring around brain on slices 3-7; slices 0-2 soft tissue
+    without a ring (the neck), where an intracranial bleed cannot be."""
+    yy, xx = np.mgrid[:96, :96]
+    r = np.hypot(yy - 48, xx - 48)
+    hu = np.full((8, 96, 96), -1000.0, np.float32)
+    hu[:, r < 40] = 40.0
+    for k in range(3, 8):
+        hu[k, (r >= 34) & (r < 40)] = 1200.0
+    return Volume(hu=hu, spacing=(5.0, 0.9, 0.9), affine=np.diag([0.9, 0.9, 5.0, 1.0]))
+
+
+def test_slices_without_a_cranial_cavity_are_background():
+    """A network that calls every pixel intraparenchymal: its mask covers the cranial slices and none
+    of the neck's, and the scan's slice scores there are 0."""
+    from ichdet.engine.segment import intracranial_only
+    from ichdet.preprocess import cranial_slices
+
+    torch.manual_seed(0)
+    model = SegUNet(decoder_channels=[16, 16, 8, 8, 8])
+    conv = [m for m in model.segmentation_head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.copy_(torch.tensor([0.0, 0.0, 10.0, 0.0, 0.0, 0.0]))
+    vol = _head_with_neck()
+    assert cranial_slices(vol.hu, vol.spacing).tolist() == [False] * 3 + [True] * 5
+    spec = PrepSpec(windows=("brain", "subdural", "bone"), size=64, max_filter=1)
+    res = segment_volume(model, vol, spec=spec)
+    assert not res.mask[:3].any() and (res.mask[3:] == 2).all()
+    assert res.slice_probabilities[:3].tolist() == [0.0] * 3 and (res.slice_probabilities[3:] > 0.99).all()
+    assert (res.probabilities[0, :3] == 1).all() and (res.probabilities[1:, :3] == 0).all()
+    p = torch.rand(6, 4, 8, 8)
+    assert intracranial_only(p, np.zeros(4, bool)) is p and intracranial_only(p, np.ones(4, bool)) is p
+    with pytest.raises(InputError, match=r"^cranial flags must be one per slice \(4\), got shape \(3,\)$"):
+        intracranial_only(p, np.ones(3, bool))
