@@ -1,7 +1,7 @@
 """Saved SVM heads stay loadable: svm.joblib files as bundles hold them (`SVMHead` for kind
 "alexnet_svm", `FeatureSVM` for "feature_svm"), written by ichdet before FeatureSVM reused
 SVMHead's save/load, load with `load_bundle`'s classes and predict as a fresh fit does. With C
-fixed (no timed inner CV) the files are deterministic, so the same fit writes the same bytes.
+fixed (no timed inner CV) fits are deterministic, so the same fit writes the same bytes on one machine.
 
 Regenerate the files (only on purpose: they stand for bundles users already have):
 `python tests/models/test_saved_svm.py`.
@@ -54,12 +54,12 @@ def test_saved_file_loads_and_predicts_the_same(name):
 
 @pytest.mark.parametrize("name", sorted(FILES))
 def test_same_fit_writes_the_same_bytes(name, tmp_path):
-    written = json.loads((DATA / "versions.json").read_text(encoding="utf-8"))
-    if written != versions():
-        pytest.skip(f"files written with {written}, running {versions()}")
-    est, _ = fitted()[name]
-    path = est.save(tmp_path / "svm.joblib")
-    assert path.read_bytes() == (DATA / f"{name}.joblib").read_bytes()
+    """Two fits on one machine write identical files. Not compared with the saved file's bytes: the
+    last bits of a fit's floats depend on the CPU's kernels (they differed between an AMD EPYC and an
+    Intel Xeon with the same numpy and scikit-learn), which the test above allows for."""
+    first = fitted()[name][0].save(tmp_path / "a.joblib")
+    second = fitted()[name][0].save(tmp_path / "b.joblib")
+    assert first.read_bytes() == second.read_bytes()
 
 
 def test_each_class_refuses_the_others_file():
