@@ -392,6 +392,20 @@ def test_viewer_in_browser(browser, server, browser_data):
     assert len(expected) <= 2 and [e for e in errors if e not in expected] == [], errors
 
 
+@contextlib.contextmanager
+def _viewer_page(browser):
+    """A fresh 1280 x 800 page; on leaving, its context closes and no page error may have occurred."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    try:
+        yield page
+    finally:
+        context.close()
+    assert errors == []
+
+
 def test_viewer_shows_subtypes(browser, subtype_server, browser_data):
     """A subtype bundle: the side panel's subtype table has one row per label of the Study JSON
     (five subtypes then "any"), in order, with the API's probabilities and bars."""
@@ -400,11 +414,7 @@ def test_viewer_shows_subtypes(browser, subtype_server, browser_data):
     from ichdet.metrics import SUBTYPE_LABELS
 
     expect.set_options(timeout=WAIT_MS)
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    try:
+    with _viewer_page(browser) as page:
         page.goto(subtype_server + "/")
         expect(page.locator("#subtypes-card")).to_be_hidden()
         page.set_input_files("#file-input", str(browser_data["upload"]))
@@ -424,9 +434,6 @@ def test_viewer_shows_subtypes(browser, subtype_server, browser_data):
         assert len(set(subtypes.values())) == 6  # six distinct values, so the rows cannot be mixed up
         page.locator("#close-study").click()
         expect(page.locator("#viewer")).to_be_hidden()
-    finally:
-        context.close()
-    assert errors == []
 
 
 def test_viewer_shows_the_mask_and_volumes(browser, seg_server, browser_data):
@@ -438,11 +445,7 @@ def test_viewer_shows_the_mask_and_volumes(browser, seg_server, browser_data):
     from ichdet.server.overlays import SUBTYPE_COLOURS
 
     expect.set_options(timeout=WAIT_MS)
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    try:
+    with _viewer_page(browser) as page:
         page.goto(seg_server + "/")
         expect(page.locator("#mask-card")).to_be_hidden()
         page.set_input_files("#file-input", str(browser_data["upload"]))
@@ -484,6 +487,3 @@ def test_viewer_shows_the_mask_and_volumes(browser, seg_server, browser_data):
         assert "mask=" not in img.get_attribute("src") and _pixels(page) == plain
         page.locator("#close-study").click()
         expect(page.locator("#viewer")).to_be_hidden()
-    finally:
-        context.close()
-    assert errors == []
