@@ -9,7 +9,7 @@ filter is never applied to labels: it would grow every bleed by up to a block.
 
 `restore_mask` is the inverse for a network's output: per-class probabilities (K, Z, size, size)
 are resampled bilinearly at the centre of every original pixel inside the crop box (one affine
-map per axis, the exact inverse of the steps above, applied as two matrix products), then the argmax is taken, so volumes are
+map per axis, the exact inverse of the steps above), then the argmax is taken, so volumes are
 measured on the original voxels. Pixels outside the box are background.
 
 Segmentation keeps slices as they are: specs with `z_max_filter` or `slab_mm` are refused
@@ -84,7 +84,8 @@ def prepare_mask(mask: np.ndarray, spec: PrepSpec, box: Box | None = None) -> np
     return np.asarray([0, *labels], dtype=np.uint8)[win]
 
 
-def _axis_sampling(n: int, k: int, square: int, offset: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _axis_sampling(n: int, k: int, square: int, offset: int,
+                   size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where the n original pixels of one axis of the crop box sample that axis of the prepared grid
     (side `size`): (i0, i1) long (n,) the two neighbouring prepared pixels and frac float32 (n,) the
     weight of i1. Pixel y sits at (y + 0.5) / k + offset on the padded square of side `square`, i.e. at
@@ -132,7 +133,7 @@ def restore_probabilities(probabilities: np.ndarray | torch.Tensor, shape: Seque
     of the crop box (h = row1 - row0, w = col1 - col0) of a volume of `shape` (Z, H, W), for the
     slices `z` (all by default). Bilinear and separable: rows (h, size) @ slice @ columns (size, w)."""
     p = _check_probabilities(probabilities, shape, spec, "restore_probabilities")
-    (r0, r1, c0, c1), ys, xs = _sampling(shape, spec, box)
+    _, ys, xs = _sampling(shape, spec, box)
     return torch.matmul(torch.matmul(_weights(ys, spec.size), p[:, z]), _weights(xs, spec.size).T)  # (K, Zc, h, w)
 
 
