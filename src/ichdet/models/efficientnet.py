@@ -126,6 +126,18 @@ class MBConv(nn.Module):
         return x + y
 
 
+def mbconv_blocks(drop_connect: float) -> nn.ModuleList:
+    """The 16 MBConv blocks of EfficientNet-Lite0 (`STAGES`), drop-connect rising linearly to
+    `drop_connect` over them: the body the classifier and the U-Net encoder share."""
+    n_blocks = sum(s[0] for s in STAGES)
+    blocks: list[nn.Module] = []
+    for repeats, kernel, stride, expand, c_in, c_out in STAGES:
+        for r in range(repeats):
+            rate = drop_connect * len(blocks) / n_blocks
+            blocks.append(MBConv(c_in if r == 0 else c_out, c_out, kernel, stride if r == 0 else 1, expand, rate))
+    return nn.ModuleList(blocks)
+
+
 @register_model("efficientnet_lite0")
 class EfficientNetLite0(nn.Module):
     """x (B, 3, H>=32, W>=32) in [0, 1] -> features (B, 1280) -> logits (B, num_classes).
@@ -156,13 +168,7 @@ class EfficientNetLite0(nn.Module):
         self.feature_dim = 1280
         self._conv_stem = SameConv2d(in_channels, 32, 3, stride=2)
         self._bn0 = nn.BatchNorm2d(32, **BN)
-        n_blocks = sum(s[0] for s in STAGES)
-        blocks = []
-        for repeats, kernel, stride, expand, c_in, c_out in STAGES:
-            for r in range(repeats):
-                rate = drop_connect * len(blocks) / n_blocks
-                blocks.append(MBConv(c_in if r == 0 else c_out, c_out, kernel, stride if r == 0 else 1, expand, rate))
-        self._blocks = nn.ModuleList(blocks)
+        self._blocks = mbconv_blocks(drop_connect)
         self._conv_head = SameConv2d(320, 1280, 1)
         self._bn1 = nn.BatchNorm2d(1280, **BN)
         self.act_stem, self.act_head = nn.ReLU6(), nn.ReLU6()

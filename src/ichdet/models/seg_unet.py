@@ -29,7 +29,7 @@ from torch import nn
 from ichdet.datasets.manifest import SUBTYPES
 from ichdet.errors import InputError
 from ichdet.models.checks import check_image_batch
-from ichdet.models.efficientnet import BN, IMAGENET_LITE0, STAGES, WEIGHTS, MBConv, SameConv2d, imagenet_weights_path
+from ichdet.models.efficientnet import BN, IMAGENET_LITE0, WEIGHTS, SameConv2d, imagenet_weights_path, mbconv_blocks
 from ichdet.models.registry import register_model
 from ichdet.models.weights import read_state_dict
 
@@ -57,13 +57,7 @@ class LiteEncoder(nn.Module, BaseEncoder):
         self._conv_stem = SameConv2d(in_channels, 32, 3, stride=2)
         self._bn0 = nn.BatchNorm2d(32, **BN)
         self.act_stem = nn.ReLU6()
-        n_blocks = sum(s[0] for s in STAGES)
-        blocks = []
-        for repeats, kernel, stride, expand, c_in, c_out in STAGES:
-            for r in range(repeats):
-                rate = drop_connect * len(blocks) / n_blocks
-                blocks.append(MBConv(c_in if r == 0 else c_out, c_out, kernel, stride if r == 0 else 1, expand, rate))
-        self._blocks = nn.ModuleList(blocks)
+        self._blocks = mbconv_blocks(drop_connect)
         self.register_buffer("mean", torch.tensor(IMAGENET_LITE0.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_LITE0.std).view(1, 3, 1, 1), persistent=False)
         for m in self.modules():
