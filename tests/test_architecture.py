@@ -12,7 +12,7 @@ SRC = Path(ichdet.__file__).resolve().parent
 # lowest first; a package may import from its own and from lower ranks only
 LAYERS = {
     "__init__": 0, "errors": 0,  # `ichdet` itself: __version__, and the public API resolved lazily by name
-    "fileio": 1, "metrics": 1,
+    "fileio": 1, "metrics": 1, "workers": 1,
     "io": 2, "preprocess": 3, "datasets": 4, "synth": 5, "models": 5, "measure": 5, "engine": 6, "report": 7, "evaluation": 8,
     "inference": 9, "server": 10, "demo": 11, "cli": 12,
 }
@@ -96,4 +96,4 @@ def test_import_ichdet_imports_nothing_else():
 
 def test_the_top_level_holds_only_the_cli_the_demo_and_the_public_api():
     assert sorted(p.name for p in SRC.glob("*.py")) == ["__init__.py", "cli.py", "demo.py", "errors.py", "fileio.py",
-                                                        "metrics.py"]
+                                                        "metrics.py", "workers.py"]

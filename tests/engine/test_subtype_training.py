@@ -235,3 +235,23 @@ def test_the_pretrained_encoder_chain_trains_subtype_heads(tiny, tmp_path):
     s, lab = score_scans("scan", scan.model, cohort, ids)
     assert lab.shape == (3, 6) and ((lab > 0) & (lab < 1)).all()
     np.testing.assert_allclose(lab[:, -1], s, atol=1e-12)
+
+
+def test_a_binary_slice_model_starts_a_subtype_one_with_a_new_head():
+    """The demo's subtype slice CNN starts from its binary one: every weight but the last layer."""
+    from ichdet.engine.stages import load_encoder
+
+    torch.manual_seed(0)
+    binary = create_model("slice_cnn", base_width=2, feature_dim=16)
+    sub = create_model("slice_cnn", base_width=2, feature_dim=16, num_classes=6, multilabel=True)
+    head_before = {k: v.clone() for k, v in sub.state_dict().items() if k.startswith("head.linear.")}
+    load_encoder(sub, binary)
+    for k, v in sub.state_dict().items():
+        if k.startswith("head.linear."):
+            assert torch.equal(v, head_before[k]) and v.shape[0] == 6
+        else:
+            assert torch.equal(v, binary.state_dict()[k]), k
+    with pytest.raises(InputError, match=r"^model.init_from's network does not match this one outside its last "
+                                         r"layer: fc.fc1.weight, features.unit1.conv1.bias, features.unit1.conv1.weight, "
+                                         r"features.unit1.conv2.bias$"):
+        load_encoder(sub, create_model("slice_cnn", base_width=4, feature_dim=16))

@@ -21,7 +21,7 @@ from ichdet.cli import CV_ARCHS, build_parser
 from ichdet.cli import run as cli
 from ichdet.evaluation.cv import MODELS as MODELS_ALL
 from ichdet.evaluation.cv import (
-    CVOptions, _order, assign_folds, cross_validate, fold_jobs, fold_manifest, model_config, requested,
+    CVOptions, _order, assign_folds, cross_validate, fold_manifest, model_config, requested,
 )
 from ichdet.datasets.manifest import ManifestRow, read_manifest, write_manifest
 from ichdet.datasets.splits import read_splits
@@ -303,14 +303,6 @@ def test_evaluate_images_with_a_cv_bundle(images, cv_run, tmp_path):
     assert m["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6) == result["models"]["2d_cnn"]["auc"]
     assert m["threshold"] == pytest.approx(load_bundle(out / "bundles" / "cnn").threshold)
     assert (tmp_path / "roc.png").is_file() and (tmp_path / "confusion.png").is_file()
-
-
-def test_fold_jobs_rule():
-    assert [fold_jobs(0, 6, cores=c) for c in (1, 2, 3, 4, 8, 32)] == [1, 2, 2, 2, 4, 4]
-    assert fold_jobs(0, 1, cores=8) == 1  # never more runs at once than there are
-    assert fold_jobs(3, 6, cores=2) == 3  # an explicit --jobs is taken as given
-    with pytest.raises(InputError, match=r"^--jobs must be 0 \(auto\) or a positive number, got -1$"):
-        fold_jobs(-1, 6)
 
 
 def test_parallel_folds_give_the_sequential_results(images, tmp_path, capfd):

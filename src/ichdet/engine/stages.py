@@ -76,6 +76,20 @@ def load_pretrained(model: torch.nn.Module, weights: str) -> None:
     model.load_pretrained(weights)
 
 
+def load_encoder(model: torch.nn.Module, source: torch.nn.Module) -> None:
+    """Copy every weight of `source` but its last layer into `model` (the same network with another
+    head: binary <-> subtypes); `model`'s last layer keeps its fresh weights."""
+    head = f"{model.last_layer}."
+    mine = {k: v for k, v in model.state_dict().items() if not k.startswith(head)}
+    theirs = {k: v for k, v in source.state_dict().items() if not k.startswith(head)}
+    differ = [k for k in sorted(mine.keys() | theirs.keys()) if k not in mine or k not in theirs
+              or mine[k].shape != theirs[k].shape]
+    if differ:
+        raise InputError(f"model.init_from's network does not match this one outside its last layer: "
+                         f"{', '.join(differ[:4])}")
+    model.load_state_dict(theirs, strict=False)
+
+
 def build_model(run: Run, prevalence: np.ndarray | None = None) -> torch.nn.Module:
     """The network a slice or scan stage trains, initialised as the config says. `prevalence`
     (L,): the labels' frequency in training batches; a multi-label head that starts fresh (not
@@ -84,9 +98,11 @@ def build_model(run: Run, prevalence: np.ndarray | None = None) -> torch.nn.Modu
     name, kw = cfg.model.name, {**cfg.model.kwargs, **label_kwargs(cfg.model.labels)}
     in_ch = len(run.spec.windows) * (2 * run.context + 1)
     torch.manual_seed(cfg.seed)
+    relabel = False  # a slice model of the other label mode: its encoder starts this one, with a new head
     if src is not None and src.meta["model"]["name"] == name:
         was = label_mode(src.model)
-        if was != cfg.model.labels:
+        relabel = was != cfg.model.labels
+        if relabel and name == "scan_lstm":
             raise InputError(f"model.init_from holds a {name} with {was} labels, but this config trains "
                              f"model.labels {cfg.model.labels}", src.path)
     if name == "scan_lstm":
@@ -107,11 +123,14 @@ def build_model(run: Run, prevalence: np.ndarray | None = None) -> torch.nn.Modu
         if src is not None:
             if src.meta["model"]["name"] != name:
                 raise InputError(f"model.init_from holds a {src.meta['model']['name']} model, not {name}", src.path)
-            model.load_state_dict(src.model.state_dict())
+            if relabel:
+                load_encoder(model, src.model)
+            else:
+                model.load_state_dict(src.model.state_dict())
         if cfg.model.weights:
             load_pretrained(model, cfg.model.weights)
         set_trainable(model, cfg.model.trainable)
-    fresh_head = src is None or src.meta["model"]["name"] != name
+    fresh_head = src is None or src.meta["model"]["name"] != name or relabel
     if prevalence is not None and cfg.model.labels == "subtypes" and fresh_head:
         init_prior_bias(model, prevalence)
     want = model.in_channels

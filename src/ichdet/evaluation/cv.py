@@ -13,7 +13,7 @@ OUT/metrics.json, OUT/predictions.csv, OUT/roc.png, OUT/report.md
 Folds are stratified by label and grouped by patient (a patient's images share a fold). Every
 choice a model makes (best epoch, the SVM's C, the operating point) is made on the training
 folds only; the held-out fold is scored once. Each fold, and the final models, is one task;
-`CVOptions.jobs` tasks run at a time in spawned worker processes (`fold_jobs`), with identical
+`CVOptions.jobs` tasks run at a time in spawned worker processes (`ichdet.workers`), with identical
 results.
 
 With ``subtypes`` (``ichdet cv --subtypes``) the subtype networks (2d_cnn_subtypes,
@@ -24,7 +24,6 @@ out-of-fold predictions and per fold.
 """
 from __future__ import annotations
 
-import io
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -41,6 +40,7 @@ from ichdet.datasets.splits import split_by_patient
 from ichdet.errors import InputError
 from ichdet.evaluation.cv_results import write_cv_outputs
 from ichdet.models.efficientnet import pretrained_available
+from ichdet.workers import job_count, run_jobs
 
 # name -> its config in configs/cv/ (configs/cv/quick/ with --quick): the experiment on cv's terms
 MODELS = {"cnn": "2d_cnn", "alexnet": "2d_alexnet", "alexnet-svm": "2d_alexnet_svm",
@@ -56,7 +56,6 @@ DISPLAY_NAMES = {"cnn": "CNN from scratch", "alexnet": "AlexNet, fine-tuned", "a
                  "efficientnet-svm": "EfficientNet-Lite0-SVM (frozen ImageNet features)",
                  "cnn-subtypes": "CNN from scratch, subtype head",
                  "alexnet-subtypes": "AlexNet, fine-tuned, subtype head"}
-MAX_AUTO_JOBS = 4  # training runs at once by default (memory: about 2 GB each with AlexNet)
 
 
 @dataclass
@@ -77,7 +76,7 @@ class CVOptions:
     final: bool = True  # also train every model on all images -> OUT/bundles/NAME
     overrides: list[str] = field(default_factory=list)
     show_progress: bool = True
-    jobs: int = 0  # training runs at once (folds and the final models in parallel processes); 0 = fold_jobs' choice
+    jobs: int = 0  # training runs at once (folds and the final models in parallel processes); 0 = ichdet.workers.job_count's choice
     label_column: str | None = None  # labels CSV columns (default: found as `ichdet prepare folder` finds them)
     id_column: str | None = None
     patient_column: str | None = None  # default: as `ichdet prepare folder` finds it (patient, patient_id, ...)
@@ -185,17 +184,6 @@ def _score_fold(bundle_path: Path, manifest: Path, cache: Path):
     return score_bundle(bundle, cohort, ids)
 
 
-def fold_jobs(jobs: int, n_tasks: int, cores: int | None = None) -> int:
-    """Training runs at once: `jobs`, or with 0 one per core up to two, then one per two cores
-    (small CNNs use many threads poorly), at most `MAX_AUTO_JOBS`; never more than `n_tasks`."""
-    cores = cores or os.cpu_count() or 1
-    if jobs < 0:
-        raise InputError(f"--jobs must be 0 (auto) or a positive number, got {jobs}")
-    if jobs == 0:
-        jobs = min(MAX_AUTO_JOBS, max(min(cores, 2), cores // 2))
-    return max(1, min(jobs, n_tasks))
-
-
 @dataclass
 class FoldTask:
     """One fold (`fold` = 0..k-1: train on the rest, score the fold) or the final models (`fold` = None:
@@ -233,43 +221,21 @@ class FoldTask:
         return out
 
 
-class _LinePrefix(io.TextIOBase):
-    """A text stream that starts every line with `prefix` (a worker's log among its peers')."""
-
-    def __init__(self, stream: Any, prefix: str):
-        self.stream, self.prefix, self.fresh = stream, prefix, True
-
-    def write(self, text: str) -> int:
-        for line in text.splitlines(keepends=True):
-            self.stream.write((self.prefix if self.fresh else "") + line)
-            self.fresh = line.endswith("\n")
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def _run_task(task: FoldTask) -> dict[str, Any]:
-    """A worker process's task; its log lines read "[fold F] ..." or "[final] ..."."""
-    stream = sys.stderr.stream if isinstance(sys.stderr, _LinePrefix) else sys.stderr  # a worker runs several tasks
-    sys.stderr = _LinePrefix(stream, "[final] " if task.fold is None else f"[fold {task.fold + 1}] ")
+def _run_fold(task: FoldTask) -> dict[str, Any]:
     return task.run()
 
 
 def _run_tasks(tasks: list[FoldTask], jobs: int) -> list[dict[str, Any]]:
     """Each task's result, in task order; with `jobs` > 1 that many worker processes (spawned,
-    quiet, cores / jobs torch threads each) take the tasks in turn."""
-    if jobs == 1:
-        return [t.run() for t in tasks]
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
-
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    for t in tasks:
-        t.opts = replace(t.opts, show_progress=False, jobs=jobs, overrides=[f"threads={threads}", *t.opts.overrides])
-    _log(f"{len(tasks)} training runs, {jobs} at a time with {threads} thread(s) each")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_run_task, tasks))
+    quiet, cores / jobs torch threads each: `ichdet.workers`) take the tasks in turn."""
+    if jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        for t in tasks:
+            t.opts = replace(t.opts, show_progress=False, jobs=jobs, overrides=[f"threads={threads}", *t.opts.overrides])
+        _log(f"{len(tasks)} training runs, {jobs} at a time with {threads} thread(s) each")
+    named = {("final" if t.fold is None else f"fold {t.fold + 1}"): t for t in tasks}
+    done = run_jobs(_run_fold, named, jobs)
+    return [done[name] for name in named]
 
 
 def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts: CVOptions = CVOptions()) -> dict[str, Any]:
@@ -292,7 +258,7 @@ def cross_validate(images: str | Path, labels: str | Path, out: str | Path, opts
     tasks = [FoldTask(f, models, rows, manifest.parent, fold_of, opts, cache, out) for f in range(opts.folds)]
     if opts.final:
         tasks.append(FoldTask(None, models, rows, manifest.parent, fold_of, opts, cache, out))
-    done = _run_tasks(tasks, fold_jobs(opts.jobs, len(tasks)))
+    done = _run_tasks(tasks, job_count(opts.jobs, len(tasks)))
     oof: dict[str, dict[str, Any]] = {m: {"ids": [], "y": [], "p": [], "t": [], "fold": [], "sub": [], "ysub": []}
                                       for m in models}
     for part in done[:opts.folds]:  # folds in order, whatever order they finished in

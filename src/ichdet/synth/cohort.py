@@ -138,22 +138,28 @@ def _write_scan(out: Path, paths: dict[str, Path], sid: str, params: dict[str, A
     return record
 
 
+def _write_job(args: tuple) -> dict[str, Any]:
+    return _write_scan(*args)
+
+
 def make_cohort(out_dir: str | Path, n_scans: int, seed: int = 0, positive_fraction: float = 0.5,
                 fmt: str = "dicom", slice_thickness: float = 5.0, difficulty: float = 0.5, size: int = 512,
                 n_slices: int | None = None, patients: int | None = None,
-                progress: Progress | None = None) -> Path:
+                progress: Progress | None = None, workers: int = 1) -> Path:
     """Generate (or resume) `n_scans` synthetic head CTs under `out_dir`; returns the manifest path.
 
     `fmt` "dicom", "nifti" or "both" (then `path` is the DICOM folder and `nifti_path` the NIfTI).
     `patients` None: ~30% of consecutive scan pairs are one patient; an int: scan i belongs to
     patient ``i % patients``. Scans of one patient share their head anatomy. `progress(done, total)`
-    is called after each scan.
+    is called after each scan. `workers` > 1 writes that many scans at once (spawned processes,
+    `ichdet.workers`); every scan is the same whatever the number.
     """
+    from ichdet.workers import run_jobs
+
     _validate(n_scans, seed, positive_fraction, fmt, slice_thickness, difficulty, size, n_slices, patients)
     out = Path(out_dir)
     nz = default_n_slices(float(slice_thickness)) if n_slices is None else int(n_slices)
-    rows: list[ManifestRow] = []
-    slices: list[SliceLabel] = []
+    scans, records, todo = [], {}, {}
     for i in range(int(n_scans)):
         sid = scan_id_for(int(seed), i)
         patient_id, anatomy_seed = patient_for(int(seed), i, patients)
@@ -162,7 +168,23 @@ def make_cohort(out_dir: str | Path, n_scans: int, seed: int = 0, positive_fract
                   "positive": is_positive(int(seed), i, float(positive_fraction)), "fmt": fmt,
                   "patient_id": patient_id}
         paths = _paths(out, sid, fmt)
-        rec = _load_complete(paths, params) or _write_scan(out, paths, sid, params, patient_id, anatomy_seed)
+        scans.append((sid, patient_id, paths))
+        records[sid] = _load_complete(paths, params)
+        if records[sid] is None:
+            todo[sid] = (out, paths, sid, params, patient_id, anatomy_seed)
+
+    def done(sid: str, record: dict[str, Any]) -> None:
+        records[sid] = record
+        if progress is not None:
+            progress(sum(r is not None for r in records.values()), int(n_scans))
+
+    if progress is not None and len(todo) < n_scans:
+        progress(int(n_scans) - len(todo), int(n_scans))
+    run_jobs(_write_job, todo, workers=min(workers, len(todo)), threads=1, finished=done)
+    rows: list[ManifestRow] = []
+    slices: list[SliceLabel] = []
+    for sid, patient_id, paths in scans:
+        rec = records[sid]
         rel = {k: p.relative_to(out).as_posix() for k, p in paths.items()}
         extra = {"n_slices": str(rec["n_slices"]), "difficulty": f"{float(difficulty):g}", "mask_path": rel["mask"],
                  "series_uid": rec["series_uid"]}
@@ -172,8 +194,6 @@ def make_cohort(out_dir: str | Path, n_scans: int, seed: int = 0, positive_fract
                                 subtypes={s: int(rec["subtypes"][s]) for s in SUBTYPES}, extra=extra))
         for k, flags in enumerate(rec["slice_labels"]):
             slices.append(SliceLabel(sid, k, int(any(flags)), {s: int(f) for s, f in zip(SUBTYPES, flags)}))
-        if progress is not None:
-            progress(i + 1, int(n_scans))
     write_slice_labels(out / "slice_labels.csv", slices)
     manifest = write_manifest(out / "manifest.csv", rows)
     write_text_atomic(out / "cohort.json", json.dumps({
