@@ -54,7 +54,7 @@ def test_every_profile_names_a_config_for_every_model():
     for profile in (QUICK, FULL):
         for name in TRAIN_ORDER + SUBTYPE_ORDER + CV_2D + (SEGMENTATION,):
             assert load_config(f"{profile.configs}/{name}", ["data.manifest=m.csv"]).experiment == name
-    assert (load_config("demo/quick/3d_lstm2_e2e").optim.epochs, load_config("demo/3d_lstm2_e2e").optim.epochs) == (3, 16)
+    assert (load_config("demo/quick/3d_lstm2_e2e").optim.epochs, load_config("demo/3d_lstm2_e2e").optim.epochs) == (2, 16)
     assert (load_config("demo/quick/2d_cnn").optim.epochs, load_config("demo/2d_cnn").optim.epochs) == (20, 40)
 
 
