@@ -36,11 +36,12 @@ TINY = {  # experiment name prefix -> what shrinks it, over its configs/demo/qui
 def tiny(tmp_path_factory) -> Profile:
     """A tiny profile whose configs (a folder of NAME.yaml) shrink the quick demo's."""
     folder = tmp_path_factory.mktemp("tiny_configs")
-    for name in TRAIN_ORDER + SUBTYPE_ORDER + CV_2D + (SEGMENTATION,):
+    for name in TRAIN_ORDER + SUBTYPE_ORDER + CV_2D + (SEGMENTATION,) + tuple(c for _, c in QUICK.starts):
         shrink = next(v for prefix, v in TINY.items() if name.startswith(prefix))
         base = EXPERIMENTS / "demo" / "quick" / f"{name}.yaml"
         (folder / f"{name}.yaml").write_text(yaml.safe_dump({"base": str(base), **shrink}))
-    return Profile(scans=30, size=64, slices=8, difficulty=0.2, configs=str(folder), cv_folds=2, cv_images=16)
+    return Profile(scans=30, size=64, slices=8, difficulty=0.2, configs=str(folder), cv_folds=2, cv_images=16,
+                   starts=QUICK.starts)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,9 @@ def test_every_profile_names_a_config_for_every_model():
     for profile in (QUICK, FULL):
         for name in TRAIN_ORDER + SUBTYPE_ORDER + CV_2D + (SEGMENTATION,):
             assert load_config(f"{profile.configs}/{name}", ["data.manifest=m.csv"]).experiment == name
+    for name, config in QUICK.starts:  # the quick binary slice CNN starts from the subtype one
+        cfg = load_config(f"demo/quick/{config}", ["data.manifest=m.csv"])
+        assert (cfg.experiment, cfg.model.init_from) == (name, "3d_slice_cnn_subtypes")
     assert (load_config("demo/quick/3d_lstm2_e2e").optim.epochs, load_config("demo/3d_lstm2_e2e").optim.epochs) == (2, 16)
     assert (load_config("demo/quick/2d_cnn").optim.epochs, load_config("demo/2d_cnn").optim.epochs) == (20, 40)
 
@@ -212,3 +216,24 @@ def test_segmentation_is_scored_on_the_same_test_scans(demo):
     md = (out / "report" / "report.md").read_text()
     assert "## Segmentation: Dice and bleed volume" in md and "bland_altman.png" in md
     assert (out / "report" / "bland_altman.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_binary_slice_cnn_starts_from_the_subtype_one_only_with_subtype_labels(demo, tiny, tmp_path):
+    from ichdet.datasets.manifest import read_manifest, write_manifest
+    from dataclasses import replace as dc_replace
+
+    out, first = demo
+    assert first["starts"] == {"3d_slice_cnn": "3d_slice_cnn_from_subtypes"}
+    saved = yaml.safe_load((out / "runs" / "3d_slice_cnn" / "config.yaml").read_text())
+    assert saved["model"]["init_from"] == "3d_slice_cnn_subtypes"
+    assert "`3d_slice_cnn` was trained by the config `3d_slice_cnn_from_subtypes`" in (out / "report" / "report.md").read_text()
+    # without subtype labels (and masks) the binary chain trains from scratch and nothing waits for a subtype run
+    cohort = out / "cohort"
+    rows = [dc_replace(r, subtypes={}, extra={k: v for k, v in r.extra.items() if k != "mask_path"})
+            for r in read_manifest(cohort / "manifest.csv")]
+    binary = write_manifest(cohort / "manifest_binary.csv", rows)
+    plain = run_demo(tmp_path / "plain", seed=3, show_progress=False, profile=tiny, data=binary)
+    assert plain["starts"] == {} and plain["subtypes"] is None and plain["segmentation"] is None
+    saved = yaml.safe_load((tmp_path / "plain" / "runs" / "3d_slice_cnn" / "config.yaml").read_text())
+    assert saved["model"]["init_from"] == ""
+    assert set(plain["models"]) == set(first["models"])

