@@ -13,7 +13,8 @@ OUT/runs/seg_unet/   the haemorrhage segmentation (when the manifest has masks: 
 OUT/bundles/NAME/    every trained model, ready for `ichdet predict` / `serve` / `evaluate`
 OUT/report/          index.html, report.md, metrics.json, ROC figures
 ```
-Every step resumes: run the same command again after an interruption.
+Every step resumes: run the same command again after an interruption. On a CPU the runs go two at a
+time to worker processes (`--jobs`; `ichdet.workers`), each once the run it starts from is finished.
 """
 from __future__ import annotations
 
@@ -289,9 +290,9 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, seed: int = 0, d
 
     out = Path(out)
     profile = profile or (QUICK if quick else FULL)
-    workers = job_count(jobs, len(TRAIN_ORDER))
     overrides = list(overrides)
     device = default_device()  # as training picks it
+    workers = job_count(jobs, len(TRAIN_ORDER)) if device.type == "cpu" or jobs else 1  # one GPU: one run at a time
     precision = resolve_precision(load_config(None, overrides).precision, device, warn=False)
     machine = {"cpu": cpu_features().describe(), "device": device.type, "precision": precision.dtype}
     _log(f"{machine['cpu']}; training in {precision.dtype} on {device.type}")
