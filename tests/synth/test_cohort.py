@@ -62,6 +62,19 @@ def test_scan_does_not_depend_on_cohort_size(cohort, tmp_path):
         assert np.array_equal(_mask(tmp_path / "masks" / f"{sid}.nii.gz"), _mask(cohort.parent / "masks" / f"{sid}.nii.gz"))
 
 
+def test_scans_written_in_parallel_are_the_same(cohort, tmp_path):
+    """`workers=2` writes the scans in two spawned processes: same manifest, labels, volumes and masks."""
+    done = []
+    manifest = make_cohort(tmp_path, 4, seed=1, fmt="nifti", difficulty=0.3, workers=2,
+                           progress=lambda d, t: done.append((d, t)), **SMALL)
+    assert manifest.read_text() == cohort.read_text()
+    assert (tmp_path / "slice_labels.csv").read_text() == (cohort.parent / "slice_labels.csv").read_text()
+    assert sorted(done) == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    for row in read_manifest(manifest):
+        assert np.array_equal(read_nifti(tmp_path / row.path).hu, read_nifti(cohort.parent / row.path).hu)
+        assert np.array_equal(_mask(tmp_path / row.extra["mask_path"]), _mask(cohort.parent / row.extra["mask_path"]))
+
+
 def test_rerun_resumes(tmp_path):
     make_cohort(tmp_path, 3, seed=2, fmt="nifti", **SMALL)
     rec = tmp_path / "records"
