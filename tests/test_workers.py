@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,40 @@ def test_a_failing_job_stops_the_run_with_its_error():
     with pytest.raises(ValueError, match="^job bad failed$"):
         run_jobs(_fail, {n: n for n in ("bad", "x", "y", "z")}, workers=2, threads=1)
     assert time.perf_counter() - t0 < 30
+
+
+PARENT = """
+import os, sys, time
+from ichdet.workers import run_jobs
+
+def job(path):
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    run_jobs(job, {"a": sys.argv[1] + "/a", "b": sys.argv[1] + "/b"}, workers=2, threads=1)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_workers_die_with_their_parent(tmp_path):
+    """SIGTERM to the command (a stopped `ichdet cv` or demo) leaves no worker training on."""
+    import signal
+    import subprocess
+
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not ((tmp_path / "a").is_file() and (tmp_path / "b").is_file()) and time.time() < deadline:
+            time.sleep(0.2)
+        pids = [int((tmp_path / n).read_text()) for n in ("a", "b")]
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(30)
+        deadline = time.time() + 20
+        while any(Path(f"/proc/{p}").exists() for p in pids) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(Path(f"/proc/{p}").exists() for p in pids)
+    finally:
+        parent.kill()
