@@ -34,6 +34,11 @@ def job_count(jobs: int, n_jobs: int, cores: int | None = None) -> int:
     return max(1, min(jobs, n_jobs))
 
 
+def threads_per_worker(workers: int) -> int:
+    """Torch threads for each of `workers` processes: their share of the cores, at least one."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
 class LinePrefix(io.TextIOBase):
     """A text stream that starts every line with `prefix` (a worker's log among its peers')."""
 
@@ -109,7 +114,7 @@ def run_jobs(fn: Callable[[Any], Any], jobs: Mapping[str, Any], workers: int,
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or threads_per_worker(workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_start_worker, initargs=(threads,))
     running: dict[Any, str] = {}

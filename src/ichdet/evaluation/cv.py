@@ -24,7 +24,6 @@ out-of-fold predictions and per fold.
 """
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,7 +39,7 @@ from ichdet.datasets.splits import split_by_patient
 from ichdet.errors import InputError
 from ichdet.evaluation.cv_results import write_cv_outputs
 from ichdet.models.efficientnet import pretrained_available
-from ichdet.workers import job_count, run_jobs
+from ichdet.workers import job_count, run_jobs, threads_per_worker
 
 # name -> its config in configs/cv/ (configs/cv/quick/ with --quick): the experiment on cv's terms
 MODELS = {"cnn": "2d_cnn", "alexnet": "2d_alexnet", "alexnet-svm": "2d_alexnet_svm",
@@ -221,20 +220,16 @@ class FoldTask:
         return out
 
 
-def _run_fold(task: FoldTask) -> dict[str, Any]:
-    return task.run()
-
-
 def _run_tasks(tasks: list[FoldTask], jobs: int) -> list[dict[str, Any]]:
     """Each task's result, in task order; with `jobs` > 1 that many worker processes (spawned,
     quiet, cores / jobs torch threads each: `ichdet.workers`) take the tasks in turn."""
     if jobs > 1:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+        threads = threads_per_worker(jobs)
         for t in tasks:
             t.opts = replace(t.opts, show_progress=False, jobs=jobs, overrides=[f"threads={threads}", *t.opts.overrides])
         _log(f"{len(tasks)} training runs, {jobs} at a time with {threads} thread(s) each")
     named = {("final" if t.fold is None else f"fold {t.fold + 1}"): t for t in tasks}
-    done = run_jobs(_run_fold, named, jobs)
+    done = run_jobs(FoldTask.run, named, jobs)
     return [done[name] for name in named]
 
 
