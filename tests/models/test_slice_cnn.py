@@ -90,3 +90,48 @@ def test_bad_input_names_shape(shape):
 def test_bad_argument():
     with pytest.raises(InputError, match="dropout"):
         SliceCNN(dropout=1.5)
+
+
+def test_default_has_no_normalisation():
+    model = SliceCNN(base_width=4)
+    assert model.norm is None and model.config()["norm"] is None
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert all(c.bias is not None for c in model.modules() if isinstance(c, nn.Conv2d))
+
+
+def test_batch_norm_after_every_conv():
+    model = SliceCNN(base_width=4, norm="batch")
+    for unit in model.features:
+        names = [n for n in unit._modules if n != "pool"]
+        convs = [n for n in names if n.startswith("conv")]
+        expected = [part for k in range(1, len(convs) + 1) for part in (f"conv{k}", f"bn{k}", f"relu{k}")]
+        assert names == expected
+        for k in range(1, len(convs) + 1):
+            conv, bn = unit.get_submodule(f"conv{k}"), unit.get_submodule(f"bn{k}")
+            assert conv.bias is None and isinstance(bn, nn.BatchNorm2d) and bn.num_features == conv.out_channels
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 11
+    # in training mode every channel after the norm is standardised over the batch
+    torch.manual_seed(0)
+    x = torch.rand(6, 1, 64, 64) * 300.0 + 50.0  # far from unit scale
+    out = {}
+    model.features.unit3.bn2.register_forward_hook(lambda m, i, o: out.setdefault("bn", o))
+    model.train()(x)
+    per_channel = out["bn"].transpose(0, 1).flatten(1)
+    torch.testing.assert_close(per_channel.mean(1), torch.zeros(16), atol=1e-4, rtol=0)
+    torch.testing.assert_close(per_channel.std(1, unbiased=False), torch.ones(16), atol=1e-3, rtol=0)
+
+
+def test_batch_norm_config_rebuilds_the_same_network():
+    from ichdet.models import create_model
+
+    torch.manual_seed(0)
+    model = SliceCNN(in_channels=3, base_width=4, norm="batch").eval()
+    rebuilt = create_model("slice_cnn", **model.config())
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(rebuilt.eval()(x), model(x))
+
+
+def test_bad_norm():
+    with pytest.raises(InputError, match=r"SliceCNN norm must be one of None, 'batch', got 'layer'"):
+        SliceCNN(norm="layer")
