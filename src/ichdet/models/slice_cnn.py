@@ -8,9 +8,10 @@ features; a dense softmax head gives the slice logits. Dropout (p=0.5) sits befo
 layer and before the head, as in the paper (section 3.3.1).
 
 `norm="batch"` puts a BatchNorm after every conv (conv -> BN -> ReLU), which the paper does not
-have. Without it the eleven plain convolutions learn only over many steps: on 160 training images
-the paper's network stayed at training loss 0.69 for 20 passes (Adam, 1e-4 or 1e-3) where the
-batch-normalised one fell below 0.65. The 2D "CNN from scratch" (configs/2d_cnn.yaml) uses it.
+have. Without it the eleven plain convolutions learn only from thousands of steps: on 160 real
+head-CT images the paper's network stayed at training loss 0.69 for 20 epochs (Adam, 1e-4 or 1e-3),
+where the batch-normalised one (half the filters) fell to 0.30 and reached a held-out AUC of 0.87.
+`ichdet cv`'s "CNN from scratch" uses it (configs/cv/2d_cnn.yaml).
 """
 from __future__ import annotations
 
