@@ -6,12 +6,6 @@ Five units of [3x3 conv + ReLU] x2 then 2x2 max pooling (stride 2); unit i has
 256x256). Two fully connected layers (each Linear + ReLU) give the `feature_dim` (512) slice
 features; a dense softmax head gives the slice logits. Dropout (p=0.5) sits before the first dense
 layer and before the head, as in the paper (section 3.3.1).
-
-`norm="batch"` puts a BatchNorm after every conv (conv -> BN -> ReLU), which the paper does not
-have. Without it the eleven plain convolutions learn only from thousands of steps: on 160 real
-head-CT images the paper's network stayed at training loss 0.69 for 20 epochs (Adam, 1e-4 or 1e-3),
-where the batch-normalised one (half the filters) fell to 0.30 and reached a held-out AUC of 0.87.
-`ichdet cv`'s "CNN from scratch" uses it (configs/cv/2d_cnn.yaml).
 """
 from __future__ import annotations
 
@@ -25,16 +19,11 @@ from ichdet.models.checks import check_feature_batch, check_image_batch
 from ichdet.models.registry import register_model
 
 
-NORMS = (None, "batch")
-
-
-def _conv_unit(c_in: int, c_out: int, n_convs: int, pool: nn.Module, norm: str | None = None) -> nn.Sequential:
-    """`n_convs` x (3x3 conv, padding 1, [+ BatchNorm with norm="batch"], + ReLU), then `pool`."""
+def _conv_unit(c_in: int, c_out: int, n_convs: int, pool: nn.Module) -> nn.Sequential:
+    """`n_convs` x (3x3 conv, padding 1, + ReLU), then `pool`."""
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     for k in range(1, n_convs + 1):
-        layers[f"conv{k}"] = nn.Conv2d(c_in if k == 1 else c_out, c_out, kernel_size=3, padding=1, bias=norm is None)
-        if norm == "batch":
-            layers[f"bn{k}"] = nn.BatchNorm2d(c_out)
+        layers[f"conv{k}"] = nn.Conv2d(c_in if k == 1 else c_out, c_out, kernel_size=3, padding=1)
         layers[f"relu{k}"] = nn.ReLU()  # not in place: Grad-CAM's backward hooks need the conv output intact
     layers["pool"] = pool
     return nn.Sequential(layers)
@@ -47,8 +36,7 @@ class SliceCNN(nn.Module):
     `in_channels` counts every input plane (CT windows x neighbouring slices).
     `max_width` caps the filter count of any conv (None: no cap; the sixth unit then has
     `base_width * 2**n_units` filters). `multilabel`: the head's `num_classes` logits are read
-    one sigmoid each (subtypes, "any" last) instead of one softmax. `norm`: None (the paper's plain
-    convolutions) or "batch" (BatchNorm after every conv, see the module docstring).
+    one sigmoid each (subtypes, "any" last) instead of one softmax.
     """
 
     model_name = "slice_cnn"
@@ -56,8 +44,7 @@ class SliceCNN(nn.Module):
     last_layer = "head.linear"
 
     def __init__(self, in_channels: int = 1, base_width: int = 16, n_units: int = 5, feature_dim: int = 512,
-                 num_classes: int = 2, dropout: float = 0.5, max_width: int | None = None, multilabel: bool = False,
-                 norm: str | None = None):
+                 num_classes: int = 2, dropout: float = 0.5, max_width: int | None = None, multilabel: bool = False):
         super().__init__()
         for key, value in (("in_channels", in_channels), ("base_width", base_width), ("n_units", n_units),
                            ("feature_dim", feature_dim), ("num_classes", num_classes)):
@@ -67,19 +54,17 @@ class SliceCNN(nn.Module):
             raise InputError(f"SliceCNN dropout must be in [0, 1), got {dropout!r}")
         if max_width is not None and (not isinstance(max_width, int) or max_width < 1):
             raise InputError(f"SliceCNN max_width must be a positive integer or None, got {max_width!r}")
-        if norm not in NORMS:
-            raise InputError(f"SliceCNN norm must be one of {', '.join(map(repr, NORMS))}, got {norm!r}")
         self.in_channels, self.base_width, self.n_units = in_channels, base_width, n_units
         self.feature_dim, self.num_classes, self.dropout, self.max_width = feature_dim, num_classes, dropout, max_width
-        self.multilabel, self.norm = bool(multilabel), norm
+        self.multilabel = bool(multilabel)
 
         widths = [self._width(i) for i in range(n_units + 1)]
         units: OrderedDict[str, nn.Module] = OrderedDict()
         c_in = in_channels
         for i in range(n_units):
-            units[f"unit{i + 1}"] = _conv_unit(c_in, widths[i], 2, nn.MaxPool2d(kernel_size=2, stride=2), norm)
+            units[f"unit{i + 1}"] = _conv_unit(c_in, widths[i], 2, nn.MaxPool2d(kernel_size=2, stride=2))
             c_in = widths[i]
-        units[f"unit{n_units + 1}"] = _conv_unit(c_in, widths[n_units], 1, nn.AdaptiveMaxPool2d(1), norm)
+        units[f"unit{n_units + 1}"] = _conv_unit(c_in, widths[n_units], 1, nn.AdaptiveMaxPool2d(1))
         self.features = nn.Sequential(units)
         self.fc = nn.Sequential(OrderedDict(
             drop=nn.Dropout(dropout),
@@ -105,8 +90,7 @@ class SliceCNN(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, in_channels, H, W) -> slice features (B, feature_dim), after the second dense layer."""
@@ -126,4 +110,4 @@ class SliceCNN(nn.Module):
         """Keyword arguments that rebuild this model with `create_model("slice_cnn", **config)`."""
         return {"in_channels": self.in_channels, "base_width": self.base_width, "n_units": self.n_units,
                 "feature_dim": self.feature_dim, "num_classes": self.num_classes, "dropout": self.dropout,
-                "max_width": self.max_width, "multilabel": self.multilabel, "norm": self.norm}
+                "max_width": self.max_width, "multilabel": self.multilabel}
