@@ -92,7 +92,8 @@ def test_workers_die_with_their_parent(tmp_path):
     parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
-        while not ((tmp_path / "a").is_file() and (tmp_path / "b").is_file()) and time.time() < deadline:
+        written = lambda n: (tmp_path / n).is_file() and (tmp_path / n).read_text() != ""  # noqa: E731 - created, then written
+        while not (written("a") and written("b")) and time.time() < deadline:
             time.sleep(0.2)
         pids = [int((tmp_path / n).read_text()) for n in ("a", "b")]
         parent.send_signal(signal.SIGTERM)
