@@ -4,7 +4,11 @@ Sampling follows `ichdet.datasets.slices` (keys ``(item, epoch, position)``, bal
 ``(seed, epoch)``, augmentation from ``sample_rng(seed, epoch, position)``): half of every epoch
 comes from slices whose mask holds bleed, half from slices without (of positive and negative
 scans alike: a mask says where there is no blood), so bleed slices, a few per scan, are well
-represented.
+represented. Within the bleed half, ``by="label"`` gives every label that occurs (the five
+subtypes, and "bleed of unknown subtype") an equal share: a draw picks a label, then one of the
+slices that hold it (nnU-Net's per-class foreground oversampling), so a subtype on few slices (the
+cohort's intraventricular layers) is seen as often as the subdural crescents on many; ``by="slice"``
+draws bleed slices uniformly.
 
 `augment_pair` applies `augment_slice`'s transforms (same draws, same probabilities) to the image
 and its mask: the mask is mirrored and shifted with it and rotated with nearest interpolation,
@@ -22,14 +26,23 @@ from torch.utils.data import Dataset
 
 from ichdet.datasets.augment import MAX_ANGLE_DEG, MAX_SHIFT_PX, REF_SIZE, _clamp_like, mirror, rotate, sample_rng, scaled_shift, shift
 from ichdet.datasets.prepared import PreparedCohort
-from ichdet.datasets.slices import Key, _key, balanced_epoch, epoch_keys
+from ichdet.datasets.slices import SAMPLING_STREAM, Key, _key, balanced_epoch, epoch_keys
 from ichdet.errors import InputError
+
+
+SAMPLING = ("label", "slice")
+
+
+def _label_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator of epoch `epoch`'s label-balanced bleed-slice draws (apart from `epoch_rng`)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch)], spawn_key=(SAMPLING_STREAM, 2)))
 
 
 class SegEntry(NamedTuple):
     scan_id: str
     z: int
     bleed: bool  # the slice's mask holds a bleed label
+    labels: tuple[int, ...] = ()  # the bleed labels (1..6) the slice's mask holds
 
 
 @dataclass
@@ -53,15 +66,42 @@ class SegIndex:
         for sid in scan_ids:
             if sid not in masks:
                 continue
-            bleed = np.asarray(masks[sid]).reshape(masks[sid].shape[0], -1).max(axis=1) > 0
+            flat = np.asarray(masks[sid]).reshape(masks[sid].shape[0], -1)
+            bleed = flat.max(axis=1) > 0
             use = np.asarray(cohort[sid].cranial, bool) if cranial_only else np.ones(bleed.shape[0], bool)
-            pos += [SegEntry(sid, int(z), True) for z in np.flatnonzero(bleed)]
+            pos += [SegEntry(sid, int(z), True, tuple(int(v) for v in np.unique(flat[z]) if v > 0))
+                    for z in np.flatnonzero(bleed)]
             neg += [SegEntry(sid, int(z), False) for z in np.flatnonzero(~bleed & use)]
         return cls(pos + neg, len(pos))
 
-    def epoch_keys(self, n_samples: int, seed: int, epoch: int) -> list[Key]:
-        """A balanced epoch of `n_samples` keys: half bleed slices, half others, with replacement."""
+    def label_counts(self) -> dict[int, int]:
+        """{bleed label: number of bleed slices that hold it}."""
+        counts: dict[int, int] = {}
+        for e in self.entries[:self.n_pos]:
+            for label in e.labels:
+                counts[label] = counts.get(label, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def pos_weights(self, by: str = "label") -> np.ndarray:
+        """float64 (n_pos,) drawing probabilities of the bleed slices: uniform (``by="slice"``), or
+        the sum over the slice's labels of 1 / (labels that occur x slices holding that label)
+        (``by="label"``: every label gets the same share of draws)."""
+        if by not in SAMPLING:
+            raise InputError(f"bleed-slice sampling must be one of {', '.join(SAMPLING)}, got {by!r}")
+        if by == "slice" or self.n_pos == 0:
+            return np.full(self.n_pos, 1.0 / max(self.n_pos, 1))
+        counts = self.label_counts()
+        w = np.array([sum(1.0 / counts[label] for label in e.labels) for e in self.entries[:self.n_pos]])
+        return w / w.sum()
+
+    def epoch_keys(self, n_samples: int, seed: int, epoch: int, by: str = "label") -> list[Key]:
+        """A balanced epoch of `n_samples` keys: half bleed slices (drawn as `pos_weights(by)`
+        says), half others, with replacement."""
         plan = balanced_epoch(self.n_pos, self.n_neg, n_samples, seed, epoch)
+        if by != "slice":
+            p = self.pos_weights(by)
+            draws = _label_rng(seed, epoch).choice(self.n_pos, size=len(plan), p=p)
+            plan[:, 1] = np.where(plan[:, 0] == 1, draws, plan[:, 1])
         return epoch_keys([int(i) if p else self.n_pos + int(i) for p, i in plan], epoch)
 
 
@@ -111,7 +151,7 @@ class SegDataset(Dataset):
 
     def __getitem__(self, key: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         item, epoch, position = _key(key)
-        sid, z, _ = self.entries[item]
+        sid, z = self.entries[item][:2]
         x = torch.from_numpy(np.ascontiguousarray(self.cohort[sid].image[:, z], dtype=np.float32))
         y = torch.from_numpy(np.asarray(self.masks[sid][z], dtype=np.int64))
         if self.augment:
@@ -119,4 +159,4 @@ class SegDataset(Dataset):
         return x, y
 
 
-__all__ = ["SegDataset", "SegEntry", "SegIndex", "augment_pair"]
+__all__ = ["SAMPLING", "SegDataset", "SegEntry", "SegIndex", "augment_pair"]

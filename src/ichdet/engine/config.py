@@ -44,6 +44,7 @@ class DataConfig:
     context: int = 0  # neighbouring slices on each side stacked as channels (RSNA 2019 winners)
     cranial_only: bool = True  # slice stage: only slices showing the cranial cavity
     negatives_from_negative_scans: bool = True  # slice stage: never a negative slice of a positive scan
+    seg_sampling: str = "label"  # seg stage, the bleed half of an epoch: "label" (each label an equal share) | "slice"
     augment: bool = True
     workers: int = 0  # DataLoader worker processes
 
@@ -165,6 +166,8 @@ class TrainConfig:
             raise InputError(f"config target_sensitivity must be in (0, 1], got {self.target_sensitivity}")
         if self.data.context < 0:
             raise InputError(f"config data.context must be >= 0, got {self.data.context}")
+        if self.data.seg_sampling not in ("label", "slice"):
+            raise InputError(f"config data.seg_sampling must be label or slice, got {self.data.seg_sampling!r}")
         frozen = self.stage == "svm" and self.model.backbone
         if self.stage in ("svm", "aggregate") and not self.model.init_from and not frozen:
             raise InputError(f"config stage {self.stage!r} needs model.init_from (the trained slice model's run)"

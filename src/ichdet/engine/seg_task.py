@@ -88,12 +88,13 @@ class SegTask:
         self.loss = SEG_LOSS
         self.dataset = SegDataset(self.cohort, self.masks, self.index, augment=cfg.data.augment, seed=cfg.seed)
         self.n_samples = cfg.optim.steps_per_epoch * cfg.optim.batch_size
-        self.seed = cfg.seed
+        self.seed, self.sampling = cfg.seed, cfg.data.seg_sampling
+        run.log(f"seg: bleed slices per label {self.index.label_counts()}, drawn by {self.sampling}")
         self.collate: Callable | None = None  # default: (x (B, 3, S, S), y (B, S, S))
         self.channels_last = cfg.channels_last
 
     def epoch_keys(self, epoch: int) -> list[Key]:
-        return self.index.epoch_keys(self.n_samples, self.seed, epoch)
+        return self.index.epoch_keys(self.n_samples, self.seed, epoch, self.sampling)
 
     def forward(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
