@@ -17,7 +17,7 @@ CONFIGS = ROOT / "configs"
 RUN_CHANGES = {
     "cv": {"data.crop_head", "data.slice_labels", "data.size", "model.weights", "model.init_from", "optim.epochs",
            "optim.steps_per_epoch", "optim.select_metric", "optim.patience"},
-    "demo": {"optim.epochs", "optim.steps_per_epoch", "model.init_from"},
+    "demo": {"optim.epochs", "optim.steps_per_epoch", "model.init_from", "data.size"},  # seg_unet: 256 px
 }
 
 
