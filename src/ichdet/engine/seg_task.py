@@ -1,6 +1,7 @@
 """`SegTask`: the segmentation stage's task (``stage: seg``), in the shape of `SliceTask`.
 
-Training draws balanced slices (half with bleed in their mask, `ichdet.datasets.seg`), augments
+Training draws balanced slices (half with bleed in their mask, each label an equal share of those
+with ``data.seg_sampling: label``; `ichdet.datasets.seg`), augments
 image and mask together and trains `seg_unet` on `seg_loss` (``optim.loss`` dice_ce). Scans take
 part only with a mask: the manifest's `mask_path`, or none for a negative scan (all background).
 
