@@ -17,12 +17,17 @@ is `--precision auto`'s business and left to bench_infer's detection rows):
    series with a bleed) and ``cq500`` (the real 238-slice series at ../shared/data/cq500-ct-1;
    skipped with a reason when absent).
 3. **Variants**, each a ``Predictor`` on the bundle: ``seg-cl`` (what ``ichdet predict`` runs:
-   ``SegmentationRuntime``, channels-last, 16 slices a pass) and ``seg-contiguous`` (the same
-   network in plain NCHW memory: the peer). Per input and variant: warm-up calls, then
-   ``--repeats`` timed ``predictor.predict(path)`` calls (read, prepare, network, mask restored to
-   the 512 x 512 grid, volumes and ABC/2), and as many network-only ``runtime(image)`` calls.
-   The read, prepare and mask-restore stages are timed on their own once per input.
-4. **Agreement**: the two variants' masks must be identical and their scan probabilities within 1e-4.
+   ``SegmentationRuntime``, batch norms folded into the convolutions, channels-last, 16 slices a
+   pass), ``seg-cl-unfused`` (the same without folding: what predict ran before) and
+   ``seg-contiguous`` (folded, in plain NCHW memory: the peer). Per input and variant: warm-up
+   calls, then ``--repeats`` timed ``predictor.predict(path)`` calls (read, prepare, the network on
+   the slices with a cranial cavity, mask restored to the 512 x 512 grid, volumes and ABC/2), and
+   as many network-only ``runtime(image)`` calls on every slice. The read, prepare and
+   mask-restore stages are timed on their own once per input.
+4. **Agreement**: every variant's labels on the prepared grid must match the peer's on all but at
+   most 1 in 100 000 pixels (float rounding differs between memory formats and between folded and
+   unfolded batch norm, and flips the rare pixel whose two best classes tie: 1 of 15.6 million on
+   the CQ500 series), and its scan probability must be within 1e-4.
 
 Rows as bench_infer's (``{"case", "metric", "unit", "ichdet", "peer", "peer_value", "ratio", "goal",
 "goal_met", ...}``): ``read_seconds``, ``prepare_seconds``, ``restore_seconds`` (ratio = share of the
@@ -50,12 +55,15 @@ sys.path.insert(0, str(REPO / "src"))
 CQ500_DIR = Path(os.environ.get("ICHDET_SHARED", REPO.parent / "shared")) / "data" / "cq500-ct-1"
 
 CASES = ("synthetic", "cq500")
-VARIANTS = {"seg-cl": True, "seg-contiguous": False}  # name -> channels_last
+# name -> SegmentationRuntime options; seg-cl-unfused is what predict ran before batch norms were folded
+VARIANTS = {"seg-cl": {"channels_last": True, "fold": True}, "seg-cl-unfused": {"channels_last": True, "fold": False},
+            "seg-contiguous": {"channels_last": False, "fold": True}}
 DEFAULT_VARIANT = "seg-cl"  # what `ichdet predict` runs for a segmentation bundle
 PEER = "seg-contiguous"
 GOAL_S = 1.0  # seconds per 32-slice scan, end to end, on 2 cores
 GOAL_SLICES = 32
 TOLERANCE = 1e-4  # |scan probability difference| between the variants
+MAX_LABEL_FLIPS = 1e-5  # share of prepared pixels whose label may differ between the variants
 
 
 def log(msg: str) -> None:
@@ -188,7 +196,7 @@ def run(out_path: Path, quick: bool = False, cases: list[str] | None = None, rep
         predictors = {}
         for v, cl in VARIANTS.items():
             pred = Predictor(load_bundle(bundle_path))
-            pred.runtime = SegmentationRuntime(pred.bundle.model, precision="fp32", channels_last=cl)
+            pred.runtime = SegmentationRuntime(pred.bundle.model, precision="fp32", **cl)
             predictors[v] = pred
         inputs = []
         for c in cases:
@@ -229,10 +237,12 @@ def run(out_path: Path, quick: bool = False, cases: list[str] | None = None, rep
                          "peer_value": peer["e2e"], "ratio": ratio(value, peer["e2e"]), "times": info[key],
                          "what": what, "goal": "none; ratio = share of the end-to-end time", "goal_met": None})
         for v, r in info["variants"].items():
-            same_mask = bool(np.array_equal(r["labels"], peer["labels"]))
+            flips = int(np.count_nonzero(r["labels"] != peer["labels"]))
+            same_mask = flips <= MAX_LABEL_FLIPS * r["labels"].size
             d_prob = abs(r["probability"] - peer["probability"])
             common = {"case": f"{label} {v}", **common_in, "variant": v, "runtime": r["runtime"],
-                      "precision": "fp32", "memory_format": "channels_last" if VARIANTS[v] else "contiguous"}
+                      "precision": "fp32", "batch_norm_folded": VARIANTS[v]["fold"],
+                      "memory_format": "channels_last" if VARIANTS[v]["channels_last"] else "contiguous"}
             rows.append({**common, "metric": "end_to_end_seconds", "unit": "s (median wall, predict(path))",
                          "ichdet": r["e2e"], "peer": f"{PEER} (same input, same run)", "peer_value": peer["e2e"],
                          "ratio": ratio(r["e2e"], peer["e2e"]), "wall_seconds": r["wall"],
@@ -251,10 +261,11 @@ def run(out_path: Path, quick: bool = False, cases: list[str] | None = None, rep
                          "ichdet": r["model_s"], "peer": f"{PEER} runtime (same input)", "peer_value": peer["model_s"],
                          "ratio": ratio(r["model_s"], peer["model_s"]), "model_seconds": r["model"],
                          "goal": "none; ratio < 1 is faster than contiguous", "goal_met": None})
-            rows.append({**common, "metric": "mask_agreement", "unit": "identical prepared labels",
+            rows.append({**common, "metric": "mask_agreement", "unit": "prepared labels agree",
                          "ichdet": same_mask, "peer": f"{PEER} labels and probability", "peer_value": True,
-                         "ratio": None, "max_abs_prob_diff": d_prob,
-                         "goal": f"identical labels, |dp| <= {TOLERANCE:g}",
+                         "ratio": None, "max_abs_prob_diff": d_prob, "label_flips": flips,
+                         "pixels": int(r["labels"].size),
+                         "goal": f"labels differ on <= {MAX_LABEL_FLIPS:g} of pixels, |dp| <= {TOLERANCE:g}",
                          "goal_met": bool(same_mask and d_prob <= TOLERANCE)})
     machine = torch_machine_info(("torch", "monai", "pydicom"))
     try:
@@ -264,8 +275,7 @@ def run(out_path: Path, quick: bool = False, cases: list[str] | None = None, rep
     out = {"benchmark": "bench_segment", "machine": machine,
            "settings": {"quick": quick, "cases": cases, "repeats": repeats, "warmup": warmup, "threads": threads,
                         "synthetic": {"size": size, "slices": n_slices, "slice_thickness_mm": 5.0},
-                        "model": model_desc, "variants": {v: ("channels_last" if cl else "contiguous")
-                                                          for v, cl in VARIANTS.items()},
+                        "model": model_desc, "variants": VARIANTS,
                         "timing": f"per input and variant: {warmup} warm-up predict calls, then {repeats} x (timed "
                                   "predict(path), timed runtime(image)); medians reported"},
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - t_start, 1),

@@ -162,11 +162,12 @@ def test_bench_infer_segmentation_quick(tmp_path):
     rows = {(r["variant"], r["metric"]): r for r in d["results"]}
     for key in ("read_seconds", "prepare_seconds", "restore_seconds"):
         assert rows[(None, key)]["ichdet"] >= 0
-    for v in ("seg-cl", "seg-contiguous"):
+    for v in ("seg-cl", "seg-cl-unfused", "seg-contiguous"):
         e2e = rows[(v, "end_to_end_seconds")]
         assert e2e["ichdet"] > 0 and e2e["peer"].startswith("seg-contiguous")
         assert rows[(v, "seconds_per_32_slices")]["ichdet"] == pytest.approx(e2e["ichdet"] * 32 / 8)
         assert rows[(v, "mask_agreement")]["goal_met"] is True
+        assert rows[(v, "model_seconds")]["batch_norm_folded"] == (v != "seg-cl-unfused")
     assert rows[("seg-contiguous", "end_to_end_seconds")]["ratio"] == 1.0
     assert rows[("seg-cl", "seconds_per_32_slices")]["goal_met"] is None  # 64 x 64: not the goal's scan
     assert d["skipped"] == [{"case": "cq500", "reason": "--quick runs the synthetic case only; name cq500 in --cases"}]

@@ -9,7 +9,7 @@ import torch
 from ichdet.errors import InputError
 from ichdet.engine.segment import segment_volume
 from ichdet.io.volume import Volume
-from ichdet.models.seg_unet import SegUNet
+from ichdet.models.seg_unet import SegUNet, segment_slices
 from ichdet.preprocess import PrepSpec
 from ichdet.preprocess.masks import crop_box, restore_mask
 
@@ -64,7 +64,6 @@ def _head_with_neck() -> Volume:
 def test_slices_without_a_cranial_cavity_are_background():
     """A network that calls every pixel intraparenchymal: its mask covers the cranial slices and none
     of the neck's, and the scan's slice scores there are 0."""
-    from ichdet.engine.segment import intracranial_only
     from ichdet.preprocess import cranial_slices
 
     torch.manual_seed(0)
@@ -80,7 +79,30 @@ def test_slices_without_a_cranial_cavity_are_background():
     assert not res.mask[:3].any() and (res.mask[3:] == 2).all()
     assert res.slice_probabilities[:3].tolist() == [0.0] * 3 and (res.slice_probabilities[3:] > 0.99).all()
     assert (res.probabilities[0, :3] == 1).all() and (res.probabilities[1:, :3] == 0).all()
-    p = torch.rand(6, 4, 8, 8)
-    assert intracranial_only(p, np.zeros(4, bool)) is p and intracranial_only(p, np.ones(4, bool)) is p
-    with pytest.raises(InputError, match=r"^cranial flags must be one per slice \(4\), got shape \(3,\)$"):
-        intracranial_only(p, np.ones(3, bool))
+
+
+def test_the_network_runs_on_cranial_slices_only():
+    """`segment_intracranial` feeds the network the cranial slices alone and gives what running
+    every slice and then setting the others to background gives."""
+    from ichdet.engine.segment import segment_intracranial
+
+    torch.manual_seed(0)
+    model = SegUNet(decoder_channels=[16, 16, 8, 8, 8]).eval()
+    image = torch.rand(3, 5, 64, 64).numpy()
+    cranial = np.array([False, True, True, False, True])
+    seen = []
+
+    def run(im):
+        seen.append(im.shape[1])
+        return segment_slices(model, im, batch=2)
+
+    probs = segment_intracranial(run, image, cranial)
+    assert seen == [3] and probs.shape == (6, 5, 64, 64)
+    full = segment_slices(model, image, batch=2)
+    assert torch.allclose(probs[:, cranial], full[:, cranial], atol=1e-5)
+    assert (probs[0, ~cranial] == 1).all() and (probs[1:, ~cranial] == 0).all()
+    for flags in (np.zeros(5, bool), np.ones(5, bool)):  # none found, or all: every slice runs
+        seen.clear()
+        assert torch.allclose(segment_intracranial(run, image, flags), full, atol=1e-5) and seen == [5]
+    with pytest.raises(InputError, match=r"^cranial flags must be one per slice \(5\), got shape \(3,\)$"):
+        segment_intracranial(run, image, np.ones(3, bool))

@@ -3,6 +3,7 @@ ImageNet classes of photos, and its features carry what random ones do not); sha
 the fresh head, and the errors of a missing or wrong file."""
 from __future__ import annotations
 
+import math
 import numpy as np
 import pytest
 import torch
@@ -127,6 +128,17 @@ def test_shapes_padding_and_fine_tuning_groups():
         conv.weight.fill_(1.0)
         out = conv(torch.ones(1, 1, 4, 4))
     assert out.shape == (1, 1, 2, 2) and out[0, 0].tolist() == [[9.0, 6.0], [6.0, 4.0]]
+    for k, stride in ((3, 1), (5, 1), (3, 2), (5, 2)):  # the conv's own symmetric padding at stride 1: TF "SAME"
+        conv = SameConv2d(4, 4, k, stride=stride, groups=4)
+        assert conv.symmetric == (stride == 1) and conv.padding == ((k // 2,) * 2 if stride == 1 else (0, 0))
+        for h, w in ((16, 16), (15, 17)):
+            x = torch.rand(1, 4, h, w)
+            pads = [(math.ceil(n / stride) - 1) * stride + k - n for n in (w, h)]
+            ref = F.conv2d(F.pad(x, [pads[0] // 2, pads[0] - pads[0] // 2, pads[1] // 2, pads[1] - pads[1] // 2]),
+                           conv.weight, stride=stride, groups=4)
+            with torch.no_grad():
+                assert torch.allclose(conv(x), ref, atol=1e-6)
+            assert ref.shape[-2:] == (math.ceil(h / stride), math.ceil(w / stride))
     groups = {g["name"]: g["lr"] for g in param_groups(model, 1e-3, {"_blocks": 0.1, "_conv_stem": 0.1})}
     assert groups == {"_blocks": pytest.approx(1e-4), "_conv_stem": pytest.approx(1e-4), "default": 1e-3}
 

@@ -26,7 +26,7 @@ from ichdet.datasets.seg import SegDataset, SegIndex
 from ichdet.datasets.slices import Key
 from ichdet.engine.run import Run
 from ichdet.engine.seg_loss import seg_loss
-from ichdet.engine.segment import intracranial_only
+from ichdet.engine.segment import segment_intracranial
 from ichdet.errors import InputError
 from ichdet.io.masks import UNKNOWN_SUBTYPE
 from ichdet.metrics import roc_auc
@@ -111,8 +111,8 @@ class SegTask:
         scores, dices, class_dices, loss_sum, n_slices = [], {}, [], 0.0, 0
         for sid in self.val_ids:
             scan = self.cohort[sid]
-            probs = intracranial_only(segment_slices(model, scan.image, channels_last=self.channels_last),
-                                      scan.cranial)  # (6, Z, S, S), as predict sees them
+            probs = segment_intracranial(lambda im: segment_slices(model, im, channels_last=self.channels_last),
+                                         scan.image, scan.cranial)  # (6, Z, S, S), as predict sees them
             scores.append(float(bleed_slice_scores(probs).max()))
             truth = self.val_masks.get(sid)
             if truth is None:

@@ -85,13 +85,18 @@ class TorchRuntime:
                           self.mode.autocast)
 
 
-def _inference_copy(model: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
+def _inference_copy(model: torch.nn.Module, channels_last: bool, fold: bool = True) -> torch.nn.Module:
     """A copy of `model` for inference only (the bundle's own model stays as it is, for Grad-CAM):
-    ReLUs in place (no autograd here, so one memory pass less per activation) and, optionally,
+    with `fold`, batch norms folded into their convolutions (`fold_batchnorm`) and ReLU6s in place;
+    ReLUs in place (no autograd here, so one memory pass less per activation); optionally
     channels-last weights. Same numbers to float rounding; about 1.8x faster on a 2-core CPU."""
+    from ichdet.models.fusion import fold_batchnorm
+
     m = copy.deepcopy(model).eval()
+    if fold:
+        fold_batchnorm(m)
     for mod in m.modules():
-        if isinstance(mod, torch.nn.ReLU):
+        if isinstance(mod, torch.nn.ReLU) or fold and isinstance(mod, torch.nn.ReLU6):
             mod.inplace = True
     return m.to(memory_format=torch.channels_last) if channels_last else m
 
@@ -100,12 +105,13 @@ class SegmentationRuntime:
     """A segmentation bundle's network (seg_unet) in PyTorch on the CPU: a prepared scan (C, Z, S, S)
     in [0, 1] -> float32 class probabilities (6, Z, S, S), `batch` slices per pass (default
     `SEG_BATCH`), channels-last, `precision` as for TorchRuntime (bf16 autocast only where the CPU
-    has bf16 units)."""
+    has bf16 units). `fold`: batch norms folded into the convolutions (`_inference_copy`); False
+    only to measure what that saves."""
 
     name = "torch"
 
     def __init__(self, model: torch.nn.Module, precision: str = "auto", batch: int | None = None,
-                 channels_last: bool = True):
+                 channels_last: bool = True, fold: bool = True):
         from ichdet.engine.precision import resolve_precision
         from ichdet.models.seg_unet import SEG_BATCH
 
@@ -113,10 +119,12 @@ class SegmentationRuntime:
         if batch is not None and (not isinstance(batch, int) or batch < 1):
             raise InputError(f"slice batch must be a positive integer, got {batch!r}")
         self.precision, self.batch, self.channels_last = self.mode.dtype, batch or SEG_BATCH, bool(channels_last)
-        self.model = _inference_copy(model, self.channels_last)
+        self.model, self.fold = _inference_copy(model, self.channels_last, fold), bool(fold)
 
     def describe(self) -> str:
-        return f"torch ({', '.join([self.precision] + (['channels-last'] if self.channels_last else []))})"
+        parts = [self.precision] + (["channels-last"] if self.channels_last else []) + \
+            ([] if self.fold else ["batch norm unfolded"])
+        return f"torch ({', '.join(parts)})"
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -83,13 +83,22 @@ def pretrained_available() -> bool:
 
 
 class SameConv2d(nn.Conv2d):
-    """nn.Conv2d with TensorFlow's "SAME" padding, worked out from the input size:
-    (B, C, H, W) -> (B, C', ceil(H / s), ceil(W / s))."""
+    """nn.Conv2d with TensorFlow's "SAME" padding: (B, C, H, W) -> (B, C', ceil(H / s), ceil(W / s)).
+
+    At stride 1 with an odd kernel "SAME" is symmetric, (k - 1) / 2 a side whatever the input
+    size, so the convolution pads itself (no separate `F.pad` pass over the input). At stride 2 it
+    depends on the input size (the odd pixel goes bottom/right), and is worked out per call.
+    """
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1, groups: int = 1):
-        super().__init__(c_in, c_out, kernel_size, stride=stride, padding=0, groups=groups, bias=False)
+        symmetric = stride == 1 and kernel_size % 2 == 1
+        super().__init__(c_in, c_out, kernel_size, stride=stride, padding=kernel_size // 2 if symmetric else 0,
+                         groups=groups, bias=False)
+        self.symmetric = symmetric
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.symmetric:
+            return super().forward(x)
         pads = []
         for size, k, s in zip((x.shape[-1], x.shape[-2]), self.kernel_size[::-1], self.stride[::-1]):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
@@ -101,6 +110,9 @@ class SameConv2d(nn.Conv2d):
 
 class MBConv(nn.Module):
     """Mobile inverted bottleneck without squeeze-excite: (B, c_in, H, W) -> (B, c_out, H/s, W/s)."""
+
+    # (convolution, the batch norm after it): what ichdet.models.fusion folds for inference
+    conv_bn_pairs = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, expand: int, drop_connect: float):
         super().__init__()
@@ -148,6 +160,7 @@ class EfficientNetLite0(nn.Module):
     """
 
     model_name = "efficientnet_lite0"
+    conv_bn_pairs = (("_conv_stem", "_bn0"), ("_conv_head", "_bn1"))  # see ichdet.models.fusion
     classifier_prefixes = ("_fc",)
     last_layer = "_fc"
     min_size = 32
