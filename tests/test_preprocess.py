@@ -8,7 +8,7 @@ import torch
 from ichdet.errors import InputError
 from ichdet.io.volume import Volume
 from ichdet.preprocess import (
-    BONE_WINDOW, BRAIN_WINDOW, SUBDURAL_WINDOW, WINDOWS, PrepSpec, Window, cranial_slices, crop_to_head,
+    BONE_WINDOW, BRAIN_WINDOW, SUBDURAL_WINDOW, WINDOWS, PrepSpec, Window, cranial_cavity, cranial_slices, crop_to_head,
     fit_to_square, head_box, head_mask, max_filter_2d, max_filter_3d, parse_window, prepare_volume,
     resize_slices, window, window_stack,
 )
@@ -149,6 +149,24 @@ def test_cranial_slices_fills_short_gaps_along_z():
     assert cranial_slices(vol, (20.0, 1.0, 1.0)).tolist() == [True, False, True]  # 20 mm gap kept
 
 
+def test_cranial_cavity_is_inside_the_skull_not_the_scalp():
+    """1 mm pixels: the skin ring (radius 47-50 px along rows) is soft tissue outside the skull
+    (43-47), the brain (< 43) is inside; the cavity takes the brain and up to 2 mm of bone, never the
+    skin. A slice without a ring between two closed ones takes their cavities; none cranial: all."""
+    vol = np.stack([_head_slice(), _head_slice(skull=False), _head_slice(), np.full((128, 128), -1000.0, np.float32)])
+    flags, cavity = cranial_cavity(vol, (5.0, 1.0, 1.0))
+    assert flags.tolist() == cranial_slices(vol, (5.0, 1.0, 1.0)).tolist() == [True, True, True, False]
+    assert cavity.shape == vol.shape and cavity.dtype == bool
+    brain = _ellipse((128, 128), (64, 64), (43, 33))
+    skin = _ellipse((128, 128), (64, 64), (50, 40)) & ~_ellipse((128, 128), (64, 64), (47, 37))
+    for z in (0, 2):
+        assert cavity[z][brain].all() and not cavity[z][skin].any()
+        assert not cavity[z][~_ellipse((128, 128), (64, 64), (45.5, 35.5))].any()  # at most ~2 mm into the bone
+    assert np.array_equal(cavity[1], cavity[0]) and not cavity[3].any()  # the open slice: its neighbours'
+    flags, cavity = cranial_cavity(vol[3:], (5.0, 1.0, 1.0))
+    assert not flags.any() and cavity.all()  # no skull found anywhere: nothing is ruled out
+
+
 def _scene(n=256, table_row=203):
     """Ellipse head, a thin bright table line under it, burnt-in text in the top-left corner."""
     img = np.full((n, n), -1000.0, dtype=np.float32)
@@ -238,6 +256,16 @@ def test_real_cq500_cranial_slices_and_head_box(cq500_dir):
                    + float(series[i].RescaleIntercept) for i in picks]).astype(np.float32)
     dy, dx = (float(v) for v in series[0].PixelSpacing)
     assert cranial_slices(hu, (50.0, dy, dx)).tolist() == [False, True, True, True, False]
+    flags, cavity = cranial_cavity(hu, (50.0, dy, dx))
+    assert flags.tolist() == [False, True, True, True, False] and not cavity[[0, 4]].any()
+    assert 120 < cavity[2].sum() * dy * dx / 100 < 200  # cm^2 of the mid-brain slice (157 found)
+    row_hu, row_cav = hu[2, 256], cavity[2, 256]  # a row across the head: scalp, skull, brain, skull, scalp
+    bone = np.flatnonzero(row_hu > 300)
+    soft = (row_hu >= 0) & (row_hu <= 100)
+    scalp = soft & ((np.arange(512) < bone.min()) | (np.arange(512) > bone.max()))
+    assert scalp.sum() > 3 and not row_cav[scalp].any()
+    inner = np.arange(512)[(np.arange(512) > bone[bone < 256].max()) & (np.arange(512) < bone[bone > 256].min())]
+    assert row_cav[inner].all()  # every pixel between the inner tables
     r0, r1, c0, c1 = head_box(head_mask(hu, (50.0, dy, dx)))
     assert 40 < c0 and c1 < 450  # the curved table sides (columns ~20 and ~460) are excluded
 

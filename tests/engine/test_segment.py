@@ -49,21 +49,26 @@ def test_bad_input():
         segment_volume(model, _volume(), spec=PrepSpec(windows=("brain", "subdural", "bone"), z_max_filter=True))
 
 
-def _head_with_neck() -> Volume:
-    """8 slices of 96 x 96 at 0.9 mm: a skull ring around brain on slices 3-7; slices 0-2 soft tissue
-    without a ring (the neck), where an intracranial bleed cannot be."""
+def _radius() -> np.ndarray:
     yy, xx = np.mgrid[:96, :96]
-    r = np.hypot(yy - 48, xx - 48)
+    return np.hypot(yy - 48, xx - 48)
+
+
+def _head_with_neck() -> Volume:
+    """8 slices of 96 x 96 at 0.9 mm: on slices 3-7 brain (r < 34 px) in a skull ring (34-40) under
+    scalp (40-45); slices 0-2 soft tissue without a ring (the neck). An intracranial bleed can lie in
+    neither the neck nor the scalp."""
+    r = _radius()
     hu = np.full((8, 96, 96), -1000.0, np.float32)
-    hu[:, r < 40] = 40.0
+    hu[:, r < 45] = 40.0
     for k in range(3, 8):
         hu[k, (r >= 34) & (r < 40)] = 1200.0
     return Volume(hu=hu, spacing=(5.0, 0.9, 0.9), affine=np.diag([0.9, 0.9, 5.0, 1.0]))
 
 
-def test_slices_without_a_cranial_cavity_are_background():
-    """A network that calls every pixel intraparenchymal: its mask covers the cranial slices and none
-    of the neck's, and the scan's slice scores there are 0."""
+def test_bleed_lies_inside_the_cranial_cavity_only():
+    """A network that calls every pixel intraparenchymal: its mask covers the brain of the cranial
+    slices and neither the scalp nor the neck, and the scan's slice scores on the neck are 0."""
     from ichdet.preprocess import cranial_slices
 
     torch.manual_seed(0)
@@ -76,9 +81,27 @@ def test_slices_without_a_cranial_cavity_are_background():
     assert cranial_slices(vol.hu, vol.spacing).tolist() == [False] * 3 + [True] * 5
     spec = PrepSpec(windows=("brain", "subdural", "bone"), size=64, max_filter=1)
     res = segment_volume(model, vol, spec=spec)
-    assert not res.mask[:3].any() and (res.mask[3:] == 2).all()
+    r = _radius()
+    assert not res.mask[:3].any() and (res.mask[3:, r < 34] == 2).all()  # all the brain, none of the neck
+    assert not res.mask[3:, r >= 37.5].any()  # nor the scalp, nor more than ~2 mm of the skull
+    assert set(np.unique(res.mask).tolist()) == {0, 2}
     assert res.slice_probabilities[:3].tolist() == [0.0] * 3 and (res.slice_probabilities[3:] > 0.99).all()
     assert (res.probabilities[0, :3] == 1).all() and (res.probabilities[1:, :3] == 0).all()
+    assert (res.probabilities[0, 3:, :4] == 1).all()  # the prepared grid's corners: off the head
+
+
+def test_background_outside():
+    from ichdet.engine.segment import background_outside
+
+    p = torch.softmax(torch.rand(6, 2, 4, 4), 0)
+    inside = np.zeros((2, 4, 4), bool)
+    inside[:, 1:3, 1:3] = True
+    out = background_outside(p, inside)
+    assert torch.equal(out[:, torch.from_numpy(inside)], p[:, torch.from_numpy(inside)])
+    assert (out[0][torch.from_numpy(~inside)] == 1).all() and (out[1:][:, torch.from_numpy(~inside)] == 0).all()
+    assert background_outside(p, np.ones((2, 4, 4), bool)) is p
+    with pytest.raises(InputError, match=r"^the cavity mask must be \(2, 4, 4\) like the probabilities, got \(2, 4\)$"):
+        background_outside(p, np.ones((2, 4), bool))
 
 
 def test_the_network_runs_on_cranial_slices_only():

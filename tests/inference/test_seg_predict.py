@@ -2,8 +2,9 @@
 the scan's geometry; DICOM SEG and SR for DICOM input), the CLI's output, and `evaluate` scoring the
 masks against the cohort's truth.
 
-The bundles' seg_unet says "intraparenchymal" everywhere (a known mask: every voxel, or with the
-head crop every voxel of the head's box), so every volume and every stored frame is exact."""
+The bundles' seg_unet says "intraparenchymal" everywhere, and predict keeps what lies in the cranial
+cavity (`cranial_cavity`): a known mask (the cavity, or with the head crop the cavity within the
+head's box), so every volume and every stored frame is exact."""
 from __future__ import annotations
 
 import csv
@@ -14,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from scipy import ndimage
 
 from ichdet.cli import run as main
 from ichdet.datasets.manifest import SUBTYPES, read_manifest
@@ -21,6 +23,7 @@ from ichdet.engine.bundle import load_bundle
 from ichdet.evaluation.evaluate import evaluate_bundle
 from ichdet.inference import Predictor
 from ichdet.io import read_volume
+from ichdet.preprocess import cranial_cavity
 from ichdet.preprocess.masks import crop_box
 
 IPH = SUBTYPES.index("intraparenchymal") + 1
@@ -36,13 +39,20 @@ def test_volumes_of_a_known_mask(cohort, seg_bundles):
     vol = read_volume(scan)
     p = Predictor(load_bundle(seg_bundles["iph"])).predict(scan)
     voxel_ml = float(np.prod(vol.spacing)) / 1000.0
-    whole = vol.hu.size * voxel_ml
+    cranial, cavity = cranial_cavity(vol.hu, vol.spacing)
+    assert 0.05 < cavity.mean() < 0.5  # the scalp, the neck and the air around the head are not cavity
+    whole = cavity.sum() * voxel_ml
     v = p.volumes
     assert v["unit"] == "mL" and v["voxel_ml"] == pytest.approx(voxel_ml)
-    assert v["subtypes"]["intraparenchymal"] == pytest.approx(whole, abs=1e-3) and v["total"] == pytest.approx(whole, abs=1e-3)
+    assert v["subtypes"]["intraparenchymal"] == pytest.approx(whole, abs=1e-3)
+    assert v["total"] == pytest.approx(whole, abs=1e-3)
     assert all(v["subtypes"][s] == 0 for s in SUBTYPES if s != "intraparenchymal")
-    # one lesion filling the box: A and B are its in-plane diagonals' extent, C all slices
-    assert v["abc2"]["lesion_voxels"] == vol.hu.size and v["abc2"]["c_mm"] == pytest.approx(vol.shape[0] * vol.spacing[0])
+    # the largest lesion is the cavity's largest connected part; C spans its slices
+    parts, _ = ndimage.label(cavity)
+    largest = np.bincount(parts.ravel())[1:].argmax() + 1
+    z = np.flatnonzero((parts == largest).any(axis=(1, 2)))
+    assert v["abc2"]["lesion_voxels"] == (parts == largest).sum()
+    assert v["abc2"]["c_mm"] == pytest.approx((z[-1] - z[0] + 1) * vol.spacing[0])
     assert p.probability == pytest.approx(1.0, abs=1e-3) and p.decision
     assert p.to_dict()["volumes"] == v and p.to_dict()["outputs"] is None
 
@@ -74,7 +84,8 @@ def test_cli_writes_nifti_seg_and_sr_that_agree(cohort, seg_bundles, tmp_path, c
     r0, r1, c0, c1 = crop_box(vol.hu, vol.spacing, load_bundle(bundle).prep)
     box = np.zeros(vol.shape, bool)
     box[:, r0:r1, c0:c1] = True
-    assert 0 < box.sum() < box.size and np.array_equal(mask, np.where(box, IPH, 0))  # the head's box, on every slice
+    cavity = cranial_cavity(vol.hu, vol.spacing)[1]
+    assert 0 < box.sum() < box.size and np.array_equal(mask, np.where(box & cavity, IPH, 0))  # the cavity, in the box
     voxel_ml = float(np.prod(vol.spacing)) / 1000.0
     for i, name in enumerate(SUBTYPES):
         assert s["volumes"]["subtypes"][name] == pytest.approx((mask == i + 1).sum() * voxel_ml, abs=1e-3)
@@ -102,7 +113,10 @@ def test_nifti_input_gets_the_mask_only(cohort, seg_bundles, tmp_path):
     p = Predictor(load_bundle(seg_bundles["iph"])).predict(nifti, outputs=tmp_path / "o")
     assert set(p.outputs) == {"mask"}
     mask = np.asarray(nib.load(p.outputs["mask"]).dataobj)
-    assert np.all(mask == IPH) and mask.shape == nib.load(nifti).shape
+    assert mask.shape == nib.load(nifti).shape
+    vol = read_volume(nifti)
+    cavity = cranial_cavity(vol.hu, vol.spacing)[1]
+    assert np.array_equal(mask.transpose(2, 1, 0), np.where(cavity, IPH, 0)) and cavity.any()
 
 
 def test_table_shows_the_volume(cohort, seg_bundles, capsys):
@@ -124,13 +138,15 @@ def test_evaluate_scores_the_masks(cohort, seg_bundles, tmp_path):
     result = evaluate_bundle(seg_bundles["iph"], cohort, tmp_path / "ev", split="all")
     seg = result["segmentation"]
     assert (tmp_path / "ev" / "segmentation.md").is_file() and (tmp_path / "ev" / "bland_altman.png").is_file()
-    # the model marks every voxel: Dice of "any" = 2|T| / (|T| + |scan|) on every scan with a bleed; the
-    # others are scored by their false-positive volume (the whole scan)
+    # the model marks the whole cranial cavity C: Dice of "any" = 2|T & C| / (|T| + |C|) on every scan with
+    # a bleed; the others are scored by their false-positive volume (the cavity)
     expected, bleeds, negatives = [], 0, 0
     for row in _rows(cohort):
-        truth = np.asarray(nib.load(cohort.parent / row.extra["mask_path"]).dataobj) > 0
+        truth = np.asarray(nib.load(cohort.parent / row.extra["mask_path"]).dataobj).transpose(2, 1, 0) > 0
+        vol = read_volume(cohort.parent / row.path)
+        cavity = cranial_cavity(vol.hu, vol.spacing)[1]
         if truth.any():
-            expected.append(2 * truth.sum() / (truth.sum() + truth.size))
+            expected.append(2 * (truth & cavity).sum() / (truth.sum() + cavity.sum()))
         bleeds += bool(truth.any())
         negatives += not truth.any()
     assert seg["labels"]["any"]["dice"]["n"] == len(expected) == bleeds and 0 < bleeds < len(_rows(cohort))

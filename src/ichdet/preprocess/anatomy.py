@@ -1,4 +1,4 @@
-"""Anatomy: which slices show the cranial cavity, and where the head lies in-plane."""
+"""Anatomy: which slices show the cranial cavity, where on them it lies, and where the head lies in-plane."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -16,6 +16,8 @@ MIN_CRANIAL_AREA_MM2 = 500.0  # soft tissue enclosed by the ring for a slice to 
 SKULL_GAP_MM = 4.0  # closing half-width: bridges ear canals, sutures, partial-volume gaps in the ring
 CRANIAL_PIXEL_MM = 1.0  # cranial-slice masks are block-reduced to about this pixel size
 CRANIAL_Z_GAP_MM = 10.0  # non-cranial runs this short between cranial slices are filled
+MIN_CAVITY_PART_MM2 = 100.0  # an enclosed part of a cranial slice is cavity if it holds this much soft tissue
+CAVITY_MARGIN_MM = 2.0  # the cavity grows this far into the skull (its pixels are ~1 mm blocks)
 TYPICAL_SLICE_MM = 5.0  # assumed slice spacing when none is given
 TABLE_OPENING_MM = 6.0  # opening radius: removes table, headrest and text thinner than ~12 mm
 TYPICAL_HEAD_FOV_MM = 250.0  # assumed field of view when the pixel size is unknown
@@ -69,6 +71,26 @@ def cranial_slices(
     (0-100 HU) of at least `min_area_mm2`. Masks are block-reduced to ~1 mm pixels first
     (bone by block maximum, so thin bone survives). The cavity is one block along z, so gaps
     of up to 10 mm between cranial slices (open rings at the skull base) are filled."""
+    return _skull_rings(hu, spacing, min_area_mm2, gap_mm, cavity=False)[0]
+
+
+def cranial_cavity(
+    hu: np.ndarray, spacing: Sequence[float] | None = None, margin_mm: float = CAVITY_MARGIN_MM,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(Z, H, W) HU -> (`cranial_slices`' flags bool (Z,), cavity bool (Z, H, W)): where an
+    intracranial bleed can lie. On a cranial slice the cavity is what the closed skull ring encloses
+    (every part holding at least `MIN_CAVITY_PART_MM2` of soft tissue: the posterior and middle
+    fossae at the skull base, not an enclosed sinus), grown by `margin_mm` into the bone so the
+    ~1 mm pixels never clip a subdural or epidural rim; scalp, muscle and the soft tissue of the face
+    and neck lie outside it. On a cranial slice whose ring stays open (filled between two closed
+    ones) it is the union of the nearest closed slices' cavities above and below. Every slice is
+    all cavity when no slice is cranial; otherwise the other slices have none."""
+    return _skull_rings(hu, spacing, MIN_CRANIAL_AREA_MM2, SKULL_GAP_MM, cavity=True, margin_mm=margin_mm)
+
+
+def _skull_rings(hu: np.ndarray, spacing: Sequence[float] | None, min_area_mm2: float, gap_mm: float,
+                 cavity: bool, margin_mm: float = CAVITY_MARGIN_MM) -> tuple[np.ndarray, np.ndarray | None]:
+    """`cranial_slices`' flags, and with `cavity` `cranial_cavity`'s mask (else None)."""
     hu = np.asarray(hu)
     if hu.ndim != 3 or min(hu.shape) == 0:
         raise InputError(f"cranial_slices expects (Z, H, W) HU, got shape {hu.shape}")
@@ -79,15 +101,37 @@ def cranial_slices(
     pixel_mm2 = dy * dx * f * f
     size = (2 * max(1, round(gap_mm / (dy * f))) + 1, 2 * max(1, round(gap_mm / (dx * f))) + 1)
     out = np.zeros(hu.shape[0], dtype=bool)
+    inside = np.zeros(bone.shape, dtype=bool) if cavity else None
     for z in range(hu.shape[0]):
         if soft[z].sum() * pixel_mm2 < min_area_mm2 or not bone[z].any():
             continue
         # closing by a square (separable, fast): bridges gaps in the ring
         ring = ndimage.minimum_filter(ndimage.maximum_filter(bone[z], size=size, mode="constant"),
                                       size=size, mode="constant")
-        _, area = _largest_component(_enclosed(ring) & soft[z])
+        enclosed = _enclosed(ring)
+        _, area = _largest_component(enclosed & soft[z])
         out[z] = area * pixel_mm2 >= min_area_mm2
-    return _fill_short_gaps(out, int(CRANIAL_Z_GAP_MM // _slice_mm(spacing)))
+        if cavity and out[z]:
+            parts, n = ndimage.label(enclosed)
+            soft_px = np.bincount(parts[soft[z]], minlength=n + 1)
+            keep = soft_px * pixel_mm2 >= MIN_CAVITY_PART_MM2
+            keep[0] = False
+            inside[z] = keep[parts]
+    flags = _fill_short_gaps(out, int(CRANIAL_Z_GAP_MM // _slice_mm(spacing)))
+    if not cavity:
+        return flags, None
+    closed = np.flatnonzero(out)
+    for z in np.flatnonzero(flags & ~out):  # filled between closed rings: the ring is open here
+        below, above = closed[closed < z].max(), closed[closed > z].min()
+        inside[z] = inside[below] | inside[above]
+    grow = max(1, round(margin_mm / (min(dy, dx) * f)))
+    disk = np.hypot(*np.mgrid[-grow:grow + 1, -grow:grow + 1]) <= grow
+    inside = ndimage.binary_dilation(inside, structure=disk[None])
+    h, w = hu.shape[1:]
+    mask = inside.repeat(f, axis=1).repeat(f, axis=2)[:, :h, :w]
+    if not flags.any():
+        mask[:] = True
+    return flags, mask
 
 
 def _slice_mm(spacing: Sequence[float] | None) -> float:
