@@ -30,6 +30,7 @@ from ichdet.engine.segment import segment_intracranial
 from ichdet.errors import InputError
 from ichdet.io.masks import UNKNOWN_SUBTYPE
 from ichdet.metrics import roc_auc
+from ichdet.models.fusion import inference_copy
 from ichdet.models.seg_unet import bleed_slice_scores, segment_slices
 
 SEG_LOSS = "dice_ce"
@@ -108,10 +109,12 @@ class SegTask:
         import time
 
         t0 = time.perf_counter()
+        model.eval()
+        net = inference_copy(model, self.channels_last)  # batch norms folded, as predict runs it
         scores, dices, class_dices, loss_sum, n_slices = [], {}, [], 0.0, 0
         for sid in self.val_ids:
             scan = self.cohort[sid]
-            probs = segment_intracranial(lambda im: segment_slices(model, im, channels_last=self.channels_last),
+            probs = segment_intracranial(lambda im: segment_slices(net, im, channels_last=self.channels_last),
                                          scan.image, scan.cranial)  # (6, Z, S, S)
             # predict also sets pixels off the cranial cavity to background (`cranial_cavity`); the cache
             # keeps per-slice flags only, and on synthetic heads no bleed lies there (76 of 109 585

@@ -7,7 +7,6 @@ go through the encoder a few at a time, so memory does not grow with the scan's 
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from ichdet.errors import InputError
+from ichdet.models.fusion import inference_copy
 from ichdet.models.graph import ModelOutputs, run_graphs, split_model
 
 SLICE_BATCH = 16  # slices per onnxruntime pass
@@ -56,7 +56,7 @@ class TorchRuntime:
         if batch is not None and (not isinstance(batch, int) or batch < 1):
             raise InputError(f"slice batch must be a positive integer, got {batch!r}")
         self.kind, self.precision, self.channels_last, self.batch = kind, self.mode.dtype, bool(channels_last), batch
-        net = _inference_copy(model, self.channels_last).to(self.device)
+        net = inference_copy(model, self.channels_last).to(self.device)
         self.slice_graph, self.sequence_graph = split_model(net, kind)
         self._slices = torch.compile(self.slice_graph, dynamic=True) if compile else self.slice_graph
         self.compiled = bool(compile)
@@ -85,27 +85,11 @@ class TorchRuntime:
                           self.mode.autocast)
 
 
-def _inference_copy(model: torch.nn.Module, channels_last: bool, fold: bool = True) -> torch.nn.Module:
-    """A copy of `model` for inference only (the bundle's own model stays as it is, for Grad-CAM):
-    with `fold`, batch norms folded into their convolutions (`fold_batchnorm`) and ReLU6s in place;
-    ReLUs in place (no autograd here, so one memory pass less per activation); optionally
-    channels-last weights. Same numbers to float rounding; about 1.8x faster on a 2-core CPU."""
-    from ichdet.models.fusion import fold_batchnorm
-
-    m = copy.deepcopy(model).eval()
-    if fold:
-        fold_batchnorm(m)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.ReLU) or fold and isinstance(mod, torch.nn.ReLU6):
-            mod.inplace = True
-    return m.to(memory_format=torch.channels_last) if channels_last else m
-
-
 class SegmentationRuntime:
     """A segmentation bundle's network (seg_unet) in PyTorch on the CPU: a prepared scan (C, Z, S, S)
     in [0, 1] -> float32 class probabilities (6, Z, S, S), `batch` slices per pass (default
     `SEG_BATCH`), channels-last, `precision` as for TorchRuntime (bf16 autocast only where the CPU
-    has bf16 units). `fold`: batch norms folded into the convolutions (`_inference_copy`); False
+    has bf16 units). `fold`: batch norms folded into the convolutions (`inference_copy`); False
     only to measure what that saves."""
 
     name = "torch"
@@ -119,7 +103,7 @@ class SegmentationRuntime:
         if batch is not None and (not isinstance(batch, int) or batch < 1):
             raise InputError(f"slice batch must be a positive integer, got {batch!r}")
         self.precision, self.batch, self.channels_last = self.mode.dtype, batch or SEG_BATCH, bool(channels_last)
-        self.model, self.fold = _inference_copy(model, self.channels_last, fold), bool(fold)
+        self.model, self.fold = inference_copy(model, self.channels_last, fold), bool(fold)
 
     def describe(self) -> str:
         parts = [self.precision] + (["channels-last"] if self.channels_last else []) + \
