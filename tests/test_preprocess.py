@@ -165,6 +165,8 @@ def test_cranial_cavity_is_inside_the_skull_not_the_scalp():
     assert np.array_equal(cavity[1], cavity[0]) and not cavity[3].any()  # the open slice: its neighbours'
     flags, cavity = cranial_cavity(vol[3:], (5.0, 1.0, 1.0))
     assert not flags.any() and cavity.all()  # no skull found anywhere: nothing is ruled out
+    with pytest.raises(InputError, match=r"^cranial_cavity expects \(Z, H, W\) HU, got shape \(128, 128\)$"):
+        cranial_cavity(vol[0], (1.0, 1.0))
 
 
 def _scene(n=256, table_row=203):

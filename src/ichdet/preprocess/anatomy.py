@@ -93,7 +93,8 @@ def _skull_rings(hu: np.ndarray, spacing: Sequence[float] | None, min_area_mm2: 
     """`cranial_slices`' flags, and with `cavity` `cranial_cavity`'s mask (else None)."""
     hu = np.asarray(hu)
     if hu.ndim != 3 or min(hu.shape) == 0:
-        raise InputError(f"cranial_slices expects (Z, H, W) HU, got shape {hu.shape}")
+        name = "cranial_cavity" if cavity else "cranial_slices"
+        raise InputError(f"{name} expects (Z, H, W) HU, got shape {hu.shape}")
     dy, dx = _pixel_mm(hu.shape, spacing)
     f = max(1, int(CRANIAL_PIXEL_MM / max(dy, dx)))
     bone = max_filter_2d(hu > BONE_THRESHOLD_HU, f)
