@@ -150,3 +150,26 @@ def test_bleed_only_masks_train(seg_cohort, tmp_path):
     labels = {sid: set(np.unique(m).tolist()) for sid, m in task.masks.items()}
     assert any(labels[s] == {0, 6} for s in labels if s in any_ids)  # bleed of unknown subtype
     assert all(labels[s] <= {0, 1, 2, 3, 4, 5} for s in labels if s not in any_ids)
+
+
+def test_a_run_saved_before_a_new_key_is_not_resumed_under_its_new_default(tmp_path):
+    """A seg run whose config.yaml predates `data.seg_sampling` (bleed slices drawn uniformly) must
+    not continue with today's default (label by label) without saying so: resuming is refused with
+    the key named, and `--set data.seg_sampling=slice` resumes it as it was."""
+    import yaml
+
+    from ichdet.engine.config import config_from_dict, dump_config
+    from ichdet.engine.run import check_resume
+
+    cfg = load_config("quick/seg_unet")
+    saved = yaml.safe_load(dump_config(cfg))
+    del saved["data"]["seg_sampling"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(InputError, match=r"cannot resume with a different config; changed: data\.seg_sampling$"):
+        check_resume(cfg, tmp_path)
+    check_resume(config_from_dict({**saved, "data": {**saved["data"], "seg_sampling": "slice"}}), tmp_path)
+    detection = load_config("quick/3d_slice_cnn")  # the key does not change what a detection stage trains
+    saved = yaml.safe_load(dump_config(detection))
+    del saved["data"]["seg_sampling"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_resume(detection, tmp_path)

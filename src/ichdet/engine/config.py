@@ -235,6 +235,10 @@ def _set_dotted(tree: dict[str, Any], assignment: str) -> None:
 
 
 LEGACY_KEYS = {"autocast_bf16": ("precision", {True: "bf16", False: "fp32"})}  # old key -> (new key, values)
+# keys added with a default that changed behaviour -> (what a config saved before the key existed did,
+# the stages it matters to): a run folder's config.yaml from then resumes only with that value in those
+# stages, and with any in the others (`engine.run.check_resume`)
+ADDED_KEYS = {("data", "seg_sampling"): ("slice", ("seg",))}
 
 
 def legacy_keys(values: Mapping[str, Any]) -> dict[str, Any]:

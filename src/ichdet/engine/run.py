@@ -25,7 +25,7 @@ from ichdet.datasets.manifest import read_manifest
 from ichdet.datasets.prepared import PreparedCohort
 from ichdet.datasets.splits import split_by_patient, write_splits
 from ichdet.engine.checkpoint import LATEST
-from ichdet.engine.config import TrainConfig, dump_config, legacy_keys
+from ichdet.engine.config import ADDED_KEYS, TrainConfig, dump_config, legacy_keys
 from ichdet.engine.distributed import DistInfo, barrier
 from ichdet.errors import InputError
 from ichdet.fileio import write_text_atomic
@@ -69,6 +69,9 @@ def check_resume(cfg: TrainConfig, out: Path) -> None:
     if not saved_path.is_file():
         raise InputError("cannot resume: the run folder has a checkpoint but no config.yaml", out)
     saved, now = _flatten(legacy_keys(yaml.safe_load(saved_path.read_text()) or {})), _flatten(cfg.to_dict())
+    for key, (before, stages) in ADDED_KEYS.items():  # a key the run's config predates: what it did without it
+        if key not in saved:
+            saved[key] = before if now.get(("stage",)) in stages else now.get(key)
     changed = sorted(".".join(k) for k in set(saved) | set(now)
                      if saved.get(k) != now.get(k) and k not in RESUME_FREE_KEYS)
     if changed:
