@@ -40,27 +40,46 @@ def _open(c: TestClient, path) -> dict:
     return r.json()
 
 
-def test_study_has_volumes_and_legend(seg_client, nifti_path):
+def _cavity(nifti_path, seg_bundle) -> tuple[np.ndarray, np.ndarray]:
+    """The scan's cranial cavity on its own voxels (Z, H, W) and on the prepared grid (Z, S, S): where
+    the bundle's intraparenchymal-everywhere model leaves its label."""
+    from ichdet.engine.bundle import load_bundle
+    from ichdet.preprocess import cranial_cavity
+    from ichdet.preprocess.masks import crop_box, prepare_mask
+
+    vol, spec = read_volume(nifti_path), load_bundle(seg_bundle).prep
+    cavity = cranial_cavity(vol.hu, vol.spacing)[1]
+    return cavity, prepare_mask(cavity.view(np.uint8), spec, crop_box(vol.hu, vol.spacing, spec)) > 0
+
+
+def test_study_has_volumes_and_legend(seg_client, seg_bundle, nifti_path):
     s = _open(seg_client, nifti_path)
     vol = read_volume(nifti_path)
-    whole = vol.hu.size * float(np.prod(vol.spacing)) / 1000.0  # the model marks every voxel intraparenchymal
+    cavity, _ = _cavity(nifti_path, seg_bundle)
+    assert 0 < cavity.sum() < cavity.size
+    whole = cavity.sum() * float(np.prod(vol.spacing)) / 1000.0  # intraparenchymal wherever a bleed can be
     assert s["volumes"]["subtypes"]["intraparenchymal"] == pytest.approx(whole, abs=1e-3)
     assert s["volumes"]["total"] == pytest.approx(whole, abs=1e-3)
     assert [g["name"] for g in s["segments"]] == list(SUBTYPES) and [g["label"] for g in s["segments"]] == [1, 2, 3, 4, 5]
     assert s["segments"][1]["colour"] == "#%02x%02x%02x" % IPH
 
 
-def test_mask_overlay_per_subtype(seg_client, nifti_path):
+def test_mask_overlay_per_subtype(seg_client, seg_bundle, nifti_path):
+    from scipy import ndimage
+
     s = _open(seg_client, nifti_path)
     url = f"/api/studies/{s['id']}/slices/3"
     gray = _png(seg_client.get(url))
     assert gray.ndim == 2
     shown = _png(seg_client.get(url, params={"mask": "all"})).astype(float)
     assert shown.shape == (*gray.shape, 3)
-    inner = (slice(1, -1), slice(1, -1))  # the whole slice is one region: its border pixels are the outline
+    region = _cavity(nifti_path, seg_bundle)[1][3]  # the slice's cranial cavity, prepared grid
+    assert 0.1 < region.mean() < 0.9
+    inner = ndimage.binary_erosion(region)  # the region's edge pixels are its outline
     want = (1 - MASK_ALPHA) * gray[inner][..., None].astype(float) + MASK_ALPHA * np.asarray(IPH, float)
     assert np.abs(shown[inner] - want).max() <= 0.5 + 1e-9
-    assert np.all(shown[0, :] == IPH)  # outlined in the subtype's colour
+    assert np.all(shown[region & ~inner] == IPH)  # outlined in the subtype's colour
+    assert np.array_equal(shown[~region], np.repeat(gray[~region][..., None], 3, axis=1))  # air, scalp: grey
     assert np.array_equal(_png(seg_client.get(url, params={"mask": "2"})), shown.astype(np.uint8))
     other = _png(seg_client.get(url, params={"mask": "1,5"}))  # no epidural or subdural voxel: the grey slice
     assert np.array_equal(other, np.repeat(gray[..., None], 3, axis=2))
