@@ -120,7 +120,8 @@ def background_outside(probabilities: torch.Tensor, cavity: np.ndarray) -> torch
     """Class probabilities (6, Z, s, s) with every pixel outside `cavity` (bool (Z, s, s), the cranial
     cavity on the same grid) set to background: scalp, temporal muscle and the soft tissue of the
     face and neck look like a subdural rim to a network trained on synthetic heads (on the real
-    CQ500 series this took `make demo`'s model from 79.4 to 26.9 mL subdural, 91.0 to 35.0 mL in all)."""
+    CQ500 series this took `make demo`'s recipe, trained on the quick demo's cohort, from 79.4 to 26.9 mL
+    subdural and from 91.0 to 35.0 mL in all)."""
     inside = torch.from_numpy(np.asarray(cavity, bool))
     if inside.shape != probabilities.shape[1:]:
         raise InputError(f"the cavity mask must be {tuple(probabilities.shape[1:])} like the probabilities, "
