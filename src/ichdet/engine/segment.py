@@ -152,5 +152,5 @@ def segment_prepared(run: Callable[[np.ndarray], torch.Tensor], volume: Volume, 
                               time.perf_counter() - t0)
 
 
-__all__ = ["KIND", "SEG_CLASSES", "SegmentationResult", "background_outside", "segment_intracranial", "segment_prepared",
-           "segment_volume"]
+__all__ = ["KIND", "SEG_CLASSES", "SegmentationResult", "background_outside", "segment_intracranial",
+           "segment_prepared", "segment_volume"]
