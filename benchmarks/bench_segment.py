@@ -17,8 +17,8 @@ is `--precision auto`'s business and left to bench_infer's detection rows):
    series with a bleed) and ``cq500`` (the real 238-slice series at ../shared/data/cq500-ct-1;
    skipped with a reason when absent).
 3. **Variants**, each a ``Predictor`` on the bundle: ``seg-cl`` (what ``ichdet predict`` runs:
-   ``SegmentationRuntime``, batch norms folded into the convolutions, channels-last, 16 slices a
-   pass), ``seg-cl-unfused`` (the same without folding: what predict ran before) and
+   ``SegmentationRuntime``, batch norms folded into the convolutions, channels-last, 4 slices a
+   pass), ``seg-cl-unfused`` (the same with the batch norms left unfolded) and
    ``seg-contiguous`` (folded, in plain NCHW memory: the peer). Per input and variant: warm-up
    calls, then ``--repeats`` timed ``predictor.predict(path)`` calls (read, prepare, the network on
    the slices with a cranial cavity, mask restored to the 512 x 512 grid, volumes and ABC/2), and
@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO / "src"))
 CQ500_DIR = Path(os.environ.get("ICHDET_SHARED", REPO.parent / "shared")) / "data" / "cq500-ct-1"
 
 CASES = ("synthetic", "cq500")
-# name -> SegmentationRuntime options; seg-cl-unfused is what predict ran before batch norms were folded
+# name -> SegmentationRuntime options; seg-cl-unfused measures what folding the batch norms saves
 VARIANTS = {"seg-cl": {"channels_last": True, "fold": True}, "seg-cl-unfused": {"channels_last": True, "fold": False},
             "seg-contiguous": {"channels_last": False, "fold": True}}
 DEFAULT_VARIANT = "seg-cl"  # what `ichdet predict` runs for a segmentation bundle
