@@ -282,6 +282,8 @@ def test_report_and_bundles(cv_run):
     assert cnn.prep.size == 64 and cnn.prep.crop_head and cnn.prep.windows == ("brain",)
     svm = load_bundle(out / "bundles" / "alexnet-svm")
     assert svm.kind == "alexnet_svm" and svm.svm is not None and svm.prep.windows == ("brain", "subdural", "bone")
+    # trained on PNGs: a CT given to it later gets the brain window in all three channels, as the PNGs had
+    assert svm.training_units == cnn.training_units == "display" and svm.input_prep.grey and not cnn.input_prep.grey
     assert load_bundle(out / "bundles" / "alexnet").kind == "slice"
     # the final bundles were trained on every image (train/val), none held out
     assert set(cnn.training_splits().values()) == {"train", "val"} and len(cnn.training_splits()) == 16

@@ -22,6 +22,7 @@ from ichdet.datasets.cache import PreparedCache, volume_key_parts
 from ichdet.datasets.manifest import SUBTYPES, ManifestRow, SliceLabel, read_manifest, read_slice_labels
 from ichdet.errors import InputError
 from ichdet.io import read_volume
+from ichdet.io.images import is_image
 from ichdet.io.sources import list_files
 from ichdet.io.volume import Volume
 from ichdet.preprocess import PrepSpec, cranial_slices, merge_groups, prepare_volume, series_spacing, slice_groups, z_block
@@ -334,6 +335,12 @@ class PreparedCohort:
         z = [self[s].z_spacing_mm for s in scan_ids]
         z = [v for v in z if v is not None]
         return round(float(np.median(z)), 3) if z else None
+
+    def training_units(self, scan_ids: Sequence[str]) -> str | None:
+        """"display" when every one of these scans is a display image (PNG/JPEG/...: already
+        windowed grey), "HU" when none is (CT: DICOM, NIfTI), None for a mix."""
+        display = {is_image(self.row(s).resolved_path(self.root)) for s in scan_ids}
+        return None if len(display) != 1 else ("display" if display.pop() else "HU")
 
 
 def n_prepared_slices(n_slices: int, spec: PrepSpec, z_spacing_mm: float | None = None) -> int:

@@ -4,7 +4,8 @@
 bundle/
   bundle.json   format, ichdet version, model name + kwargs, kind, preprocessing, context,
                 operating point (chosen on validation data), validation metrics, data hash,
-                slice_thickness_mm (the training scans' median slice spacing; null for 2D images)
+                slice_thickness_mm (the training scans' median slice spacing; null for 2D images),
+                training_units ("display": trained on windowed images, PNG/JPEG; "HU": on CT)
   config.yaml   the resolved training config
   weights.pt    the network's state dict (torch.load(weights_only=True) reads it)
   svm.joblib    the SVM head, for kinds "alexnet_svm", "slice_svm" and "feature_svm" (a pickle: load bundles
@@ -19,7 +20,8 @@ Kinds: "slice" (a slice classifier; a scan's score is its maximum slice probabil
 five subtypes then "any" for a multi-label model of kind slice, aggregate or scan.
 ``slice_thickness_mm``: `predict`, `serve` and `evaluate` merge a thinner series into slabs of this
 thickness before the model (`Bundle.input_prep`); a bundle without it (older ones) sees slices as
-they come.
+they come. ``training_units`` "display": a CT slice or series reaches the model as the display
+images it was trained on did, its first window in every channel (`PrepSpec.grey`).
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from ichdet.preprocess.pipeline import PrepSpec
 
 FORMAT = "ichdet-bundle"
 FORMAT_VERSION = 1
+TRAINING_UNITS = ("display", "HU", None)  # bundle.json "training_units" (`Volume.info["units"]`)
 META, WEIGHTS, CONFIG, SVM, SPLITS = "bundle.json", "weights.pt", "config.yaml", "svm.joblib", "splits.csv"
 
 
@@ -75,12 +78,21 @@ class Bundle:
         return None if value is None else float(value)
 
     @property
+    def training_units(self) -> str | None:
+        """What the training images held: "display" (windowed PNG/JPEG images), "HU" (CT), or
+        None (a mix, or a bundle written before ichdet recorded it)."""
+        return self.meta.get("training_units")
+
+    @property
     def input_prep(self) -> PrepSpec:
         """The preparation of new scans (predict, serve, evaluate): `prep`, with a thinner series
-        first merged into slabs of `slice_thickness_mm` (`PrepSpec.slab_mm`); `prep` itself when
-        the bundle has no thickness."""
-        t = self.slice_thickness_mm
-        return self.prep if t is None else dataclasses.replace(self.prep, slab_mm=t)
+        first merged into slabs of `slice_thickness_mm` (`PrepSpec.slab_mm`), and for a model
+        trained on display images a CT's first window in every channel (`PrepSpec.grey`), as a
+        display image gives; `prep` itself when neither applies."""
+        spec, t = self.prep, self.slice_thickness_mm
+        if self.training_units == "display" and len(spec.windows) > 1:
+            spec = dataclasses.replace(spec, grey=True)
+        return spec if t is None else dataclasses.replace(spec, slab_mm=t)
 
     @property
     def context(self) -> int:
@@ -123,9 +135,12 @@ def save_bundle(out: str | Path, *, model: torch.nn.Module, model_name: str, mod
                 kind: str, prep: PrepSpec, context: int, operating_point: dict[str, Any],
                 metrics: dict[str, Any], config_yaml: str, data_hash: str, aggregate: str = "max",
                 svm: Any = None, extra: dict[str, Any] | None = None, splits: dict[str, str] | None = None,
-                slice_thickness_mm: float | None = None) -> Path:
+                slice_thickness_mm: float | None = None, training_units: str | None = None) -> Path:
     """Write a bundle folder atomically (built beside `out`, then renamed over it).
-    `slice_thickness_mm`: the training scans' median slice spacing (None: 2D images)."""
+    `slice_thickness_mm`: the training scans' median slice spacing (None: 2D images).
+    `training_units`: "display" (trained on windowed PNG/JPEG images), "HU", or None (a mix, unknown)."""
+    if training_units not in TRAINING_UNITS:
+        raise InputError(f"training_units must be one of {TRAINING_UNITS}, got {training_units!r}")
     k = get_kind(kind)
     if (k.svm is not None) != (svm is not None):
         raise InputError(f"bundle kind {kind!r} {'needs' if svm is None else 'takes no'} SVM head")
@@ -136,7 +151,8 @@ def save_bundle(out: str | Path, *, model: torch.nn.Module, model_name: str, mod
         "kind": kind, "model": {"name": model_name, "kwargs": model_kwargs}, "aggregate": aggregate,
         "labels": list(k.labels(model)), "prep": prep.to_dict(), "context": int(context), "operating_point": operating_point,
         "metrics": metrics, "data_hash": data_hash,
-        "slice_thickness_mm": None if slice_thickness_mm is None else float(slice_thickness_mm), **(extra or {}),
+        "slice_thickness_mm": None if slice_thickness_mm is None else float(slice_thickness_mm),
+        "training_units": training_units, **(extra or {}),
     }
     out = Path(out)
     with atomic_path(out) as tmp:

@@ -154,7 +154,8 @@ def _save(run: Run, model: torch.nn.Module, kind: str, op: dict[str, Any], metri
                     prep=run.spec, context=run.context, operating_point=op, metrics=metrics,
                     config_yaml=dump_config(run.cfg), data_hash=run.data_hash, aggregate=run.cfg.aggregate,
                     svm=svm, extra={"experiment": run.cfg.experiment, "description": run.cfg.description, **(extra or {})}, splits=run.splits,
-                    slice_thickness_mm=run.cohort.slice_thickness_mm(run.ids("train")))  # predict's slab thickness
+                    slice_thickness_mm=run.cohort.slice_thickness_mm(run.ids("train")),  # predict's slab thickness
+                    training_units=run.cohort.training_units(run.ids("train")))  # a CT as the images were
         run.log(f"bundle: {out} (validation AUC {op['validation']['auc']:.4f}, threshold {op['threshold']:.4g} "
                 f"for sensitivity >= {op['target_sensitivity']})")
     return out

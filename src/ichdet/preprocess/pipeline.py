@@ -34,6 +34,9 @@ class PrepSpec:
         by their maximum (`ichdet.preprocess.slabs`): the training slice thickness, so a thin
         series reaches the model as the scans it was trained on. None (the default): slices as
         they are. Left out of `to_dict` and `key` when None, so existing specs keep their keys.
+    grey: a HU volume gets only the first window, copied into every channel, which is what an
+        already windowed display image (PNG/JPEG) gives (`prepare_display_image`): the input of a
+        model trained on such images. Left out of `to_dict` and `key` when false.
     """
 
     windows: tuple[str, ...] = ("brain",)
@@ -42,6 +45,7 @@ class PrepSpec:
     z_max_filter: bool = False
     crop_head: bool = False
     slab_mm: float | None = None
+    grey: bool = False
 
     def __post_init__(self) -> None:
         wins = (self.windows,) if isinstance(self.windows, str) else tuple(self.windows)
@@ -54,7 +58,7 @@ class PrepSpec:
             raise InputError(f"PrepSpec.size must be an integer >= 8, got {self.size!r}")
         if not isinstance(self.max_filter, (int, np.integer)) or isinstance(self.max_filter, bool) or self.max_filter < 1:
             raise InputError(f"PrepSpec.max_filter must be an integer >= 1, got {self.max_filter!r}")
-        for name in ("z_max_filter", "crop_head"):
+        for name in ("z_max_filter", "crop_head", "grey"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise InputError(f"PrepSpec.{name} must be true or false, got {getattr(self, name)!r}")
             object.__setattr__(self, name, bool(getattr(self, name)))
@@ -69,6 +73,8 @@ class PrepSpec:
         d["windows"] = list(self.windows)
         if self.slab_mm is None:
             del d["slab_mm"]
+        if not self.grey:
+            del d["grey"]
         return d
 
     @classmethod
@@ -85,7 +91,8 @@ class PrepSpec:
         wins = "+".join(names.get(parse_window(w), f"c{parse_window(w).center:g}w{parse_window(w).width:g}")
                         for w in self.windows)
         slab = "" if self.slab_mm is None else f"_slab{self.slab_mm:g}"
-        return f"{wins}_s{self.size}_mf{self.max_filter}_z{int(self.z_max_filter)}_crop{int(self.crop_head)}{slab}"
+        grey = "_grey" if self.grey else ""
+        return f"{wins}_s{self.size}_mf{self.max_filter}_z{int(self.z_max_filter)}_crop{int(self.crop_head)}{slab}{grey}"
 
 
 def prepare_display_image(image: np.ndarray, spec: PrepSpec = PrepSpec()) -> np.ndarray:
@@ -112,7 +119,8 @@ def prepare_volume(volume: Volume | np.ndarray, spec: PrepSpec = PrepSpec()) -> 
     Always four axes, even for one window. Z' = Z, or ceil(Z/2) with `z_max_filter`, each after
     slabs of `spec.slab_mm` (a Volume with a z spacing only); `slice_map` says which source slices
     each prepared slice covers.
-    Order: slabs -> head crop (one box) -> max filter -> pad to square + resize -> windows.
+    Order: slabs -> head crop (one box) -> max filter -> pad to square + resize -> windows
+    (with `spec.grey`: the first window in every channel).
     A Volume read from a PNG/JPEG (``info["units"] == "display"``) goes to `prepare_display_image`.
     """
     if isinstance(volume, Volume) and volume.info.get("units") == "display":
@@ -132,6 +140,9 @@ def prepare_volume(volume: Volume | np.ndarray, spec: PrepSpec = PrepSpec()) -> 
         hu = _block_max(hu, Z_MAX_FILTER, (-3,)) if spec.z_max_filter else hu
         hu = max_filter_2d(hu, k)
     hu = resize_slices(hu, spec.size, fill=AIR_HU)
+    if spec.grey:
+        return np.ascontiguousarray(np.repeat(window_stack(hu, spec.windows[:1]), len(spec.windows), axis=0),
+                                    dtype=np.float32)
     return np.ascontiguousarray(window_stack(hu, spec.windows), dtype=np.float32)
 
 
