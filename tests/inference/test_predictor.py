@@ -99,6 +99,20 @@ def test_single_images(cohort, bundles, tmp_path):
     assert one.warnings == ["a scan model given a single image: its probability means little"]
 
 
+def test_a_png_given_to_a_ct_trained_multi_window_model_is_flagged(cohort, bundles, tmp_path):
+    vol = read_volume(_scan_dirs(cohort)[0])
+    png = tmp_path / "slice.png"
+    Image.fromarray((window(vol.hu[4], "brain") * 255).astype(np.uint8)).save(png)
+    warned = {}
+    for units in ("HU", "display"):
+        bundle = shutil.copytree(bundles["alexnet_svm"], tmp_path / units)
+        meta = json.loads((bundle / "bundle.json").read_text())
+        (bundle / "bundle.json").write_text(json.dumps({**meta, "training_units": units}))
+        warned[units] = ichdet.load_predictor(bundle).predict(png).warnings
+    assert warned == {"HU": ["a display image given to a model trained on CT windows (brain, subdural, bone): every "
+                             "channel gets the same grey image, so its probability means less"], "display": []}
+
+
 def test_reader_warnings_travel_with_the_result(cohort, bundles, tmp_path):
     scan = tmp_path / "gap"
     shutil.copytree(_scan_dirs(cohort)[0], scan)

@@ -247,6 +247,10 @@ class Predictor:
             notes.append(f"almost nothing but air in the input (tissue in {tissue:.1%} of it): is this a head CT?")
         if self.bundle.kind_spec.sequence and volume.shape[0] == 1:
             notes.append("a scan model given a single image: its probability means little")
+        windows = self.bundle.prep.windows
+        if volume.info.get("units") == "display" and self.bundle.training_units == "HU" and len(set(windows)) > 1:
+            notes.append(f"a display image given to a model trained on CT windows ({', '.join(windows)}): "
+                         "every channel gets the same grey image, so its probability means less")
         thicker = None if slabs is None else slabs.warning()
         if thicker:
             notes.append(thicker)
