@@ -2,7 +2,7 @@
 N PNG images of about 700 px (each its own size, RGB or grey), `labels.csv` with an `id` column
 matching the zero-padded file stems and a ` hemorrhage` column whose header has a stray space.
 
-    python scripts/cv_image_set.py OUT [--images 200] [--side 700] [--seed 0]
+    python scripts/cv_image_set.py OUT [--images 200] [--side 700] [--seed 0] [--difficulty 0.3]
 
 It is the input on which `ichdet cv`'s timing is measured (README): synthetic scans (ichdet.synth)
 -> one slice per scan (`export_image_set`) -> resized so the canvas is side +- 15%.
@@ -27,8 +27,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--side", type=int, default=700, help="typical canvas side in pixels")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--difficulty", type=float, default=0.3,
+                    help="0 (large, bright bleeds, few mimics) .. 1 (small, faint bleeds, many mimics)")
     a = ap.parse_args()
-    manifest = make_cohort(a.out / "cohort", n_scans=a.images, seed=a.seed, size=512, n_slices=16, difficulty=0.3)
+    manifest = make_cohort(a.out / "cohort", n_scans=a.images, seed=a.seed, size=512, n_slices=16, difficulty=a.difficulty)
     labels = export_image_set(manifest, a.out / "export", seed=a.seed)
     images = a.out / "head_ct"
     images.mkdir(parents=True, exist_ok=True)
