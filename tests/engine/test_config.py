@@ -16,7 +16,9 @@ CONFIGS = ROOT / "configs"
 # what a folder's configs may change in the config each names as `base:` (configs/README.md)
 RUN_CHANGES = {
     "cv": {"data.crop_head", "data.slice_labels", "data.size", "model.weights", "model.init_from", "optim.epochs",
-           "optim.steps_per_epoch", "optim.select_metric", "optim.patience"},
+           "optim.steps_per_epoch", "optim.select_metric", "optim.patience",
+           # a few hundred images: calibrated scores, faster dense layers, random AlexNet convolutions at full rate
+           "calibrate", "model.lr_mult.fc", "model.lr_mult.head", "model.lr_mult.features"},
     "demo": {"optim.epochs", "optim.steps_per_epoch", "model.init_from", "data.size"},  # seg_unet: 256 px
 }
 
@@ -133,7 +135,7 @@ def test_cv_and_demo_configs_change_only_their_runs_terms(path):
     """configs/cv and configs/demo name their base and change only how it is run, not the model."""
     base = yaml.safe_load(path.read_text())["base"]
     ours, theirs = _flat(load_config(path).to_dict()), _flat(load_config(path.parent / base).to_dict())
-    changed = {k for k in ours if ours[k] != theirs[k]}
+    changed = {k for k in ours if k not in theirs or ours[k] != theirs[k]}
     assert changed <= RUN_CHANGES[path.relative_to(CONFIGS).parts[0]], changed
     # the experiment's own name (bundles and reports say 2d_cnn), or the one a demo start config trains
     from ichdet.demo import QUICK
@@ -151,6 +153,9 @@ def test_cv_configs_are_the_recipe_ichdet_cv_trains():
     assert [load_config(f"cv/{n}").optim.epochs for n in ("2d_cnn", "2d_alexnet", "2d_cnn_subtypes")] == [10, 8, 10]
     assert load_config("cv/2d_cnn").data.size == load_config("cv/2d_alexnet").data.size == 224  # AlexNet's images
     assert load_config("cv/quick/2d_cnn").optim.epochs == load_config("quick/2d_cnn").optim.epochs
+    # every fine-tuned or from-scratch 2D network is Platt-scaled on its validation images, so the folds pool
+    assert all(load_config(f"cv/{q}{n}").calibrate for q in ("", "quick/") for n in ("2d_cnn", "2d_alexnet", "2d_efficientnet"))
+    assert not any(load_config(n).calibrate for n in ("2d_cnn", "3d_slice_cnn", "3d_slice_effnet", "cv/2d_cnn_subtypes"))
 
 
 def test_steps_per_epoch_zero_is_one_pass_over_the_training_split(tmp_path):

@@ -288,6 +288,7 @@ def test_report_and_bundles(cv_run):
     assert svm.kind == "alexnet_svm" and svm.svm is not None and svm.prep.windows == ("brain", "subdural", "bone")
     # trained on PNGs: a CT given to it later gets the brain window in all three channels, as the PNGs had
     assert svm.training_units == cnn.training_units == "display" and svm.input_prep.grey and not cnn.input_prep.grey
+    assert "calibration" in cnn.meta and "calibration" not in svm.meta  # the SVM's own Platt scaling is its svc's
     assert load_bundle(out / "bundles" / "alexnet").kind == "slice"
     # the final bundles were trained on every image (train/val), none held out
     assert set(cnn.training_splits().values()) == {"train", "val"} and len(cnn.training_splits()) == 16

@@ -113,6 +113,9 @@ class TrainConfig:
     aggregate: str = "max"  # aggregate stage: max | p95
     seed: int = 0
     target_sensitivity: float = 0.98  # operating point: highest threshold reaching it on validation
+    # slice stage, binary labels: Platt-scale the network on its validation samples, written into its
+    # last layer (ichdet.engine.calibration), so that runs on other data (cv's folds) share one scale
+    calibrate: bool = False
     channels_last: bool = True  # benchmarks/bench_train.py: 1.55x fp32 slices/s on CPU
     # autocast of the slice encoder (ichdet.engine.precision): auto = bf16 where the CPU has bf16 units
     # (3.3x fp32 with channels_last on AMX), fp32 elsewhere; on a GPU bf16, else fp16 with a grad scaler.
@@ -144,6 +147,9 @@ class TrainConfig:
         if self.stage != "seg" and (loss == "cross_entropy") != (self.model.labels == "binary"):
             raise InputError(f"config optim.loss {loss} does not fit model.labels {self.model.labels} "
                              "(binary labels train with cross_entropy; subtypes with rsna or bce)")
+        if self.calibrate and (self.stage != "slice" or self.model.labels != "binary"):
+            raise InputError(f"config calibrate applies to stage slice with model.labels binary, got stage "
+                             f"{self.stage} with {self.model.labels} labels")
         if self.stage == "svm" and self.model.labels != "binary":
             raise InputError("config stage svm fits binary SVM heads; model.labels must be binary")
         if self.optim.schedule not in SCHEDULES:
@@ -238,7 +244,7 @@ LEGACY_KEYS = {"autocast_bf16": ("precision", {True: "bf16", False: "fp32"})}  #
 # keys added with a default that changed behaviour -> (what a config saved before the key existed did,
 # the stages it matters to): a run folder's config.yaml from then resumes only with that value in those
 # stages, and with any in the others (`engine.run.check_resume`)
-ADDED_KEYS = {("data", "seg_sampling"): ("slice", ("seg",))}
+ADDED_KEYS = {("data", "seg_sampling"): ("slice", ("seg",)), ("calibrate",): (False, ("slice",))}
 
 
 def legacy_keys(values: Mapping[str, Any]) -> dict[str, Any]:

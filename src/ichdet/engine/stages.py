@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ichdet.engine.bundle import save_bundle
+from ichdet.engine.calibration import calibrate_last_layer
 from ichdet.datasets.slices import SliceDataset, SliceIndex, validation_sample
 from ichdet.engine.config import dump_config
 from ichdet.engine.loop import fit
@@ -183,13 +184,20 @@ def train_slices(run: Run, resume: bool) -> Path:
     task = SliceTask(run)
     model = build_model(run, task.label_prevalence())
     state = fit(run, model, task, resume)
-    s = score_slices(model, task.validation_samples())
+    samples = task.validation_samples()
+    s = score_slices(model, samples)
+    calibration = None
+    if run.cfg.calibrate:  # on the validation samples the best epoch was chosen on; ranking kept
+        calibration = calibrate_last_layer(model, s.y, s.probability)
+        run.log(f"calibration: {calibration}")
+        s = score_slices(model, samples)
     slice_op = operating_point(s.y, s.probability, run.cfg.target_sensitivity, "slice")
     ys, ss, sec, sub = _scan_scores(run, "slice", model)
     scan_op = operating_point(ys, ss, run.cfg.target_sensitivity, "scan")
     metrics = {**_history(state), "select_metric": run.cfg.optim.select_metric, "seconds_per_scan": sec,
                "validation_slices": slice_op["validation"], "validation_scans": scan_op["validation"], **sub}
-    return _save(run, model, "slice", scan_op, metrics, extra={"slice_operating_point": slice_op})
+    extra = {"slice_operating_point": slice_op, **({"calibration": calibration} if calibration else {})}
+    return _save(run, model, "slice", scan_op, metrics, extra=extra)
 
 
 def train_scans(run: Run, resume: bool) -> Path:
