@@ -140,10 +140,10 @@ def prepare_volume(volume: Volume | np.ndarray, spec: PrepSpec = PrepSpec()) -> 
         hu = _block_max(hu, Z_MAX_FILTER, (-3,)) if spec.z_max_filter else hu
         hu = max_filter_2d(hu, k)
     hu = resize_slices(hu, spec.size, fill=AIR_HU)
-    if spec.grey:
-        return np.ascontiguousarray(np.repeat(window_stack(hu, spec.windows[:1]), len(spec.windows), axis=0),
-                                    dtype=np.float32)
-    return np.ascontiguousarray(window_stack(hu, spec.windows), dtype=np.float32)
+    stack = window_stack(hu, spec.windows[:1] if spec.grey else spec.windows)
+    if spec.grey:  # the first window in every channel, as a display image fills them
+        stack = np.repeat(stack, len(spec.windows), axis=0)
+    return np.ascontiguousarray(stack, dtype=np.float32)
 
 
 def z_block(spec: PrepSpec, spacing_mm: float | None, display: bool = False) -> int:
