@@ -150,7 +150,7 @@ def test_cv_configs_are_the_recipe_ichdet_cv_trains():
             assert (cfg.data.crop_head, cfg.data.slice_labels, cfg.model.weights) == (True, "", "")
             assert (cfg.optim.steps_per_epoch, cfg.optim.select_metric, cfg.optim.patience) == (0, "auc", 0)
         assert (svm.model.init_from, svm.data.slice_labels) == ("alexnet", "")  # the fold's AlexNet run
-    assert [load_config(f"cv/{n}").optim.epochs for n in ("2d_cnn", "2d_alexnet", "2d_cnn_subtypes")] == [10, 8, 10]
+    assert [load_config(f"cv/{n}").optim.epochs for n in ("2d_cnn", "2d_alexnet", "2d_cnn_subtypes")] == [20, 8, 10]
     assert load_config("cv/2d_cnn").data.size == load_config("cv/2d_alexnet").data.size == 224  # AlexNet's images
     assert load_config("cv/quick/2d_cnn").optim.epochs == load_config("quick/2d_cnn").optim.epochs
     # every fine-tuned or from-scratch 2D network is Platt-scaled on its validation images, so the folds pool

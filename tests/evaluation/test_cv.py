@@ -158,7 +158,7 @@ def test_model_config_per_model(tmp_path):
     full = _opts(quick=False, epochs=None, size=None)
     assert load_config("cv/2d_cnn", [f"data.manifest={m}", f"data.cache={tmp_path / 'cache'}", "seed=0", *TINY]) == \
         model_config("cnn", m, full, tmp_path / "cache")  # configs/cv/2d_cnn.yaml, the run's values, --set
-    assert [model_config(n, m, full, tmp_path / "cache").optim.epochs for n in ("cnn", "alexnet")] == [10, 8]
+    assert [model_config(n, m, full, tmp_path / "cache").optim.epochs for n in ("cnn", "alexnet")] == [20, 8]
     # cv/2d_cnn.yaml: the CNN sees the 224 px images AlexNet and EfficientNet see (2d_cnn itself: 256)
     assert [model_config(n, m, full, tmp_path / "cache").data.size for n in ("cnn", "alexnet", "efficientnet")] == [224] * 3
     # the subtype models: their network's epochs and weights, the multi-label head and the RSNA loss
