@@ -232,7 +232,9 @@ def test_the_binary_slice_cnn_starts_from_the_subtype_one_only_with_subtype_labe
     rows = [dc_replace(r, subtypes={}, extra={k: v for k, v in r.extra.items() if k != "mask_path"})
             for r in read_manifest(cohort / "manifest.csv")]
     binary = write_manifest(cohort / "manifest_binary.csv", rows)
-    plain = run_demo(tmp_path / "plain", seed=3, show_progress=False, profile=tiny, data=binary)
+    # the 2D comparison is not what this run checks: the CNN alone keeps its AlexNets (0.2-0.7 GB each) off the disk
+    plain = run_demo(tmp_path / "plain", seed=3, show_progress=False, profile=dc_replace(tiny, cv_models=("cnn",)),
+                     data=binary)
     assert plain["starts"] == {} and plain["subtypes"] is None and plain["segmentation"] is None
     saved = yaml.safe_load((tmp_path / "plain" / "runs" / "3d_slice_cnn" / "config.yaml").read_text())
     assert saved["model"]["init_from"] == ""
