@@ -130,3 +130,19 @@ def test_sklearn_contract():
     head = SVMHead(kernel="rbf", C=2.0)
     assert clone(head).get_params() == head.get_params()
     assert not any(k.endswith("_") for k in vars(head))
+
+
+def test_probabilities_are_fit_platt_on_the_inner_cv_decision_values():
+    """One Platt fit in the package: the SVM's is `fit_platt` on its out-of-fold decision values."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from ichdet.models.platt import fit_platt
+
+    X, y = noisy()
+    head = SVMHead(C=1.0, inner_folds=4, random_state=3).fit(X, y)
+    cv = StratifiedKFold(4, shuffle=True, random_state=3)
+    d = cross_val_predict(head._pipeline(1.0), X, y, cv=cv, method="decision_function")
+    a, c = fit_platt(y, d)
+    assert (head.proba_slope_, head.proba_intercept_) == pytest.approx((a, c), rel=1e-9)
+    want = 1 / (1 + np.exp(-(a * head.decision_function(X) + c)))
+    np.testing.assert_allclose(head.predict_proba(X)[:, 1], want, rtol=1e-9)

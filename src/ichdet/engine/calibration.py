@@ -17,30 +17,20 @@ import numpy as np
 import torch
 
 from ichdet.errors import InputError
+from ichdet.models.platt import fit_platt
 
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before their logit
 
 
 def platt_fit(y: np.ndarray, p: np.ndarray) -> tuple[float, float] | None:
     """(a, c) of P = sigmoid(a * logit(p) + c) fitted to labels `y` (N,) from probabilities `p` (N,);
-    None without both classes. Platt's own fit: the targets are (N+ + 1) / (N+ + 2) for a bleed and
-    1 / (N- + 2) for none, so a validation set the network separates perfectly (a few dozen images
-    often are) gets a finite slope instead of probabilities of exactly 0 and 1."""
-    from sklearn.linear_model import LogisticRegression
-
+    None without both classes (`ichdet.models.platt.fit_platt`: Platt's targets, so a validation
+    set the network separates perfectly gets a finite slope)."""
     y, p = np.asarray(y, dtype=np.int64), np.asarray(p, dtype=np.float64)
     if y.shape != p.shape or y.ndim != 1:
         raise InputError(f"platt_fit needs labels and probabilities of one shape (N,), got {y.shape} and {p.shape}")
-    n_pos, n_neg = int((y == 1).sum()), int((y != 1).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
     q = np.clip(p, EPS, 1 - EPS)
-    d = np.log(q / (1 - q))
-    t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-    # soft targets as weights: each sample once as a bleed (weight t) and once as none (1 - t)
-    fit = LogisticRegression(C=1e6, max_iter=1000).fit(
-        np.concatenate([d, d])[:, None], np.r_[np.ones_like(y), np.zeros_like(y)], sample_weight=np.r_[t, 1 - t])
-    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    return fit_platt(y, np.log(q / (1 - q)))
 
 
 def calibrate_last_layer(model: torch.nn.Module, y: np.ndarray, p: np.ndarray) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 `SVMHead` = Pipeline(StandardScaler, SVC). With `C=None` the penalty is chosen from `Cs` by an
 inner stratified cross-validation on the training data only (ROC AUC for two classes, balanced
-accuracy otherwise); ties go to the smallest C. Binary probabilities are Platt-calibrated: a logistic fit on the inner-CV
-decision values, constrained to increase, so `predict_proba` ranks exactly like
+accuracy otherwise); ties go to the smallest C. Binary probabilities are Platt-calibrated
+(`ichdet.models.platt`) on the inner-CV decision values, constrained to increase, so `predict_proba` ranks exactly like
 `decision_function` (same AUC). Multiclass uses one-vs-rest decision values; its probabilities
 are their softmax (not calibrated).
 """
@@ -17,7 +17,6 @@ from typing import Sequence
 import joblib
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -26,6 +25,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ichdet.errors import InputError, InputWarning
 from ichdet.fileio import atomic_path
+from ichdet.models.platt import fit_platt
 
 KERNELS = ("linear", "rbf")
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # the penalties inner CV chooses from by default
@@ -123,13 +123,11 @@ class SVMHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         return self
 
     def _calibrate(self, X: np.ndarray, y: np.ndarray, cv: StratifiedKFold) -> None:
-        """Platt scaling on out-of-fold decision values; keeps the identity map if the fit is not increasing."""
+        """Platt scaling (`fit_platt`) on out-of-fold decision values; keeps the identity map if the fit is not increasing."""
         d = cross_val_predict(self._pipeline(self.C_), X, y, cv=cv, method="decision_function")
-        target = (y == self.classes_[1]).astype(int)
-        lr = LogisticRegression().fit(d.reshape(-1, 1), target)
-        slope = float(lr.coef_[0, 0])
-        if slope > 0:
-            self.proba_slope_, self.proba_intercept_ = slope, float(lr.intercept_[0])
+        fit = fit_platt((y == self.classes_[1]).astype(int), d)
+        if fit is not None and fit[0] > 0:
+            self.proba_slope_, self.proba_intercept_ = fit
 
     def decision_function(self, X) -> np.ndarray:
         """X (N, F) -> (N,) scores for `classes_[1]` (two classes) or (N, K) one-vs-rest scores."""
