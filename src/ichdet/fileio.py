@@ -1,4 +1,9 @@
-"""Atomic writes: a temp file in the same folder, then `os.replace`, so readers never see half a file."""
+"""Atomic writes: a temp file in the same folder, then `os.replace`, so readers never see half a file.
+
+A write that fails while the disk is (nearly) full is an `InputError` that says so, naming the file
+and the space left, whatever the writer raised (torch.save's is "unexpected pos 616953344 vs
+616953232"); what was there before stays as it was.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -10,6 +15,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from ichdet.errors import InputError
+
+FULL_DISK_BYTES = 64 * 2**20  # a write that fails with less than this left on its disk failed for want of space
 
 
 @contextlib.contextmanager
@@ -29,11 +38,28 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         if path.is_dir() and not path.is_symlink() and tmp.is_dir():
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except Exception as e:
+        _raise_if_disk_full(e, path)  # measured before the temp file's space is given back
+        raise
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def _raise_if_disk_full(error: Exception, path: Path) -> None:
+    if isinstance(error, InputError):
+        return
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return
+    if free < FULL_DISK_BYTES:
+        cause = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        raise InputError(f"could not be written: its disk is full ({free / 2**20:.1f} MiB free; "
+                         f"{error.__class__.__name__}{': ' + cause if cause else ''}); free some space or "
+                         "write elsewhere, then run again (nothing written before is lost)", path) from error
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
