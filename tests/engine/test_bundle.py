@@ -1,7 +1,8 @@
 """The bundle records the training slice thickness: saved, loaded, None for 2D models and for
 bundles written before it was recorded, and turned into the slab spec new scans are prepared with.
 It records what the training images held (display images or HU), so that a CT reaches a model
-trained on display images as those did: its first window in every channel."""
+trained on display images as those did: its first window in every channel. `copy_bundle` links
+the weights and copies the rest."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import numpy as np
+import torch
 
 from ichdet.engine.bundle import META, load_bundle, save_bundle
 from ichdet.errors import InputError
@@ -95,3 +97,46 @@ def test_unknown_training_units_are_refused(tmp_path):
     assert PrepSpec.from_dict({**THREE.to_dict(), "grey": True}).grey
     with pytest.raises(InputError, match="PrepSpec.grey must be true or false, got 'yes'"):
         PrepSpec(grey="yes")
+
+
+def test_a_copied_bundle_links_its_weights_copies_its_text_and_outlives_a_rewrite(tmp_path):
+    import os
+
+    from ichdet.engine.bundle import copy_bundle
+
+    src = _save(tmp_path / "run" / "bundle")
+    dst = copy_bundle(src, tmp_path / "bundles" / "b")
+    assert sorted(p.name for p in dst.iterdir()) == sorted(p.name for p in src.iterdir())
+    assert os.path.samefile(src / "weights.pt", dst / "weights.pt") and (dst / "weights.pt").stat().st_nlink == 2
+    assert not os.path.samefile(src / META, dst / META) and (dst / META).read_bytes() == (src / META).read_bytes()
+    before = (dst / "weights.pt").read_bytes()
+    state = load_bundle(dst).model.state_dict()
+    _save(tmp_path / "run" / "bundle", prep=dataclasses.replace(PREP, size=96))  # the source bundle written again
+    assert (dst / "weights.pt").read_bytes() == before and (dst / "weights.pt").stat().st_nlink == 1
+    assert load_bundle(dst).prep.size == 64 and load_bundle(src).prep.size == 96
+    assert all(torch.equal(v, load_bundle(dst).model.state_dict()[k]) for k, v in state.items())
+    assert not any(p.name.startswith(".") for p in (tmp_path / "bundles").iterdir())  # no temp folder left
+
+
+def test_a_bundle_copied_to_another_filesystem_is_a_plain_copy(tmp_path):
+    import os
+    import subprocess
+
+    from ichdet.engine.bundle import copy_bundle
+
+    other = tmp_path / "other"
+    other.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(other)], capture_output=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        src = _save(tmp_path / "bundle")
+        dst = copy_bundle(src, other / "b")
+        assert (dst / "weights.pt").stat().st_nlink == 1 and not os.path.samefile(src / "weights.pt", dst / "weights.pt")
+        assert (dst / "weights.pt").read_bytes() == (src / "weights.pt").read_bytes()
+        assert load_bundle(dst).kind == "slice"
+    finally:
+        subprocess.run(["umount", "--lazy", str(other)], check=True)

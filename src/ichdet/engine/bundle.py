@@ -169,13 +169,32 @@ def save_bundle(out: str | Path, *, model: torch.nn.Module, model_name: str, mod
     return out
 
 
+LINKED_SUFFIXES = (".pt", ".joblib", ".onnx")  # binary files ichdet only ever replaces whole (atomic writes)
+
+
 def copy_bundle(src: str | Path, dst: str | Path) -> Path:
-    """Copy a bundle folder to `dst` atomically (replacing what is there); returns `dst`."""
+    """Copy a bundle folder to `dst` atomically (replacing what is there); returns `dst`.
+
+    Weight files are hard links where `src` and `dst` share a filesystem (an AlexNet's weights.pt is
+    228 MB, and `ichdet cv` and the demo keep a finished bundle in two or three places). ichdet never
+    writes into a file in place, so a later write to either side leaves the other as it was; the
+    text files (bundle.json, config.yaml, ...) are copies, so editing one by hand changes one bundle.
+    """
+    import os
     import shutil
+
+    def link_or_copy(a: str, b: str) -> str:
+        if a.endswith(LINKED_SUFFIXES):
+            try:
+                os.link(a, b)
+                return b
+            except OSError:  # another filesystem, or one without hard links
+                pass
+        return shutil.copy2(a, b)
 
     read_bundle_meta(src)  # only bundles are copied
     with atomic_path(dst) as tmp:
-        shutil.copytree(src, tmp)
+        shutil.copytree(src, tmp, copy_function=link_or_copy)
     return Path(dst)
 
 
