@@ -29,3 +29,31 @@ def pydicom_data_dir() -> Path:
     if not f:
         pytest.skip("693_UNCR.dcm not found; install pydicom-data")
     return Path(f).parent
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """`mount(mib) -> folder`: a real tmpfs of that size under tmp_path, unmounted after the test (needs
+    root and the mount capability: the test is skipped without them)."""
+    import gc
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(mib: int) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(folder)],
+                                  capture_output=True)
+        except FileNotFoundError:
+            pytest.skip("no mount command")
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    gc.collect()  # a failed torch.save's writer may still hold its file open
+    for folder in mounted:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
