@@ -53,6 +53,9 @@ def test_the_disk_full_check_reads_the_space_left_beside_the_file(tmp_path, monk
         with atomic_path(tmp_path / "b.pt") as tmp:
             tmp.write_bytes(b"x")
             raise RuntimeError("unexpected pos 616953344 vs 616953232\nmore lines")
+    with pytest.raises(ValueError, match="^not a write failure$"):  # not how a write fails: passed on as it is
+        with atomic_path(tmp_path / "b.pt"):
+            raise ValueError("not a write failure")
     usage["free"] = 2**30
     with pytest.raises(RuntimeError, match="^unexpected pos"):
         with atomic_path(tmp_path / "b.pt"):

@@ -1,8 +1,8 @@
 """Atomic writes: a temp file in the same folder, then `os.replace`, so readers never see half a file.
 
-A write that fails while the disk is (nearly) full is an `InputError` that says so, naming the file
-and the space left, whatever the writer raised (torch.save's is "unexpected pos 616953344 vs
-616953232"); what was there before stays as it was.
+A write that fails (OSError, RuntimeError) while the disk is (nearly) full is an `InputError` that
+says so, naming the file and the space left, whatever the writer raised (torch.save's is "unexpected
+pos 616953344 vs 616953232"); what was there before stays as it was.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
 
 def _raise_if_disk_full(error: Exception, path: Path) -> None:
-    if isinstance(error, InputError):
+    if not isinstance(error, (OSError, RuntimeError)):  # how writers fail on a full disk (torch.save: RuntimeError)
         return
     try:
         free = shutil.disk_usage(path.parent).free

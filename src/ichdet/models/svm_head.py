@@ -1,11 +1,11 @@
 """An SVM classifier on network features (scikit-learn estimator), as in "AlexNet-SVM".
 
-`SVMHead` = Pipeline(StandardScaler, SVC). With `C=None` the penalty is chosen from `Cs` by an
-inner stratified cross-validation on the training data only (ROC AUC for two classes, balanced
-accuracy otherwise); ties go to the smallest C. Binary probabilities are Platt-calibrated
-(`ichdet.models.platt`) on the inner-CV decision values, constrained to increase, so `predict_proba` ranks exactly like
-`decision_function` (same AUC). Multiclass uses one-vs-rest decision values; its probabilities
-are their softmax (not calibrated).
+`SVMHead` = Pipeline(StandardScaler, SVC). With `C=None` the penalty is chosen from `Cs` by an inner
+stratified cross-validation on the training data only (ROC AUC for two classes, balanced accuracy
+otherwise); ties go to the smallest C. Binary probabilities are Platt-calibrated
+(`ichdet.models.platt`) on the inner-CV decision values, constrained to increase, so `predict_proba`
+ranks exactly like `decision_function` (same AUC). Multiclass uses one-vs-rest decision values; its
+probabilities are their softmax (not calibrated).
 """
 from __future__ import annotations
 
