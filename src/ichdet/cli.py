@@ -400,6 +400,29 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def _cv_epochs(text: str) -> int | dict[str, int]:
+    """`ichdet cv --epochs`: "16" (every network) or "cnn=16,alexnet=8" (those networks; the rest keep their configs')."""
+    from ichdet.evaluation.cv import MODELS
+
+    def count(value: str) -> int:
+        if not value.strip().isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"passes must be a positive integer, got {value.strip()!r} in {text!r}")
+        return int(value)
+
+    if "=" not in text:
+        return count(text)
+    out: dict[str, int] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in MODELS or name.endswith("-svm"):
+            choices = ", ".join(m for m in MODELS if not m.endswith("-svm"))
+            raise argparse.ArgumentTypeError(f"{item.strip()!r} in {text!r} is not NAME=N with NAME one of {choices} "
+                                             "(an SVM trains no passes)")
+        out[name] = count(value)
+    return out
+
+
 def _add_cv(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cv", parents=[_flags()], help="the 2D paper's comparison by k-fold cross-validation on an image folder",
                        description="CNN from scratch vs fine-tuned AlexNet vs AlexNet-SVM vs ImageNet EfficientNet-Lite0 (fine-tuned; "
@@ -432,7 +455,9 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="AlexNet's start: imagenet (downloads once) or a local state-dict file; "
                                      "default: random weights (EfficientNet starts from the ImageNet weights of "
                                      "the pretrained extra; --set model.weights=... changes that)")
-    p.add_argument("--epochs", type=int, help="passes over the training images (default: the experiment config's)")
+    p.add_argument("--epochs", type=_cv_epochs, metavar="N|NAME=N,...",
+                   help="passes over the training images: N for every network, or per network, e.g. cnn=16 or "
+                        "cnn=16,alexnet=8 (a subtype model follows its network's; default: the experiment configs')")
     p.add_argument("--size", type=int, help="image side in pixels (default: the configs', 224 for every model)")
     p.add_argument("--quick", action="store_true", help="the laptop-sized configs (configs/quick)")
     p.add_argument("--no-final", action="store_true", help="skip training on all images (no bundles)")

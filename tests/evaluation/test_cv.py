@@ -562,3 +562,27 @@ def test_efficientnet_svm_on_frozen_imagenet_features(images, tmp_path):
         features = b.model.eval().forward_features(x)
         network = b.model.forward_head(features).softmax(1)[:, 1].double().numpy()
     np.testing.assert_allclose(network, b.svm.predict_proba(features.double().numpy())[:, 1], rtol=0, atol=1e-5)
+
+
+def test_cli_cv_epochs_for_every_network_or_per_network(tmp_path, capsys):
+    """`--epochs 16` sets every network's passes; `--epochs cnn=16` the CNN's (and its subtype model's) only."""
+    from dataclasses import replace
+
+    base = ["cv", "--images", "i", "--labels", "l", "--out", "o"]
+    assert build_parser().parse_args(base + ["--epochs", "16"]).epochs == 16
+    per_net = build_parser().parse_args(base + ["--epochs", "cnn=16, alexnet=3"]).epochs
+    assert per_net == {"cnn": 16, "alexnet": 3}
+    m, opts = tmp_path / "m.csv", replace(_opts(quick=False), epochs=per_net)
+    got = {n: model_config(n, m, opts, tmp_path / "cache").optim.epochs
+           for n in ("cnn", "cnn-subtypes", "alexnet", "efficientnet")}
+    assert got == {"cnn": 16, "cnn-subtypes": 16, "alexnet": 3,
+                   "efficientnet": load_config("cv/2d_efficientnet").optim.epochs}  # 10: its config's
+    for value, message in (
+            ("0", "passes must be a positive integer, got '0' in '0'"),
+            ("cnn=x", "passes must be a positive integer, got 'x' in 'cnn=x'"),
+            ("alexnet-svm=2", "'alexnet-svm=2' in 'alexnet-svm=2' is not NAME=N with NAME one of cnn, alexnet, "
+                              "efficientnet, cnn-subtypes, alexnet-subtypes (an SVM trains no passes)")):
+        with pytest.raises(SystemExit) as e:  # argparse's own exit for a bad option value
+            cli(base + ["--epochs", value])
+        assert e.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"ichdet cv: error: argument --epochs: {message}"
