@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ichdet import __version__
-from ichdet.errors import InputError
+from ichdet.errors import InputError, error_summary
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # ichdet.engine.precision.PRECISIONS (not imported: keeps --help fast)
@@ -565,9 +565,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the last line of defence (out of memory too): one line unless --debug
         if args.debug or os.environ.get("ICHDET_DEBUG"):
             raise
-        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
-        what = f"{e.__class__.__name__}: {first}" if first else e.__class__.__name__
-        print(f"ichdet: internal error: {what} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"ichdet: internal error: {error_summary(e)} (run with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
 
 

@@ -19,5 +19,11 @@ class InputError(ValueError):
         self.path = None if path is None else str(path)
 
 
+def error_summary(error: BaseException) -> str:
+    """One line naming an exception: "ClassName: its first non-blank line", or "ClassName" alone."""
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return f"{error.__class__.__name__}: {first}" if first else error.__class__.__name__
+
+
 class InputWarning(UserWarning):
     """Something about the input deserves attention but does not stop the read."""

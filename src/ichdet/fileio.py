@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ichdet.errors import InputError
+from ichdet.errors import InputError, error_summary
 
 FULL_DISK_BYTES = 64 * 2**20  # a write that fails with less than this left on its disk failed for want of space
 
@@ -56,9 +56,8 @@ def _raise_if_disk_full(error: Exception, path: Path) -> None:
     except OSError:
         return
     if free < FULL_DISK_BYTES:
-        cause = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
         raise InputError(f"could not be written: its disk is full ({free / 2**20:.1f} MiB free; "
-                         f"{error.__class__.__name__}{': ' + cause if cause else ''}); free some space or "
+                         f"{error_summary(error)}); free some space or "
                          "write elsewhere, then run again (nothing written before is lost)", path) from error
 
 
